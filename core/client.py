@@ -1,0 +1,52 @@
+"""Start a worker process for a run directory and read its events (used by `bitsmith run`)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Iterator
+
+from .events import decode
+
+
+def worker_command(run_dir: str | Path, resume: bool = False) -> list[str]:
+    """The command line that runs the worker; a frozen app ships a separate worker program."""
+    if getattr(sys, "frozen", False):
+        exe = Path(sys.executable).with_name("bitsmith-worker" + (".exe" if sys.platform == "win32" else ""))
+        cmd = [str(exe), str(run_dir)]
+    else:
+        cmd = [sys.executable, "-m", "bitsmith.core.worker", str(run_dir)]
+    return cmd + (["--resume"] if resume else [])
+
+
+class WorkerProcess:
+    """A running worker: iterate `events()`, call `cancel()`, read `returncode` at the end."""
+
+    def __init__(self, run_dir: str | Path, resume: bool = False) -> None:
+        self.proc = subprocess.Popen(worker_command(run_dir, resume), stdin=subprocess.PIPE,
+                                     stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, bufsize=1)
+
+    def events(self) -> Iterator[dict]:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            event = decode(line)
+            if event is not None:
+                yield event
+        self.proc.wait()
+
+    def cancel(self) -> None:
+        try:
+            assert self.proc.stdin is not None
+            self.proc.stdin.write(json.dumps({"cmd": "cancel"}) + "\n")
+            self.proc.stdin.flush()
+        except (BrokenPipeError, OSError):
+            pass
+
+    def wait(self, timeout: float | None = None) -> int:
+        return self.proc.wait(timeout)
+
+    @property
+    def returncode(self) -> int | None:
+        return self.proc.returncode

@@ -1,0 +1,1 @@
+"""Subcommands of the `bitsmith` CLI, one module each (see core/cli.py)."""

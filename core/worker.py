@@ -1,0 +1,71 @@
+"""`python -m bitsmith.core.worker RUN_DIR [--resume]`: run one job, stream events.
+
+stdout carries only event lines (one JSON object each); logs go to stderr and
+`RUN_DIR/worker.log`. Commands arrive on stdin as JSON lines: `{"cmd": "cancel"}`.
+SIGTERM and SIGINT also cancel cooperatively. Exit codes: 0 done, 2 bad input,
+3 cancelled, 1 failure.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import sys
+import threading
+from pathlib import Path
+
+from .events import Emitter, stream_sink
+from .jobs import CancelToken
+from .rundir import RunDir
+from .runner import EXIT_BAD_INPUT, execute
+
+
+def _listen_for_commands(cancel: CancelToken) -> None:
+    """Read stdin until EOF; a `cancel` command sets the token."""
+    for line in sys.stdin:
+        try:
+            cmd = json.loads(line).get("cmd")
+        except (json.JSONDecodeError, AttributeError):
+            logging.getLogger("bitsmith").warning("ignoring malformed command %r", line.strip())
+            continue
+        if cmd == "cancel":
+            cancel.cancel()
+
+
+def _setup_logging(run: RunDir) -> None:
+    fmt = logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
+    root = logging.getLogger()
+    root.setLevel(logging.INFO)
+    for handler in (logging.StreamHandler(sys.stderr), logging.FileHandler(run.log_file)):
+        handler.setFormatter(fmt)
+        root.addHandler(handler)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = list(sys.argv[1:] if argv is None else argv)
+    resume = "--resume" in args
+    paths = [a for a in args if not a.startswith("--")]
+    # Events keep a private handle on file descriptor 1; anything else that prints, from
+    # Python or from C, is sent to stderr, so stdout carries event lines alone.
+    sys.stdout.flush()
+    events_out = os.fdopen(os.dup(1), "w", encoding="utf-8")
+    os.dup2(2, 1)
+    sys.stdout = sys.stderr
+    emitter = Emitter([stream_sink(events_out)])
+    if len(paths) != 1 or not Path(paths[0]).is_dir():
+        emitter.error("bad_input", f"expected one existing run directory, got {paths!r}",
+                      "usage: python -m bitsmith.core.worker RUN_DIR [--resume]")
+        return EXIT_BAD_INPUT
+    run = RunDir(paths[0])
+    _setup_logging(run)
+    cancel = CancelToken()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: cancel.cancel())
+    threading.Thread(target=_listen_for_commands, args=(cancel,), daemon=True).start()
+    return execute(run, emitter, cancel, resume=resume)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -75,13 +75,20 @@ def layer_inventory(model: nn.Module) -> list[LayerInfo]:
     prefix, blocks = find_blocks(model)
     layers = []
     for index, block in enumerate(blocks):
-        for sub_name, module in block.named_modules():
-            if sub_name and is_linear(module):
-                d_out, d_in, transposed = _shape(module)
-                layers.append(LayerInfo(name=f"{prefix}.{index}.{sub_name}", block=index,
-                                        role=sub_name.rsplit(".", 1)[-1], d_out=d_out, d_in=d_in,
-                                        transposed=transposed))
+        linears = [(sub, m) for sub, m in block.named_modules() if sub and is_linear(m)]
+        roles = _roles([sub for sub, _ in linears])
+        for (sub_name, module), role in zip(linears, roles):
+            d_out, d_in, transposed = _shape(module)
+            layers.append(LayerInfo(name=f"{prefix}.{index}.{sub_name}", block=index, role=role,
+                                    d_out=d_out, d_in=d_in, transposed=transposed))
     return layers
+
+
+def _roles(sub_names: list[str]) -> list[str]:
+    """The module's own name (q_proj), or its last two parts where that repeats inside a
+    block (GPT-2 has attn.c_proj and mlp.c_proj)."""
+    last = [n.rsplit(".", 1)[-1] for n in sub_names]
+    return [".".join(n.split(".")[-2:]) if last.count(l) > 1 else l for n, l in zip(sub_names, last)]
 
 
 def linear_weight(module: nn.Module) -> torch.Tensor:

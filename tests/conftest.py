@@ -1,0 +1,44 @@
+"""Shared fixtures: tiny model folders per family, a temporary run directory."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+os.environ.setdefault("TRITON_INTERPRET", "1")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+torch.set_num_threads(min(2, os.cpu_count() or 1))
+
+from tests.tiny import FAMILIES, save_tiny_model, tiny_tokenizer  # noqa: E402
+
+REPO = Path(__file__).resolve().parent.parent
+WIKITEXT_TEST = REPO.parent / "shared" / "data" / "wikitext-2-raw" / "wiki.test.raw"
+
+
+@pytest.fixture(scope="session")
+def tiny_models(tmp_path_factory) -> dict[str, Path]:
+    """{family: folder} for every tiny family (llama, mistral, qwen2, phi3, gpt2)."""
+    root = tmp_path_factory.mktemp("tiny-models")
+    return {family: save_tiny_model(root / family, family) for family in FAMILIES}
+
+
+@pytest.fixture(scope="session")
+def tiny_llama(tiny_models) -> Path:
+    """Folder of a tiny random Llama (2 blocks, hidden 64, vocab 512)."""
+    return tiny_models["llama"]
+
+
+@pytest.fixture(scope="session")
+def tokenizer():
+    return tiny_tokenizer()
+
+
+@pytest.fixture
+def tmp_run(tmp_path) -> Path:
+    """A path for a run directory that does not exist yet."""
+    return tmp_path / "run"

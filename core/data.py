@@ -37,11 +37,18 @@ HF_SHORTCUTS: dict[str, tuple[str, str | None, str, str, str]] = {
 # --- text sources ------------------------------------------------------------------------
 
 def _builtin_text(held_out: bool) -> str:
+    """Every 8th sorted pydoc topic is held out. Some paragraphs repeat across topics; the
+    held-out part drops those that also occur in the calibration part, so it is truly unseen."""
     from pydoc_data.topics import topics
 
     names = sorted(topics)
-    chosen = [topics[n] for i, n in enumerate(names) if (i % HELD_OUT_EVERY == HELD_OUT_EVERY - 1) == held_out]
-    return "\n\n".join(chosen)
+    is_held = [i % HELD_OUT_EVERY == HELD_OUT_EVERY - 1 for i in range(len(names))]
+    calib = "\n\n".join(topics[n] for n, h in zip(names, is_held) if not h)
+    if not held_out:
+        return calib
+    seen = {p.strip() for p in calib.split("\n\n")}
+    held = "\n\n".join(topics[n] for n, h in zip(names, is_held) if h)
+    return "\n\n".join(p for p in held.split("\n\n") if p.strip() not in seen)
 
 
 def _file_text(path_str: str) -> str:

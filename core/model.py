@@ -131,16 +131,24 @@ def _load_default(dtype: torch.dtype) -> tuple[Any, Any, str]:
     return model, tokenizer, str(gguf_path)
 
 
-def _check_hf_folder(folder: Path) -> None:
+def _check_hf_folder(folder: Path, trust: bool) -> None:
     if not (folder / "config.json").is_file():
         raise BadInput(f"{folder} is not a model folder (no config.json)",
                        "pass a Hugging Face model folder, a .gguf file, a hub id, or `default`")
     try:
-        json.loads((folder / "config.json").read_text())
+        config = json.loads((folder / "config.json").read_text())
     except (json.JSONDecodeError, UnicodeDecodeError):
         raise BadInput(f"{folder}/config.json is not valid JSON", "repair or re-download the model") from None
+    if isinstance(config, dict) and config.get("auto_map") and not trust:
+        raise BadInput(f"{folder} needs its own modelling code to load",
+                       "if you trust its author, pass --trust-remote-code")
     for file in sorted(folder.glob("*.safetensors")):
         check_safetensors(file)
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__
 
 
 def _from_pretrained(location: str, dtype: torch.dtype, trust: bool, **kwargs: Any) -> tuple[Any, Any]:
@@ -153,9 +161,10 @@ def _from_pretrained(location: str, dtype: torch.dtype, trust: bool, **kwargs: A
         if "trust_remote_code" in str(err):
             raise BadInput(f"{location} needs its own modelling code to load",
                            "if you trust its author, pass --trust-remote-code") from None
-        raise BadInput(f"could not load {location}: {err}", "check that it is a causal language model") from None
+        raise BadInput(f"could not load {location}: {_first_line(err)}",
+                       "check that it is a causal language model with its tokenizer") from None
     except OSError as err:
-        raise BadInput(f"could not load {location}: {str(err).splitlines()[0]}",
+        raise BadInput(f"could not load {location}: {_first_line(err)}",
                        "check the path or hub id; offline, the model must already be in the local HF cache") from None
     return model, tokenizer
 
@@ -219,7 +228,7 @@ def load_model(spec: ModelSpec | str) -> LoadedModel:
                            "pass a model folder (with config.json), a .gguf file, a hub id or `default`")
         model, tokenizer = _load_gguf(path, dtype, spec.trust_remote_code)
     else:
-        _check_hf_folder(path)
+        _check_hf_folder(path, spec.trust_remote_code)
         model, tokenizer = _from_pretrained(str(path), dtype, spec.trust_remote_code)
     return _finish(model, tokenizer, source, str(path), device, dtype)
 

@@ -33,7 +33,8 @@ def _user_message(err: BaseException) -> tuple[str, str, str, int]:
 
 def execute(run: RunDir, emitter: Emitter, cancel: CancelToken | None = None, resume: bool = False) -> int:
     """Run the job frozen in `run`; events go to `emitter` and to `events.jsonl`."""
-    emitter = Emitter([*emitter.sinks, file_sink(run.events_file)])
+    # The file first: an event a reader has seen on stdout is already on disk.
+    emitter = Emitter([file_sink(run.events_file), *emitter.sinks])
     cancel = cancel or CancelToken()
     started = time.time()
     try:

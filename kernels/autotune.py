@@ -138,31 +138,36 @@ def _block_ks(group_size: int, bits: int, wanted: Iterable[int]) -> list[int]:
     return sorted({min(b, top) for b in wanted if min(b, top) >= _min_block_k(bits)} or {top})
 
 
+# Tiles timed on a GPU: (block_m or None = rows of M, block_n, block_k, num_warps, num_stages).
+# Split-K is a runtime argument, so the splits of one tile share a compiled kernel: a key
+# costs a handful of compilations and 10-20 timings.
+_GEMV_TILES = ((None, 64, 128, 4, 2), (None, 128, 128, 4, 2), (None, 256, 128, 8, 2),
+               (None, 128, 64, 4, 2), (None, 256, 64, 4, 2))
+_DOT_TILES_DECODE = ((16, 64, 128, 4, 4), (16, 128, 128, 4, 4), (16, 128, 64, 4, 4), (16, 256, 64, 8, 4))
+_DOT_TILES_SMALL = ((32, 64, 128, 4, 3), (64, 64, 64, 4, 3), (64, 128, 64, 4, 3), (32, 128, 128, 4, 3))
+_DOT_TILES_LARGE = ((64, 128, 64, 4, 4), (128, 128, 64, 8, 3), (128, 64, 64, 4, 4), (128, 256, 64, 8, 3),
+                    (64, 64, 128, 4, 4))
+
+
 def candidate_configs(m: int, n: int, k: int, bits: int, group_size: int) -> list[Config]:
-    """The search space timed on a GPU (about 15-45 configs per key)."""
+    """The search space timed on a GPU for M rows (10-40 configs, all valid)."""
     cands: list[Config] = []
+
+    def add(kernel: str, tiles, splits, bm_default: int) -> None:
+        for bm, bn, bk0, warps, stages in tiles:
+            for bk in _block_ks(group_size, bits, (bk0,)):
+                for sk in splits:
+                    cands.append(Config(kernel, bm or bm_default, bn, bk, sk, num_warps=warps, num_stages=stages))
+
     if m <= 16:
-        # GEMV: BLOCK_M rows share each unpacked tile; more than 4 rows of fp32 partial
-        # products per thread spill, so larger M is tiled over the grid (or goes to "dot").
-        bm = min(_next_pow2(m), 4)
-        for bn in (64, 128, 256):
-            for bk in _block_ks(group_size, bits, (64, 128)):
-                for sk in (1, 2, 4, 8):
-                    cands.append(Config("gemv", bm, bn, bk, sk, num_warps=8 if bn == 256 else 4, num_stages=2))
-    if m <= 16:
-        dot_tiles = [(16, bn, bk, 4, 4) for bn in (64, 128, 256) for bk in (64, 128)]
-        splits: tuple[int, ...] = (1, 2, 4, 8)
+        # GEMV keeps BLOCK_M rows of fp32 partial products per tile in registers: more than 4
+        # rows spill, so larger M is tiled over the grid (and usually loses to tl.dot).
+        add("gemv", _GEMV_TILES, (1, 2, 4, 8), min(_next_pow2(m), 4))
+        add("dot", _DOT_TILES_DECODE, (1, 2, 4, 8), 16)
     elif m <= 64:
-        dot_tiles = [(bm, bn, bk, 4, 3) for bm in (32, 64) for bn in (64, 128) for bk in (64, 128)]
-        splits = (1, 2, 4)
+        add("dot", _DOT_TILES_SMALL, (1, 2, 4), 16)
     else:
-        dot_tiles = [(bm, bn, bk, w, st) for bm, bn, w in ((64, 128, 4), (128, 128, 8), (128, 64, 4), (128, 256, 8))
-                     for bk in (32, 64) for st in (3, 4)]
-        splits = (1, 2) if m <= 256 else (1,)
-    for bm, bn, bk0, w, st in dot_tiles:
-        for bk in _block_ks(group_size, bits, (bk0,)):
-            for sk in splits:
-                cands.append(Config("dot", bm, bn, bk, sk, num_warps=w, num_stages=st))
+        add("dot", _DOT_TILES_LARGE, (1, 2) if m <= 256 else (1,), 16)
     return _valid(cands, m, n, k, bits, group_size)
 
 

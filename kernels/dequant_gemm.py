@@ -23,6 +23,7 @@ import triton
 import triton.language as tl
 
 from .autotune import Config, check_config
+from .dequant_gemv import _codes_to_f32
 
 
 @triton.jit
@@ -62,7 +63,9 @@ def _gemm_kernel(
     M, N, K, stride_xm, stride_om,
     BITS: tl.constexpr, GROUP: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-    SPLIT_K: tl.constexpr, GROUP_M: tl.constexpr, IEEE_FP32: tl.constexpr,
+    SPLIT_K,  # runtime: one compiled kernel serves every split > 1
+    ATOMIC: tl.constexpr,  # SPLIT_K > 1: add partial sums into the fp32 buffer at out_ptr
+    GROUP_M: tl.constexpr, IEEE_FP32: tl.constexpr,
 ):
     pid = tl.program_id(0)
     pid_k = tl.program_id(1)
@@ -95,7 +98,8 @@ def _gemm_kernel(
         grp = k0 // GROUP
         s = tl.load(s_ptr + grp * N + offs_n, mask=n_mask, other=0.0).to(tl.float32)
         z = tl.load(z_ptr + grp * N + offs_n, mask=n_mask, other=0.0).to(tl.float32)
-        b = ((q.to(tl.float32) - z[None, :]) * s[None, :]).to(a.dtype)  # [BLOCK_K, BLOCK_N]
+        # s*(q - z) as one fma, q converted to fp32 exactly without an int->float instruction
+        b = (_codes_to_f32(q) * s[None, :] - (z * s)[None, :]).to(a.dtype)  # [BLOCK_K, BLOCK_N]
         if IEEE_FP32:
             acc = tl.dot(a, b, acc, input_precision="ieee")
         else:
@@ -103,7 +107,7 @@ def _gemm_kernel(
 
     out_ptrs = out_ptr + offs_m.to(tl.int64)[:, None] * stride_om + offs_n[None, :]
     out_mask = m_mask[:, None] & n_mask[None, :]
-    if SPLIT_K == 1:
+    if not ATOMIC:
         tl.store(out_ptrs, acc.to(out_ptr.dtype.element_ty), mask=out_mask)
     else:
         tl.atomic_add(out_ptrs, acc, mask=out_mask, sem="relaxed")
@@ -141,7 +145,7 @@ def gemm(
         m, n, k, x.stride(0), target.stride(0),
         BITS=bits, GROUP=group_size,
         BLOCK_M=config.block_m, BLOCK_N=config.block_n, BLOCK_K=config.block_k,
-        SPLIT_K=config.split_k, GROUP_M=config.group_m, IEEE_FP32=x.dtype == torch.float32,
+        SPLIT_K=config.split_k, ATOMIC=config.split_k > 1, GROUP_M=config.group_m, IEEE_FP32=x.dtype == torch.float32,
         num_warps=config.num_warps, num_stages=config.num_stages,
     )
     if target is not out:

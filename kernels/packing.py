@@ -59,6 +59,36 @@ def _to_int32(words: torch.Tensor) -> torch.Tensor:
     return (words - ((words >> 31) << 32)).to(torch.int32)
 
 
+# Codes per vectorized step: bounds the int64 temporaries (~32 bytes a code) to ~128 MiB.
+_CHUNK_CODES = 1 << 22
+
+
+def _as_3d(t: torch.Tensor, dim: int) -> tuple[torch.Tensor, int]:
+    """View t as [A, n, B] with the packed dimension in the middle (no copy when contiguous)."""
+    dim = dim % t.dim()
+    a = b = 1
+    for d in t.shape[:dim]:
+        a *= d
+    for d in t.shape[dim + 1:]:
+        b *= d
+    return t.reshape(a, t.shape[dim], b), dim
+
+
+def _steps(a: int, b: int, codes_per_ab: int) -> list[tuple[slice, slice]]:
+    """Slices over (A, B) so each step handles at most ~_CHUNK_CODES codes."""
+    per_b = max(1, _CHUNK_CODES // max(1, codes_per_ab))
+    b_step = min(b, per_b) if b else 1
+    a_step = max(1, per_b // max(1, b))
+    return [(slice(i, i + a_step), slice(j, j + b_step)) for i in range(0, max(a, 1), a_step)
+            for j in range(0, max(b, 1), b_step)]
+
+
+def _stream_layout(bits: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """For the 32 codes of a block: the word each starts in, and its bit offset there."""
+    start = torch.arange(_WORD, device=device) * bits
+    return start // _WORD, start % _WORD
+
+
 def pack_along_dim(codes: torch.Tensor, bits: int, dim: int = -1) -> torch.Tensor:
     """Pack integer `codes` (values in [0, 2**bits - 1]) along `dim` into int32 words.
 
@@ -70,26 +100,33 @@ def pack_along_dim(codes: torch.Tensor, bits: int, dim: int = -1) -> torch.Tenso
         raise TypeError(f"codes must be an integer tensor, got {codes.dtype}")
     if codes.numel() and (int(codes.min()) < 0 or int(codes.max()) >= 1 << bits):
         raise ValueError(f"codes out of range for {bits} bits: [{int(codes.min())}, {int(codes.max())}]")
-    dim = dim % codes.dim()
-    moved = codes.movedim(dim, -1)
-    lead, n = moved.shape[:-1], moved.shape[-1]
-    rows = moved.reshape(-1, n)
-    # Work in blocks of 32 codes = `bits` whole words, so every word boundary is static.
+    v3, dim = _as_3d(codes, dim)
+    a, n, b = v3.shape
+    # Blocks of 32 codes fill exactly `bits` words: every word boundary is the same per block.
     n_blocks = -(-n // _WORD)
-    pad = n_blocks * _WORD - n
-    if pad:
-        rows = torch.nn.functional.pad(rows, (0, pad))
-    blocks = rows.reshape(rows.shape[0], n_blocks, _WORD)
-    words = torch.zeros(rows.shape[0], n_blocks, bits, dtype=torch.int64, device=codes.device)
-    for j in range(_WORD):
-        start = j * bits
-        w, sh = divmod(start, _WORD)
-        v = blocks[:, :, j].to(torch.int64)  # one strided slice at a time keeps memory low
-        words[:, :, w] |= (v << sh) & _U32
-        if sh + bits > _WORD:  # the code straddles into the next word
-            words[:, :, w + 1] |= v >> (_WORD - sh)
-    out = _to_int32(words).reshape(rows.shape[0], n_blocks * bits)[:, : packed_size(n, bits)]
-    return out.reshape(*lead, -1).movedim(-1, dim).contiguous()
+    out = torch.empty(a, n_blocks * bits, b, dtype=torch.int32, device=codes.device)
+    word, shift = _stream_layout(bits, codes.device)
+    shift = shift[:, None]
+    for sa, sb in _steps(a, b, n_blocks * _WORD):
+        v = v3[sa, :, sb].to(torch.int64)
+        if n_blocks * _WORD > n:
+            v = torch.nn.functional.pad(v, (0, 0, 0, n_blocks * _WORD - n))
+        v = v.reshape(v.shape[0], n_blocks, _WORD, v.shape[-1])  # [A', blocks, 32, B']
+        if _WORD % bits == 0:  # no straddles: word w holds codes w*per..(w+1)*per-1
+            per = _WORD // bits
+            v = v.reshape(v.shape[0], n_blocks * bits, per, v.shape[-1])
+            words = (v << shift[:per]).sum(dim=2)  # disjoint bit fields: sum == or
+        else:
+            # A code's low part goes to its word, its high part to the next (zero unless the
+            # code straddles); word `bits` of a block is overflow space, dropped.
+            words = torch.zeros(v.shape[0], n_blocks, bits + 1, v.shape[-1], dtype=torch.int64, device=v.device)
+            words.index_add_(2, word, (v << shift) & _U32)
+            words.index_add_(2, word + 1, v >> (_WORD - shift))
+            words = words[:, :, :bits].reshape(v.shape[0], n_blocks * bits, v.shape[-1])
+        out[sa, :, sb] = _to_int32(words)
+    shape = list(codes.shape)
+    shape[dim] = packed_size(n, bits)
+    return out[:, : shape[dim]].reshape(shape)
 
 
 def unpack_along_dim(
@@ -106,29 +143,34 @@ def unpack_along_dim(
     _check_bits(bits)
     if packed.dtype != torch.int32:
         raise TypeError(f"packed must be int32, got {packed.dtype}")
-    dim = dim % packed.dim()
-    moved = packed.movedim(dim, -1)
-    lead, n_words = moved.shape[:-1], moved.shape[-1]
+    w3, dim = _as_3d(packed, dim)
+    a, n_words, b = w3.shape
     capacity = n_words * _WORD // bits
     size = capacity if size is None else size
     if not 0 <= size <= capacity:
         raise ValueError(f"{n_words} words of {bits}-bit codes hold at most {capacity} codes, asked {size}")
-    rows = moved.reshape(-1, n_words).to(torch.int64) & _U32  # uint32 bit patterns
     n_blocks = -(-n_words // bits)
-    pad = n_blocks * bits - n_words
-    if pad:
-        rows = torch.nn.functional.pad(rows, (0, pad))
-    words = rows.reshape(rows.shape[0], n_blocks, bits)
-    codes = torch.empty(rows.shape[0], n_blocks, _WORD, dtype=dtype, device=packed.device)
+    out = torch.empty(a, n_blocks * _WORD, b, dtype=dtype, device=packed.device)
+    word, shift = _stream_layout(bits, packed.device)
+    shift = shift[:, None]
     mask = (1 << bits) - 1
-    for j in range(_WORD):
-        w, sh = divmod(j * bits, _WORD)
-        v = words[:, :, w] >> sh
-        if sh + bits > _WORD:
-            v = v | (words[:, :, w + 1] << (_WORD - sh))
-        codes[:, :, j] = (v & mask).to(dtype)
-    out = codes.reshape(rows.shape[0], n_blocks * _WORD)[:, :size]
-    return out.reshape(*lead, size).movedim(-1, dim).contiguous()
+    for sa, sb in _steps(a, b, n_blocks * _WORD):
+        w = w3[sa, :, sb]
+        if n_blocks * bits > n_words:  # zero words complete the last block
+            w = torch.nn.functional.pad(w, (0, 0, 0, n_blocks * bits - n_words))
+        if _WORD % bits == 0:  # no straddles: shift and mask in int32 (the mask undoes sign fill)
+            per = _WORD // bits
+            codes = (w[:, :, None, :] >> shift[:per].to(torch.int32)) & mask  # [A', words, per, B']
+        else:
+            w = w.reshape(w.shape[0], n_blocks, bits, w.shape[-1]).to(torch.int64) & _U32
+            w = torch.nn.functional.pad(w, (0, 0, 0, 1))  # the "next word" of a block's last code
+            lo = w.index_select(2, word)
+            hi = w.index_select(2, word + 1)
+            codes = (((hi << _WORD) | lo) >> shift) & mask  # [A', blocks, 32, B']
+        out[sa, :, sb] = codes.reshape(w.shape[0], n_blocks * _WORD, w.shape[-1]).to(dtype)
+    shape = list(packed.shape)
+    shape[dim] = size
+    return out[:, :size].reshape(shape)
 
 
 def pack_qweight(codes: torch.Tensor, bits: int) -> torch.Tensor:
@@ -139,12 +181,12 @@ def pack_qweight(codes: torch.Tensor, bits: int) -> torch.Tensor:
     """
     if codes.dim() != 2:
         raise ValueError(f"codes must be [out_features, in_features], got shape {tuple(codes.shape)}")
-    return pack_along_dim(codes.t(), bits, dim=0)
+    return pack_along_dim(codes.t().contiguous(), bits, dim=0)
 
 
 def unpack_qweight(qweight: torch.Tensor, bits: int, in_features: int, dtype: torch.dtype = torch.uint8) -> torch.Tensor:
     """qweight [ceil(K*bits/32), N] int32 -> codes [N, K] (K = in_features)."""
-    return unpack_along_dim(qweight, bits, dim=0, size=in_features, dtype=dtype).t().contiguous()
+    return unpack_along_dim(qweight.contiguous(), bits, dim=0, size=in_features, dtype=dtype).t().contiguous()
 
 
 def pack_qzeros(zeros: torch.Tensor, bits: int) -> torch.Tensor:

@@ -1,0 +1,91 @@
+"""Blocks × roles heat map of the plan's bits, or of the last measured relative error."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pyqtgraph as pg
+from PySide6.QtCore import QTimer
+from PySide6.QtWidgets import QComboBox, QHBoxLayout, QLabel, QVBoxLayout, QWidget
+
+from .layer_model import KEEP_BITS, LayerTableModel
+
+
+class HeatMap(QWidget):
+    """Follows a LayerTableModel; redraws at most every 100 ms."""
+
+    def __init__(self, model: LayerTableModel, parent=None) -> None:
+        super().__init__(parent)
+        self.model = model
+        self.what = QComboBox()
+        self.what.addItems(["bits", "rel. error (log10)"])
+        self.what.currentIndexChanged.connect(self.schedule)
+        self.plot = pg.PlotWidget()
+        self.plot.setMenuEnabled(False)
+        self.plot.setMouseEnabled(x=False, y=False)
+        self.plot.invertY(True)
+        self.image = pg.ImageItem(axisOrder="row-major")
+        self.plot.addItem(self.image)
+        self.bar = pg.ColorBarItem(values=(2, 16), colorMap=pg.colormap.get("viridis"), interactive=False, width=12)
+        self.bar.setImageItem(self.image, insert_in=self.plot.getPlotItem())
+        self.plot.setLabel("left", "block")
+        self.caption = QLabel()
+        top = QHBoxLayout()
+        top.addWidget(QLabel("Heat map of"))
+        top.addWidget(self.what)
+        top.addStretch(1)
+        layout = QVBoxLayout(self)
+        layout.addLayout(top)
+        layout.addWidget(self.plot, 1)
+        layout.addWidget(self.caption)
+        self._timer = QTimer(self, singleShot=True, interval=100, timeout=self.redraw)
+        model.planChanged.connect(self.schedule)
+        model.resultsChanged.connect(self.schedule)
+        model.modelReset.connect(self.schedule)
+
+    def schedule(self, *_) -> None:
+        if not self._timer.isActive():
+            self._timer.start()
+
+    def matrix(self) -> tuple[np.ndarray, list[str], list[int]]:
+        """[blocks, roles] of the chosen quantity; NaN where a block lacks a role or no value yet."""
+        rows = self.model.rows
+        roles = list(dict.fromkeys(r.role for r in rows))
+        blocks = sorted({r.block for r in rows})
+        grid = np.full((len(blocks), len(roles)), np.nan, dtype=np.float32)
+        b_index = {b: i for i, b in enumerate(blocks)}
+        r_index = {r: i for i, r in enumerate(roles)}
+        errors = self.what.currentIndex() == 1
+        for r in rows:
+            if errors:
+                value = math.log10(r.rel_error) if r.rel_error and r.rel_error > 0 else np.nan
+            else:
+                value = r.bits
+            grid[b_index[r.block], r_index[r.role]] = value
+        return grid, roles, blocks
+
+    def redraw(self) -> None:
+        grid, roles, blocks = self.matrix()
+        if grid.size == 0:
+            self.image.clear()
+            self.caption.setText("")
+            return
+        errors = self.what.currentIndex() == 1
+        finite = grid[np.isfinite(grid)]
+        if errors:
+            low, high = (float(finite.min()), float(finite.max())) if finite.size else (-4.0, 0.0)
+            if high - low < 1e-6:
+                low, high = low - 0.5, high + 0.5
+        else:
+            low, high = 2.0, float(KEEP_BITS)
+        self.bar.setLevels((low, high))
+        self.image.setImage(np.nan_to_num(grid, nan=low), levels=(low, high))
+        self.plot.getAxis("bottom").setTicks([[(i + 0.5, r) for i, r in enumerate(roles)]])
+        step = max(1, len(blocks) // 15)
+        self.plot.getAxis("left").setTicks([[(i + 0.5, str(b)) for i, b in enumerate(blocks) if i % step == 0]])
+        self.plot.setXRange(0, len(roles), padding=0)
+        self.plot.setYRange(0, len(blocks), padding=0)
+        missing = int(np.isnan(grid).sum())
+        self.caption.setText(("log10 of relative output error" if errors else "bits per layer (16 = kept)")
+                             + (f"; {missing} cells without a value yet" if errors and missing else ""))

@@ -1,0 +1,353 @@
+"""The main window: model picker and summary, the plan (layer table, rules, heat map),
+job launchers with live plots, history, Try it, and the current job's status strip.
+
+Every action is a job run by the worker (worker_client.py); the window only edits the
+plan, starts jobs and draws what their events say.
+"""
+
+from __future__ import annotations
+
+import pyqtgraph as pg
+from PySide6.QtCore import QSettings, Qt
+from PySide6.QtWidgets import (QComboBox, QHBoxLayout, QHeaderView, QLabel, QLineEdit, QMainWindow, QPushButton,
+                               QSpinBox, QSplitter, QStyledItemDelegate, QTableView, QTabWidget, QVBoxLayout, QWidget)
+
+from bitsmith.core.errors import BadInput
+from bitsmith.core.jobs import ModelSpec, job_kinds
+from bitsmith.core.rundir import RunDir
+
+from . import paths
+from .heatmap import HeatMap
+from .history import HistoryPanel, model_of, pareto_points
+from .layer_model import BIT_CHOICES, COL, KEEP_BITS, LayerFilterProxy, LayerTableModel
+from .plan_bridge import budget_line, layer_bytes, plan_from_table, plan_spec_from_table
+from .plots import LivePlots
+from .rule_editor import RuleEditor, bits_combo
+from .run_view import RunDialog, plan_bits
+from .runs_panel import RunsPanel
+from .strategies import StrategiesPanel
+from .try_it import TryIt
+from .worker_client import WorkerClient, create_run
+
+# No antialiasing: bars and images do not need it, and it doubles the cost of a repaint.
+pg.setConfigOptions(antialias=False, background="w", foreground="#333333")
+START_BITS, START_GROUP = 4, 64
+
+
+class BitsDelegate(QStyledItemDelegate):
+    """A combo box of the allowed bit-widths for the bits column."""
+
+    def createEditor(self, parent, option, index):
+        return bits_combo(START_BITS) if index.column() == COL["bits"] else super().createEditor(parent, option, index)
+
+    def setEditorData(self, editor, index):
+        if index.column() == COL["bits"]:
+            editor.setCurrentIndex(BIT_CHOICES.index(index.data(Qt.ItemDataRole.EditRole)))
+        else:
+            super().setEditorData(editor, index)
+
+    def setModelData(self, editor, model, index):
+        if index.column() == COL["bits"]:
+            model.setData(index, editor.currentData(), Qt.ItemDataRole.EditRole)
+        else:
+            super().setModelData(editor, model, index)
+
+
+class MainWindow(QMainWindow):
+    def __init__(self, settings: QSettings | None = None) -> None:
+        super().__init__()
+        self.setWindowTitle("Bitsmith")
+        self.settings = settings or QSettings(paths.ORGANIZATION, paths.APPLICATION)
+        self.client = WorkerClient(self)
+        self.model_source: str | None = None
+        self.pending_source: str | None = None
+        self.checkpoints: list[tuple[str, str]] = []     # (label, RUN/quantized) of this model's runs
+        self.model_summary: dict = {}
+        self.inventory: dict = {}
+        self.current_kind: str | None = None
+        self.last_eval: dict | None = None
+
+        from .model_picker import ModelPicker
+
+        self.picker = ModelPicker(self.settings)
+        self.picker.openRequested.connect(self.open_model)
+        self.summary = QLabel("Open a model to begin.", objectName="summary", wordWrap=True)
+        self.export_button = QPushButton("Export…", clicked=self.open_export)
+        if "export" not in job_kinds():
+            self.export_button.setEnabled(False)
+            self.export_button.setToolTip("needs the export job, which this build does not have yet: "
+                                          "issue 8 (core/jobkinds/export.py)")
+
+        self.layers = LayerTableModel(self)
+        self.layers.planChanged.connect(self.update_budget)
+        self.tabs = QTabWidget()
+        self.tabs.addTab(self._plan_page(), "Plan")
+        self.tabs.addTab(self._run_page(), "Run")
+        self.history = HistoryPanel(paths.runs_root)
+        self.history.openRequested.connect(lambda r: self._dialog([r]))
+        self.history.compareRequested.connect(lambda a, b: self._dialog([a, b]))
+        self.history.resumeRequested.connect(lambda r: self.resume(r.run))
+        self.history.usePlanRequested.connect(self.use_plan_of)
+        self.tabs.addTab(self.history, "History")
+        self.try_it = TryIt()
+        self.tabs.addTab(self.try_it, "Try it")
+        self.runs = RunsPanel(self.client)
+        self.runs.resumeRequested.connect(self.resume)
+
+        top = QHBoxLayout()
+        top.addWidget(self.picker, 1)
+        top.addWidget(self.export_button)
+        central = QWidget()
+        layout = QVBoxLayout(central)
+        layout.addLayout(top)
+        layout.addWidget(self.summary)
+        layout.addWidget(self.tabs, 1)
+        layout.addWidget(self.runs)
+        self.setCentralWidget(central)
+        self._connect_client()
+        self.history.refresh()
+        self.resize(1500, 950)
+
+    # --- pages ---------------------------------------------------------------------------
+
+    def _plan_page(self) -> QWidget:
+        self.proxy = LayerFilterProxy(self)
+        self.proxy.setSourceModel(self.layers)
+        self.table = QTableView(sortingEnabled=True, alternatingRowColors=True)
+        self.table.setModel(self.proxy)
+        self.table.setItemDelegate(BitsDelegate(self.table))
+        self.table.setSelectionBehavior(QTableView.SelectionBehavior.SelectRows)
+        # Column widths are fitted once per model (ResizeToContents would re-measure every
+        # cell on each update, which costs tens of ms per layer event on a big model).
+        self.table.horizontalHeader().setSectionResizeMode(QHeaderView.ResizeMode.Interactive)
+        self.table.horizontalHeader().setStretchLastSection(True)
+        self.table.verticalHeader().setVisible(False)
+        self.table.sortByColumn(COL["name"], Qt.SortOrder.AscendingOrder)
+        self.filter = QLineEdit(placeholderText="filter layers by regex, e.g. down_proj or layers\\.1\\.")
+        self.filter.textChanged.connect(self.proxy.set_pattern)
+        self.sel_bits = bits_combo(START_BITS)
+        self.sel_group = QSpinBox(minimum=8, maximum=4096, value=START_GROUP, singleStep=32)
+        set_sel = QPushButton("Set selected", clicked=self.set_selected_bits)
+        tools = QHBoxLayout()
+        tools.addWidget(self.filter, 1)
+        tools.addWidget(QLabel("bits"))
+        tools.addWidget(self.sel_bits)
+        tools.addWidget(QLabel("group"))
+        tools.addWidget(self.sel_group)
+        tools.addWidget(set_sel)
+        presets = QHBoxLayout()
+        presets.addWidget(QLabel("Uniform:"))
+        for bits in (8, 4, 3, 2, KEEP_BITS):
+            presets.addWidget(QPushButton("16-bit" if bits == KEEP_BITS else f"{bits}-bit",
+                                          clicked=lambda _=False, b=bits: self.set_uniform(b)))
+        presets.addStretch(1)
+        self.budget = QLabel("no model open", objectName="budget")
+        left = QWidget()
+        col = QVBoxLayout(left)
+        col.setContentsMargins(0, 0, 0, 0)
+        col.addLayout(tools)
+        col.addLayout(presets)
+        col.addWidget(self.table, 1)
+        col.addWidget(self.budget)
+        self.rules = RuleEditor()
+        self.rules.applied.connect(lambda plan: self.layers.apply_plan(plan.to_dict()))
+        self.heatmap = HeatMap(self.layers)
+        side = QSplitter(Qt.Orientation.Vertical)
+        side.addWidget(self.rules)
+        side.addWidget(self.heatmap)
+        side.setSizes([380, 420])
+        split = QSplitter()
+        split.addWidget(left)
+        split.addWidget(side)
+        split.setSizes([900, 560])
+        return split
+
+    def _run_page(self) -> QWidget:
+        self.strategies = StrategiesPanel()
+        self.strategies.runRequested.connect(self.start_job)
+        self.strategies.problem.connect(lambda text: self.runs.set_message(text, "error"))
+        self.plots = LivePlots()
+        split = QSplitter()
+        split.addWidget(self.strategies)
+        split.addWidget(self.plots)
+        split.setSizes([460, 1000])
+        return split
+
+    # --- the worker ---------------------------------------------------------------------------
+
+    def _connect_client(self) -> None:
+        c = self.client
+        c.layer.connect(self._on_layer)
+        c.metric.connect(self.plots.feed)
+        c.plan.connect(self._on_plan)
+        c.result.connect(self._on_result)
+        c.finished.connect(self._on_finished)
+
+    def _on_layer(self, event: dict) -> None:
+        self.plots.feed(event)
+        self.layers.set_result(event.get("name", ""), rel_error=event.get("rel_error"),
+                               spike=event.get("spike", event.get("spike_score")), bits=event.get("bits"))
+
+    def _on_plan(self, layers: dict) -> None:
+        changed = self.layers.apply_plan(layers)
+        self.runs.append_log(f"plan from {self.current_kind}: {changed} layers set in the table")
+
+    def _on_result(self, report: dict) -> None:
+        if self.current_kind == "inspect":
+            self._load_inventory(report)
+        elif self.current_kind == "eval" and "ppl" in report:
+            self.last_eval = report
+            self.update_budget()
+
+    def _on_finished(self, outcome: str, code: int) -> None:
+        self.strategies.set_running(False)
+        self.picker.open_button.setEnabled(True)
+        self.refresh_history()
+
+    def start_job(self, kind: str, fields: dict) -> RunDir | None:
+        """Freeze a job for the open model (and the table's plan) and start the worker."""
+        if self.client.running:
+            self.runs.set_message("A job is already running: wait for it or cancel it.", "warn")
+            return None
+        if self.model_source is None and kind != "inspect":
+            self.runs.set_message("Open a model first.", "warn")
+            return None
+        spec_fields = {f for f in job_kinds()[kind].spec_cls.__dataclass_fields__}
+        fields = dict(fields)
+        if "model" in spec_fields and "model" not in fields:
+            fields["model"] = ModelSpec(self.model_source)
+        if "plan" in spec_fields and "plan" not in fields:
+            fields["plan"] = self.plan_for_job(job_kinds()[kind].spec_cls)
+        try:
+            run = create_run(kind, **fields)
+        except (BadInput, TypeError, ValueError) as err:
+            message = getattr(err, "message", str(err))
+            hint = getattr(err, "hint", "")
+            self.runs.set_message(f"<b>Cannot start {kind}:</b> {message}" + (f"<br><i>{hint}</i>" if hint else ""),
+                                  "error")
+            return None
+        self._start(run, kind)
+        return run
+
+    def plan_for_job(self, spec_cls):
+        """The table's plan in the form the job's `plan` field takes (a PlanSpec of rules)."""
+        from bitsmith.core.config import from_dict
+        from bitsmith.core.plan import PlanSpec
+
+        return from_dict(PlanSpec, plan_spec_from_table(self.layers.rows), where="plan")
+
+    def _start(self, run: RunDir, kind: str, resume: bool = False) -> None:
+        self.current_kind = kind
+        self.runs.job_started(kind, run, resumed=resume)
+        self.strategies.set_running(True)
+        self.picker.open_button.setEnabled(False)
+        if kind in ("quantize", "search", "tune", "eval") and not resume:
+            self.plots.clear_run()
+            if kind in ("quantize", "search"):
+                self.layers.clear_results()
+        self.client.start(run, resume=resume)
+
+    def resume(self, run: RunDir) -> None:
+        if self.client.running:
+            self.runs.set_message("A job is already running: wait for it or cancel it.", "warn")
+            return
+        kind = run.read_job_doc().get("kind", "?")
+        self._start(run, kind, resume=True)
+
+    # --- the model --------------------------------------------------------------------------
+
+    def open_model(self, source: str) -> RunDir | None:
+        """Inspect `source` in the worker; the table fills when its report arrives."""
+        self.pending_source = source.strip()
+        run = self.start_job("inspect", {"model": ModelSpec(self.pending_source)})
+        if run is not None:
+            self.summary.setText(f"Opening {self.pending_source}…")
+        return run
+
+    def _load_inventory(self, report: dict) -> None:
+        self.model_source = self.pending_source
+        self.model_summary, self.inventory, self.last_eval = report["model"], report["summary"], None
+        self.picker.add_recent(self.model_source)
+        self.layers.set_layers(report["layers"], bits=START_BITS, group_size=START_GROUP)
+        self.table.resizeColumnsToContents()
+        self.rules.set_layers(report["layers"])
+        self.plots.set_layers([l["name"] for l in report["layers"]])
+        self.setWindowTitle(f"Bitsmith — {self.model_source}")
+        self.update_budget()
+        self.refresh_history()
+
+    def update_budget(self) -> None:
+        if not self.layers.rows:
+            return
+        plan = plan_from_table(self.layers.rows)
+        budget = plan.budget()
+        self.layers.set_layer_bytes(layer_bytes(plan))
+        self.budget.setText(budget_line(budget))
+        m, inv = self.model_summary, self.inventory
+        other = 2 * (m.get("parameters", 0) - inv.get("params", 0))   # embeddings, head, norms at 16-bit
+        text = (f"<b>{m.get('architecture', '?')}</b> from {m.get('location', self.model_source)} · "
+                f"{m.get('parameters', 0) / 1e6:.1f}M parameters · {inv.get('layers', 0)} linear layers in "
+                f"{inv.get('blocks', 0)} blocks · size at 16-bit {(2 * m.get('parameters', 0)) / 2**20:.1f} MiB, "
+                f"under the plan {(other + budget.total_bytes) / 2**20:.1f} MiB")
+        if self.last_eval:
+            text += f" · last perplexity {self.last_eval['ppl']:.3f} on {self.last_eval['data']}"
+        self.summary.setText(text)
+
+    # --- plan edits -----------------------------------------------------------------------------
+
+    def selected_rows(self) -> list[int]:
+        rows = {self.proxy.mapToSource(i).row() for i in self.table.selectionModel().selectedIndexes()}
+        return sorted(rows)
+
+    def set_selected_bits(self) -> None:
+        rows = self.selected_rows()
+        if rows:
+            self.layers.set_bits(rows, self.sel_bits.currentData(), self.sel_group.value())
+
+    def set_uniform(self, bits: int) -> None:
+        self.layers.set_bits(list(range(len(self.layers.rows))), bits, self.sel_group.value())
+
+    def use_plan_of(self, record) -> None:
+        changed = self.layers.apply_plan(plan_bits(record))
+        self.runs.set_message(f"Took the plan of {record.name}: {changed} layers set.", "ok")
+        self.tabs.setCurrentIndex(0)
+
+    # --- history, dialogs ------------------------------------------------------------------------
+
+    def refresh_history(self) -> None:
+        self.history.refresh()
+        records = self.history.records
+        if self.model_source:
+            current = self.client.run_dir.path.name if self.client.run_dir else None
+            self.plots.set_pareto(pareto_points(records, self.model_source, current))
+        by_path = {str(r.run.path): r for r in records}
+        quantized = []
+        for r in records:
+            base, bits = model_of(r, by_path)
+            if r.has_quantized and r.state == "done" and base == self.model_source:
+                quantized.append((f"{r.name} ({bits:.2f} bits)" if bits else r.name, str(r.run.quantized_dir)))
+        self.checkpoints = quantized
+        self.try_it.set_models(self.model_source or "default", quantized)
+        self.strategies.set_checkpoints(self.model_source, quantized)
+
+    def _dialog(self, records) -> None:
+        dialog = RunDialog(records, self)
+        dialog.setAttribute(Qt.WidgetAttribute.WA_DeleteOnClose)
+        dialog.show()
+        self.last_dialog = dialog
+
+    def open_export(self) -> None:
+        from .export_dialog import ExportDialog
+
+        dialog = ExportDialog(self, self.checkpoints)
+        dialog.show()
+        self.last_dialog = dialog
+
+    def closeEvent(self, event) -> None:
+        for client in [self.client, *self.try_it.clients]:
+            if client.running:
+                client.cancel()
+                if not client.wait_finished(3000):
+                    client.kill()
+                    client.wait_finished(2000)
+        super().closeEvent(event)

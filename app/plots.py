@@ -1,0 +1,238 @@
+"""Live plots (pyqtgraph), fed with worker events and redrawn at most every 100 ms.
+
+    Layer error  per-layer relative output error as bars coloured by bits, filling in as
+                 `layer` events arrive
+    Curves       every `metric` against step: tuning loss (train), perplexity and KL (eval)
+    Fitness      EvoPress best fitness (KL to the dense model) per generation
+    Spikes       spike score per layer (max/median of per-token input max-abs)
+    Pareto       average bits against perplexity over all runs of the model (from history)
+
+Events are only appended to lists as they arrive; a single timer turns them into arrays
+and calls setData, so thousands of events per second cost one redraw per 100 ms.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pyqtgraph as pg
+from PySide6.QtCore import QTimer
+from PySide6.QtWidgets import QGraphicsItem, QLabel, QTabWidget, QVBoxLayout, QWidget
+
+REDRAW_MS = 100
+SKIP_METRICS = ("tokens",)      # bookkeeping, not a curve worth a plot
+BIT_COLOURS = {2: "#d62728", 3: "#ff7f0e", 4: "#e6b800", 5: "#2ca02c", 6: "#17becf", 7: "#1f77b4",
+               8: "#1f4e9c", 16: "#8c8c8c"}
+CURVE_COLOURS = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#17becf", "#8c564b"]
+
+
+def bits_colour(bits) -> str:
+    try:
+        return BIT_COLOURS.get(int(bits), "#444444")
+    except (TypeError, ValueError):
+        return "#444444"
+
+
+def cache_axes(plot_item: pg.PlotItem) -> None:
+    """Keep each axis as a pixmap until its range changes: drawing tick labels is the
+    most expensive part of a repaint, and most repaints only change the data."""
+    for name in ("left", "bottom", "right", "top"):
+        axis = plot_item.getAxis(name)
+        axis.setCacheMode(QGraphicsItem.CacheMode.DeviceCoordinateCache)
+
+
+def _plot(title: str, x: str, y: str) -> pg.PlotWidget:
+    widget = pg.PlotWidget(title=title)
+    cache_axes(widget.getPlotItem())
+    widget.setLabel("bottom", x)
+    widget.setLabel("left", y)
+    widget.showGrid(x=True, y=True, alpha=0.2)
+    widget.setMenuEnabled(False)
+    return widget
+
+
+def _page(plot: pg.PlotWidget, note: QLabel) -> QWidget:
+    page = QWidget()
+    layout = QVBoxLayout(page)
+    layout.setContentsMargins(2, 2, 2, 2)
+    layout.addWidget(plot, 1)
+    layout.addWidget(note)
+    return page
+
+
+class LivePlots(QTabWidget):
+    def __init__(self, parent=None, live: bool = True) -> None:
+        super().__init__(parent)
+        self.order: dict[str, int] = {}                   # layer name -> x position
+        self.errors: dict[str, tuple[float, object]] = {}  # layer -> (rel_error, bits)
+        self.spikes: dict[str, float] = {}
+        self.series: dict[tuple[str, str], tuple[list, list]] = {}
+        self._curves: dict[tuple[str, str], pg.PlotDataItem] = {}
+        self._dirty = False
+
+        self.error_plot = _plot("Relative output error per layer", "layer (inventory order)", "rel. error")
+        self.error_bars = pg.BarGraphItem(x=[], height=[], width=0.8)
+        self.error_plot.addItem(self.error_bars)
+        legend = "  ".join(f"<span style='color:{c}'>■</span> {'16' if b == 16 else b}"
+                           for b, c in BIT_COLOURS.items())
+        self.error_note = QLabel(f"colour = bits: {legend}")
+        self.addTab(_page(self.error_plot, self.error_note), "Layer error")
+
+        # One plot per metric name (loss, ppl, kl, ...), stacked, x axes linked.
+        self.curve_plot = pg.GraphicsLayoutWidget()
+        self._metric_plots: dict[str, pg.PlotItem] = {}
+        self.curve_note = QLabel("tuning loss (train) and evaluation perplexity / KL against step, as runs report them")
+        self.addTab(_page(self.curve_plot, self.curve_note), "Loss / ppl / KL")
+
+        self.fitness_plot = _plot("EvoPress best fitness", "generation", "KL to dense (lower is better)")
+        self.fitness_curve = self.fitness_plot.plot([], [], pen=pg.mkPen("#9467bd", width=2), symbol="o", symbolSize=5)
+        self.addTab(_page(self.fitness_plot, QLabel("best candidate's KL(dense ‖ candidate) per generation")),
+                    "Fitness")
+
+        self.spike_plot = _plot("Spike score per layer", "layer (inventory order)", "max / median of input max-abs")
+        self.spike_bars = pg.BarGraphItem(x=[], height=[], width=0.8, brush="#d62728")
+        self.spike_plot.addItem(self.spike_bars)
+        self.spike_plot.setLogMode(y=False)
+        self.spike_note = QLabel("")
+        self.addTab(_page(self.spike_plot, self.spike_note), "Spikes")
+
+        self.pareto_plot = _plot("Pareto: average bits against perplexity", "average code bits", "perplexity")
+        self.pareto_plot.setLogMode(y=True)
+        self.pareto_points = pg.ScatterPlotItem(size=10, hoverable=True, tip=self._pareto_tip)
+        self.pareto_front = pg.PlotDataItem([], [], pen=pg.mkPen("#2ca02c", width=1.5, style=pg.QtCore.Qt.PenStyle.DashLine))
+        self.pareto_plot.addItem(self.pareto_front)
+        self.pareto_plot.addItem(self.pareto_points)
+        self.pareto_note = QLabel("runs of this model with a perplexity, from the history folder")
+        self.addTab(_page(self.pareto_plot, self.pareto_note), "Pareto")
+
+        self._timer = QTimer(self, interval=REDRAW_MS, timeout=self.redraw)
+        if live:
+            self._timer.start()
+
+    # --- input ---------------------------------------------------------------------------
+
+    def set_layers(self, names: list[str]) -> None:
+        self.order = {n: i for i, n in enumerate(names)}
+        # The x range is the inventory, fixed: bars filling in do not rescale the x axis.
+        for plot in (self.error_plot, self.spike_plot):
+            plot.setXRange(-1, max(len(names), 1), padding=0)
+            plot.enableAutoRange(x=False)
+        self._dirty = True
+
+    def clear_run(self) -> None:
+        self.errors.clear()
+        self.spikes.clear()
+        self.series.clear()
+        self.curve_plot.clear()
+        self._metric_plots.clear()
+        self._curves.clear()
+        self.fitness_curve.setData([], [])
+        self._dirty = True
+
+    def feed(self, event: dict) -> None:
+        """Take one worker event (cheap: no drawing here)."""
+        kind = event.get("type")
+        if kind == "layer":
+            name = event.get("name", "")
+            if name not in self.order:
+                self.order[name] = len(self.order)
+            if event.get("rel_error") is not None:
+                self.errors[name] = (float(event["rel_error"]), event.get("bits"))
+            spike = event.get("spike", event.get("spike_score"))
+            if spike is not None:
+                self.spikes[name] = float(spike)
+        elif kind == "metric" and event.get("value") is not None:
+            name, split = str(event.get("name")), str(event.get("split", ""))
+            if name in ("spike", "spike_score") and event.get("layer"):
+                self.spikes[event["layer"]] = float(event["value"])
+            else:
+                steps, values = self.series.setdefault((name, split), ([], []))
+                steps.append(float(event.get("step", len(steps))))
+                values.append(float(event["value"]))
+        else:
+            return
+        self._dirty = True
+
+    def load_events(self, events: list[dict]) -> None:
+        """A whole finished run at once (history view)."""
+        self.clear_run()
+        for event in events:
+            self.feed(event)
+        self.redraw()
+
+    # --- drawing ---------------------------------------------------------------------------
+
+    def redraw(self) -> None:
+        if not self._dirty:
+            return
+        self._dirty = False
+        self._draw_bars(self.error_bars, {n: e for n, (e, _) in self.errors.items()},
+                        brushes=[bits_colour(self.errors[n][1]) for n in self._sorted(self.errors)])
+        self._draw_bars(self.spike_bars, self.spikes)
+        if self.spikes:
+            top = sorted(self.spikes.items(), key=lambda kv: -kv[1])[:3]
+            self.spike_note.setText("highest: " + ", ".join(f"{n} {v:.1f}" for n, v in top))
+        for i, ((name, split), (steps, values)) in enumerate(sorted(self.series.items())):
+            if name == "fitness":
+                self.fitness_curve.setData(np.asarray(steps), np.asarray(values))
+                continue
+            if name in SKIP_METRICS:
+                continue
+            curve = self._curves.get((name, split))
+            if curve is None:
+                colour = CURVE_COLOURS[len(self._curves) % len(CURVE_COLOURS)]
+                plot = self._metric_plot(name)
+                curve = plot.plot([], [], name=f"{name} ({split})", pen=pg.mkPen(colour, width=2),
+                                  symbol="o", symbolSize=5, symbolBrush=colour, symbolPen=None)
+                curve.setDownsampling(auto=True, method="peak")
+                curve.setClipToView(True)
+                self._curves[(name, split)] = curve
+            if len(steps) > 200:
+                curve.setSymbol(None)
+            curve.setData(np.asarray(steps), np.asarray(values))
+
+    def _metric_plot(self, name: str) -> pg.PlotItem:
+        plot = self._metric_plots.get(name)
+        if plot is None:
+            plot = self.curve_plot.addPlot(row=len(self._metric_plots), col=0)
+            cache_axes(plot)
+            plot.setLabel("left", name)
+            plot.setLabel("bottom", "step")
+            plot.showGrid(x=True, y=True, alpha=0.2)
+            plot.addLegend(offset=(-10, 10))
+            if self._metric_plots:
+                plot.setXLink(next(iter(self._metric_plots.values())))
+            self._metric_plots[name] = plot
+        return plot
+
+    def _sorted(self, values: dict) -> list[str]:
+        return sorted(values, key=lambda n: self.order.get(n, 0))
+
+    def _draw_bars(self, bars: pg.BarGraphItem, values: dict[str, float], brushes=None) -> None:
+        names = self._sorted(values)
+        x = np.array([self.order.get(n, 0) for n in names], dtype=float)
+        h = np.array([values[n] for n in names], dtype=float)
+        opts = {"x": x, "height": h, "width": 0.8}
+        if brushes is not None:
+            opts["brushes"] = brushes
+        bars.setOpts(**opts)
+
+    # --- Pareto --------------------------------------------------------------------------------
+
+    def set_pareto(self, points: list[dict]) -> None:
+        """points: {"bits", "ppl", "label", "current"}; draws them and the lower-left front."""
+        spots = [{"pos": (p["bits"], np.log10(p["ppl"])), "data": p,
+                  "brush": "#d62728" if p.get("current") else ("#8c8c8c" if p["bits"] >= 16 else "#1f77b4"),
+                  "size": 13 if p.get("current") else 9} for p in points if p["ppl"] and p["ppl"] > 0]
+        self.pareto_points.setData(spots)
+        front, best = [], float("inf")
+        for p in sorted(points, key=lambda p: (p["bits"], p["ppl"])):
+            if p["ppl"] and p["ppl"] < best:
+                best = p["ppl"]
+                front.append(p)
+        self.pareto_front.setData([p["bits"] for p in front], [p["ppl"] for p in front])
+        self.pareto_note.setText(f"{len(spots)} runs of this model; dashed: the Pareto front "
+                                 "(fewest bits for a perplexity); grey = dense")
+
+    @staticmethod
+    def _pareto_tip(x, y, data) -> str:
+        return f"{data['label']}\n{data['bits']:.3f} bits, perplexity {data['ppl']:.3f}"

@@ -1,0 +1,145 @@
+"""The current job: what runs, its stage, a progress bar with ETA, Cancel and Resume, and
+the message a run ended with (an error with its hint, or a crashed worker)."""
+
+from __future__ import annotations
+
+import time
+
+from PySide6.QtCore import QTimer, Signal
+from PySide6.QtWidgets import QHBoxLayout, QLabel, QPlainTextEdit, QProgressBar, QPushButton, QVBoxLayout, QWidget
+
+from .worker_client import WorkerClient
+
+
+def eta_text(eta_s) -> str:
+    if eta_s is None:
+        return ""
+    eta_s = int(round(eta_s))
+    return f"ETA {eta_s // 60}:{eta_s % 60:02d}" if eta_s >= 60 else f"ETA {eta_s} s"
+
+
+LEVEL_COLOURS = {"error": "#a61b1b", "warn": "#8a5a00", "ok": "#1f6f2f"}
+
+
+class RunsPanel(QWidget):
+    resumeRequested = Signal(object)      # RunDir
+
+    def __init__(self, client: WorkerClient, parent=None) -> None:
+        super().__init__(parent)
+        self.client = client
+        self.title = QLabel("No job running", objectName="runTitle", minimumWidth=150)
+        self.stage_label = QLabel("", minimumWidth=150)   # fixed widths: a text change relayouts nothing
+        self.bar = QProgressBar(minimum=0, maximum=1, value=0, textVisible=True, minimumWidth=260)
+        self.eta = QLabel("", minimumWidth=90)
+        self.cancel_button = QPushButton("Cancel", clicked=self.cancel, enabled=False)
+        self.resume_button = QPushButton("Resume", clicked=self._resume, enabled=False)
+        self.message = QLabel("", wordWrap=True, objectName="message")
+        self.log = QPlainTextEdit(readOnly=True, maximumBlockCount=500)
+        self.log.setMaximumHeight(90)
+        row = QHBoxLayout()
+        for w, stretch in ((self.title, 0), (self.stage_label, 0), (self.bar, 1), (self.eta, 0),
+                           (self.cancel_button, 0), (self.resume_button, 0)):
+            row.addWidget(w, stretch)
+        layout = QVBoxLayout(self)
+        layout.setContentsMargins(6, 2, 6, 2)
+        layout.addLayout(row)
+        layout.addWidget(self.message)
+        layout.addWidget(self.log)
+        self.resumable = None
+        self.outcome: str | None = None
+        # Progress events are kept and shown at most every 100 ms (a progress bar repaints
+        # synchronously on every setValue).
+        self._pending_progress = None
+        self._progress_timer = QTimer(self, singleShot=True, interval=100, timeout=self._show_progress)
+        self.started_at = 0.0
+        client.stage.connect(self._on_stage)
+        client.progress.connect(self._on_progress)
+        client.error.connect(self._on_error)
+        client.crashed.connect(self._on_crashed)
+        client.log.connect(self.append_log)
+        client.finished.connect(self._on_finished)
+
+    def job_started(self, kind: str, run_dir, resumed: bool = False) -> None:
+        self.outcome, self.resumable = None, None
+        self.started_at = time.monotonic()
+        self.title.setText(f"{'Resuming' if resumed else 'Running'} {kind}")
+        self.stage_label.setText("starting worker…")
+        self._idle_bar("starting")
+        self.eta.setText("")
+        self.set_message("")
+        self.append_log(f"{kind}: {run_dir.path}")
+        self.cancel_button.setEnabled(True)
+        self.resume_button.setEnabled(False)
+
+    def set_message(self, html: str, level: str = "info") -> None:
+        """A line under the bar; the colour says error / warning / success (rich text, so no
+        style-sheet re-polish on every message)."""
+        self.level = level
+        colour = LEVEL_COLOURS.get(level)
+        self.message.setText(f"<span style='color:{colour}'>{html}</span>" if colour and html else html)
+
+    def append_log(self, text: str) -> None:
+        self.log.appendPlainText(text)
+
+    def cancel(self) -> None:
+        self.stage_label.setText("cancelling…")
+        self.client.cancel()
+
+    def _resume(self) -> None:
+        if self.resumable is not None:
+            self.resumeRequested.emit(self.resumable)
+
+    def _on_stage(self, stage: str, state: str) -> None:
+        self._show_progress()
+        self.stage_label.setText(f"{stage}" if state == "start" else f"{stage} done")
+        if state == "start":
+            self._idle_bar(stage)
+            self.eta.setText("")
+
+    def _idle_bar(self, text: str) -> None:
+        """An empty bar with a word (a busy animation would repaint all the time)."""
+        self.bar.setRange(0, 1)
+        self.bar.setValue(0)
+        self.bar.setFormat(text)
+
+    def _on_progress(self, stage: str, done: int, total: int, eta_s) -> None:
+        self._pending_progress = (stage, done, total, eta_s)
+        if not self._progress_timer.isActive():
+            self._progress_timer.start()
+
+    def _show_progress(self) -> None:
+        if self._pending_progress is None:
+            return
+        (stage, done, total, eta_s), self._pending_progress = self._pending_progress, None
+        self.stage_label.setText(stage)
+        self.bar.setRange(0, max(total, 1))
+        self.bar.setValue(done)
+        self.bar.setFormat(f"{done} / {total}")
+        self.eta.setText(eta_text(eta_s))
+
+    def _on_error(self, kind: str, message: str, hint: str) -> None:
+        level = "warn" if kind == "cancelled" else "error"
+        self.set_message(f"<b>{'Cancelled' if kind == 'cancelled' else 'Error'}:</b> {message}"
+                         + (f"<br><i>{hint}</i>" if hint else ""), level)
+
+    def _on_crashed(self, message: str) -> None:
+        self.set_message("<b>Worker crashed.</b> " + message.replace("\n", "<br>"), "error")
+
+    def _on_finished(self, outcome: str, code: int) -> None:
+        self._progress_timer.stop()
+        self._pending_progress = None
+        self.outcome = outcome
+        seconds = time.monotonic() - self.started_at
+        self.title.setText({"done": "Finished", "failed": "Failed", "cancelled": "Cancelled",
+                            "crashed": "Crashed"}.get(outcome, outcome))
+        self.stage_label.setText(f"in {seconds:.1f} s")
+        self.bar.setRange(0, 1)
+        self.bar.setValue(1 if outcome == "done" else 0)
+        self.bar.setFormat("done" if outcome == "done" else outcome)
+        self.eta.setText("")
+        self.cancel_button.setEnabled(False)
+        if outcome in ("cancelled", "crashed") and self.client.run_dir is not None:
+            self.resumable = self.client.run_dir
+            self.resume_button.setEnabled(True)
+        elif outcome == "done":
+            self.set_message(f"Done: {self.client.run_dir.path.name}", "ok")

@@ -1,0 +1,130 @@
+"""A form for a job kind's spec dataclass, built from its fields and type hints, so each
+job's parameters (with their defaults) appear in the window without a hand-made form that
+would drift from the engine. `model` and `plan` are filled by the window, not the form."""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
+
+from PySide6.QtWidgets import QCheckBox, QComboBox, QDoubleSpinBox, QFormLayout, QLineEdit, QSpinBox, QWidget
+
+FILLED_BY_WINDOW = ("model", "plan")
+# Text-source fields get an editable list of the sources core/data.py understands.
+SOURCE_FIELDS = ("data", "calib", "eval_data", "calib_data", "eval")
+WIKITEXT = "file:../shared/data/wikitext-2-raw/wiki.test.raw"
+SOURCES = ["builtin", "builtin-eval", "selfgen", WIKITEXT, "hf:wikitext:wikitext-2-raw-v1:test"]
+
+
+def _unwrap_optional(tp: Any) -> tuple[Any, bool]:
+    if get_origin(tp) in (Union, types.UnionType):
+        args = [a for a in get_args(tp) if a is not type(None)]
+        return (args[0] if len(args) == 1 else tp), type(None) in get_args(tp)
+    return tp, False
+
+
+def _default(f: dataclasses.Field) -> Any:
+    if f.default is not dataclasses.MISSING:
+        return f.default
+    if f.default_factory is not dataclasses.MISSING:
+        return f.default_factory()
+    return None
+
+
+class SpecForm(QWidget):
+    """Widgets for the simple fields of `spec_cls`; `values()` gives only changed-or-set fields."""
+
+    def __init__(self, spec_cls: type, skip: tuple[str, ...] = FILLED_BY_WINDOW, parent=None) -> None:
+        super().__init__(parent)
+        self.spec_cls = spec_cls
+        self.getters: dict[str, typing.Callable[[], Any]] = {}
+        self.widgets: dict[str, QWidget] = {}
+        hints = get_type_hints(spec_cls)
+        layout = QFormLayout(self)
+        layout.setContentsMargins(0, 0, 0, 0)
+        for f in dataclasses.fields(spec_cls):
+            if f.name in skip or not f.init:
+                continue
+            made = self._widget(hints[f.name], _default(f), f.name)
+            if made is None:
+                continue
+            widget, getter = made
+            self.widgets[f.name], self.getters[f.name] = widget, getter
+            layout.addRow(f.name.replace("_", " "), widget)
+
+    def _widget(self, tp: Any, default: Any, name: str = ""):
+        base, optional = _unwrap_optional(tp)
+        if base is str and name in SOURCE_FIELDS:
+            combo = QComboBox(editable=True)
+            combo.addItems([s for s in SOURCES if s != default])
+            combo.setEditText("" if default is None else str(default))
+            combo.setToolTip("builtin | builtin-eval | selfgen | file:PATH | hf:NAME[:CONFIG[:SPLIT]]"
+                             " (never calibrate on WikiText-2 test)")
+            return combo, lambda: (combo.currentText().strip() or None) if optional else combo.currentText().strip()
+        if get_origin(base) is Literal:
+            combo = QComboBox()
+            for choice in get_args(base):
+                combo.addItem(str(choice), choice)
+            if default in get_args(base):
+                combo.setCurrentIndex(list(get_args(base)).index(default))
+            return combo, combo.currentData
+        if base is bool:
+            box = QCheckBox(checked=bool(default))
+            return box, box.isChecked
+        if base in (int, float, str):
+            if not optional and base is int:
+                spin = QSpinBox(minimum=-1, maximum=10**9, value=int(default or 0))
+                return spin, spin.value
+            if not optional and base is float:
+                spin = QDoubleSpinBox(minimum=-1e9, maximum=1e9, decimals=6, value=float(default or 0.0))
+                spin.setStepType(QDoubleSpinBox.StepType.AdaptiveDecimalStepType)
+                return spin, spin.value
+            edit = QLineEdit("" if default is None else str(default))
+            if optional:
+                edit.setPlaceholderText("none")
+
+            def get(edit=edit, base=base, optional=optional):
+                text = edit.text().strip()
+                if not text and optional:
+                    return None
+                return base(text) if base is not str else text
+            return edit, get
+        if get_origin(base) is list and get_args(base) and get_args(base)[0] in (int, float):
+            item = get_args(base)[0]
+            edit = QLineEdit("" if default is None else ",".join(str(v) for v in default))
+            edit.setPlaceholderText("none" if optional else "comma-separated")
+
+            def get_list(edit=edit, item=item, optional=optional):
+                text = edit.text().strip()
+                if not text and optional:
+                    return None
+                return [item(v) for v in text.replace(" ", "").split(",") if v]
+            return edit, get_list
+        return None     # dicts, nested specs: defaults from the engine
+
+    def values(self) -> dict[str, Any]:
+        """Field values; a text that does not parse raises ValueError naming the field."""
+        out = {}
+        for name, get in self.getters.items():
+            try:
+                out[name] = get()
+            except ValueError:
+                raise ValueError(f"{name.replace('_', ' ')}: not a valid value") from None
+        return out
+
+    def set_value(self, name: str, value: Any) -> None:
+        w = self.widgets.get(name)
+        if isinstance(w, QComboBox) and w.isEditable():
+            w.setEditText("" if value is None else str(value))
+        elif isinstance(w, QComboBox):
+            i = w.findData(value)
+            if i >= 0:
+                w.setCurrentIndex(i)
+        elif isinstance(w, QCheckBox):
+            w.setChecked(bool(value))
+        elif isinstance(w, (QSpinBox, QDoubleSpinBox)):
+            w.setValue(value)
+        elif isinstance(w, QLineEdit):
+            w.setText("" if value is None else str(value))

@@ -1,0 +1,103 @@
+"""Job launchers: one page per job kind the engine provides (evaluate, quantize, search
+with its methods, tune), each with its parameters and a Run button. A kind the engine does
+not have yet is shown disabled, saying which part is missing — never faked."""
+
+from __future__ import annotations
+
+from PySide6.QtCore import Signal
+from PySide6.QtWidgets import QComboBox, QFormLayout, QLabel, QPushButton, QScrollArea, QTabWidget, QVBoxLayout, QWidget
+
+from bitsmith.core.jobs import ModelSpec, job_kinds
+
+from .spec_form import SpecForm
+
+# kind -> (tab title, what it does in the window, the engine part that provides it)
+ACTIONS = {
+    "search": ("Strategy", "Find a bit plan: spike-aware, EvoPress or the sensitivity baseline. "
+               "The resulting plan lands in the layer table for you to adjust.", "issue 5 (core/jobkinds/search.py)"),
+    "quantize": ("Quantize", "Quantize the model with the plan in the layer table (RTN or GPTQ). "
+                 "Layer errors fill the table, heat map and plots as they arrive.", "issue 3 (core/jobkinds/quantize.py)"),
+    "tune": ("Tune", "Fine-tune a quantized run (PV-Tuning / STE) against the dense model; loss and "
+             "perplexity/KL plot live.", "issue 6 (core/jobkinds/tune.py)"),
+    "eval": ("Evaluate", "Perplexity of the open model (dense or a quantized checkpoint) on a text source.",
+             "the foundation (core/jobkinds/eval.py)"),
+}
+
+
+# Kinds whose model is chosen on the page: the open model, or a quantized run's checkpoint.
+CHOOSE_MODEL = {"eval": True, "tune": False}     # kind -> whether the open (dense) model is a choice
+
+
+class StrategiesPanel(QTabWidget):
+    runRequested = Signal(str, dict)      # kind, spec fields from the form
+    problem = Signal(str)                 # a form value that does not parse
+
+    def __init__(self, parent=None) -> None:
+        super().__init__(parent)
+        self.forms: dict[str, SpecForm] = {}
+        self.run_buttons: dict[str, QPushButton] = {}
+        self.model_choice: dict[str, QComboBox] = {}
+        kinds = job_kinds()
+        for kind, (title, text, part) in ACTIONS.items():
+            page = QWidget()
+            layout = QVBoxLayout(page)
+            layout.addWidget(QLabel(text, wordWrap=True))
+            button = QPushButton(f"Run {kind}", objectName="primary")
+            if kind in kinds:
+                if kind in CHOOSE_MODEL:
+                    combo = QComboBox()
+                    self.model_choice[kind] = combo
+                    row = QFormLayout()
+                    row.addRow("Model", combo)
+                    layout.addLayout(row)
+                form = SpecForm(kinds[kind].spec_cls)
+                self.forms[kind] = form
+                scroll = QScrollArea(widgetResizable=True)
+                scroll.setWidget(form)
+                layout.addWidget(scroll, 1)
+                button.clicked.connect(lambda _=False, k=kind: self._run(k))
+            else:
+                button.setEnabled(False)
+                button.setToolTip(f"needs the {kind} job, which this build does not have yet: {part}")
+                layout.addWidget(QLabel(f"<i>Not available: the engine's {kind} job is missing ({part}).</i>",
+                                        wordWrap=True))
+                layout.addStretch(1)
+            self.run_buttons[kind] = button
+            layout.addWidget(button)
+            self.addTab(page, title)
+
+    def set_checkpoints(self, dense: str | None, checkpoints: list[tuple[str, str]]) -> None:
+        """Fill the model choices: the open model (where it makes sense) and quantized runs."""
+        for kind, combo in self.model_choice.items():
+            current = combo.currentData()
+            combo.clear()
+            if CHOOSE_MODEL[kind] and dense:
+                combo.addItem(f"the open model: {dense}", None)
+            for label, path in checkpoints:
+                combo.addItem(f"quantized: {label}", path)
+            if combo.count() == 0:
+                combo.addItem("no quantized run of this model yet: quantize first", "")
+            i = combo.findData(current)
+            combo.setCurrentIndex(max(i, 0))
+
+    def available(self, kind: str) -> bool:
+        return kind in self.forms
+
+    def set_running(self, running: bool) -> None:
+        for kind, button in self.run_buttons.items():
+            button.setEnabled(not running and kind in self.forms)
+
+    def _run(self, kind: str) -> None:
+        try:
+            values = self.forms[kind].values()
+        except ValueError as err:
+            self.problem.emit(str(err))
+            return
+        if kind in self.model_choice:
+            path = self.model_choice[kind].currentData()
+            if path == "":
+                self.problem.emit(f"{kind} needs a quantized checkpoint: run quantize first")
+                return
+            if path is not None:
+                values["model"] = ModelSpec(path)
+        self.runRequested.emit(kind, values)

@@ -1,0 +1,42 @@
+"""`bitsmith export QUANTIZED --format gptq|compressed-tensors|gguf|native --out DIR [--lowbit lossless|kquant]`."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from ..cli import finish, run_job_inline
+from ..jobs import make_job
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser("export", help="write a quantized checkpoint in a format other tools load")
+    parser.add_argument("quantized", help="a quantized checkpoint folder (RUN_DIR/quantized) or its run directory")
+    parser.add_argument("--format", required=True, choices=["gptq", "compressed-tensors", "gguf", "native"])
+    parser.add_argument("--out", required=True, help="the folder to write (replaced whole if it exists)")
+    parser.add_argument("--lowbit", default="lossless", choices=["lossless", "kquant"],
+                        help="GGUF: 2/3-bit layers exact in a 4-bit block type (default) or re-encoded to Q2_K/Q3_K")
+    parser.add_argument("--checkpoint-format", default="auto", choices=["auto", "v2"],
+                        help="GPTQ: v1 when every zero point allows it (auto), or always v2")
+    parser.add_argument("--run", help="run directory to record the job in (default: a temporary one)")
+    parser.add_argument("--json", action="store_true", help="print the report as JSON on stdout")
+    parser.add_argument("--events", action="store_true", help="print raw event lines on stdout")
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    job = make_job("export", source=str(Path(args.quantized).expanduser().resolve()), format=args.format,
+                   out=str(Path(args.out).expanduser().resolve()), lowbit=args.lowbit,
+                   checkpoint_format=args.checkpoint_format)
+    run_args = argparse.Namespace(out=args.run, events=args.events, resume=False)
+    code, report = run_job_inline(job, run_args)
+    summary = None
+    if report:
+        lines = [f"{report['format']} export in {report['out']}: {report['avg_code_bits']:.3f} bits/weight in codes, "
+                 f"{report['effective_bits']:.3f} with scales and zeros"]
+        if report["format"] == "gguf":
+            lines.append(f"GGUF block types {report['types']}, {report['quantized_bits_per_weight']:.3f} bits/weight "
+                         f"in the file, max relative weight error {report['max_rel_error']:.2e}")
+        lines += [f"warning: {w}" for w in report["warnings"]]
+        summary = "\n".join(lines)
+    return finish(code, report, args, summary)

@@ -1,0 +1,93 @@
+"""`bitsmith search MODEL --method evopress|spike|sensitivity --target-bits 3.0 [--preset cpu|reference]
+[--levels 2,3,4,5,6] [--group-size 64] --out RUN [--resume]`."""
+
+from __future__ import annotations
+
+import argparse
+
+from ..cli import add_model_args, add_output_args, finish, model_spec, run_job_inline
+from ..errors import BadInput
+from ..jobs import make_job
+from ..jobkinds.search import SearchSpec
+
+_D = SearchSpec()
+
+
+def _ints(text: str) -> list[int]:
+    try:
+        return [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "search", help="choose per-layer bit-widths (EvoPress, spike-aware, sensitivity)",
+        description="Search a per-layer bit allocation under an average-bits budget and write RUN/plan.json "
+        "for `bitsmith quantize --plan`. EvoPress and the sensitivity baseline first build a database of "
+        "GPTQ variants of every layer at every level (reusable with --database).")
+    add_model_args(parser)
+    parser.add_argument("--method", choices=["evopress", "spike", "sensitivity"], default=_D.method)
+    parser.add_argument("--target-bits", type=float, default=_D.target_bits,
+                        help="average code bits per weight over the searched layers (default 3.0)")
+    parser.add_argument("--preset", choices=["cpu", "reference"], default=_D.preset,
+                        help="cpu: under 15 minutes on a small model on 2 cores; reference: EvoPress's defaults")
+    parser.add_argument("--levels", type=_ints, default=_D.levels, help="bit-widths to choose from (default 2,3,4,5,6)")
+    parser.add_argument("--group-size", type=int, default=_D.group_size)
+    parser.add_argument("--sym", action="store_true", help="symmetric grid (default asymmetric)")
+    parser.add_argument("--calib", default=_D.calib, help="calibration text (default builtin)")
+    parser.add_argument("--windows", type=int, help="calibration windows for Hessians / spike scores")
+    parser.add_argument("--seqlen", type=int, default=_D.seqlen)
+    parser.add_argument("--seed", type=int, default=_D.seed)
+    parser.add_argument("--threads", type=int, help="torch CPU threads (default: 1 on a busy machine, else all)")
+    evo = parser.add_argument_group("EvoPress (defaults from the preset)")
+    evo.add_argument("--generations", type=int)
+    evo.add_argument("--offspring", type=int)
+    evo.add_argument("--survivors", type=_ints, help="per stage, e.g. 16,4,1")
+    evo.add_argument("--tokens", type=_ints, help="tokens per stage, e.g. 2048,16384,131072")
+    evo.add_argument("--kl-topk", type=int, help="top-k sparse KL (0: full KL)")
+    evo.add_argument("--eval-every", type=int, help="perplexity every k generations (0: never)")
+    evo.add_argument("--eval-data", default=_D.eval_data)
+    evo.add_argument("--eval-windows", type=int)
+    evo.add_argument("--no-final-eval", action="store_true", help="skip the perplexity of the chosen plan")
+    parser.add_argument("--database", help="reuse the variant database of another search run (its folder)")
+    spike = parser.add_argument_group("spike-aware")
+    spike.add_argument("--spike-threshold", type=float, default=_D.spike_threshold)
+    spike.add_argument("--spike-top-k", type=int)
+    spike.add_argument("--keep-bits", type=int, choices=[16, 8], default=_D.spike_keep_bits)
+    parser.add_argument("--then-quantize", action="store_true", help="quantize per the plan into RUN/quantized")
+    add_output_args(parser)
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.resume and not args.out:
+        raise BadInput("--resume needs --out RUN, the run to continue", "pass the run directory with --out")
+    job = make_job("search", model=model_spec(args), method=args.method, target_bits=args.target_bits,
+                   levels=args.levels, group_size=args.group_size, sym=args.sym, preset=args.preset,
+                   calib=args.calib, windows=args.windows, seqlen=args.seqlen, seed=args.seed,
+                   generations=args.generations, offspring=args.offspring, survivors=args.survivors,
+                   tokens=args.tokens, kl_topk=args.kl_topk, eval_every=args.eval_every, eval_data=args.eval_data,
+                   eval_windows=args.eval_windows, final_eval=not args.no_final_eval, database=args.database,
+                   spike_threshold=args.spike_threshold, spike_top_k=args.spike_top_k,
+                   spike_keep_bits=args.keep_bits, then_quantize=args.then_quantize, threads=args.threads)
+    code, report = run_job_inline(job, args)
+    summary = None
+    if report:
+        lines = [f"{report['model']['source']}: {report['method']} plan → {report['plan_file']}",
+                 f"  {report['avg_code_bits']:.3f} bits/weight in codes, {report['effective_bits']:.3f} with "
+                 f"scales and zeros; layers by bits {report['budget']['bits_histogram']}"]
+        if "evopress" in report:
+            e = report["evopress"]
+            lines.append(f"  {e['generations']} generations, KL {e['fitness']:.4f}, {e['forward_tokens']} forward "
+                         f"tokens ({e['prefix_saving']:.0%} saved by shared prefixes), {e['search_seconds']:.0f} s")
+        if "database" in report:
+            lines.append(f"  variant database built in {report['database']['build_seconds']:.0f} s")
+        if "spike" in report:
+            lines.append(f"  kept: {', '.join(report['spike']['kept']) or 'none'}")
+        if "ppl" in report:
+            lines.append(f"  perplexity {report['ppl']:.3f} on {report['eval']['data']}")
+        if "quantize" in report:
+            lines.append(f"  quantized → {report['quantize']['quantized_dir']}")
+        summary = "\n".join(lines)
+    return finish(code, report, args, summary)

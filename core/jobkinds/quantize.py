@@ -1,0 +1,184 @@
+"""`quantize`: calibrate, quantize per plan with GPTQ or RTN, write RUN_DIR/quantized/.
+
+Events: `plan` (the resolved plan and its budget), `layer` per layer (bits, group size,
+relative output error, seconds), `progress` with an ETA. Finished blocks are saved to
+RUN_DIR/checkpoint/ as they complete; `--resume` replays them (the calibration windows
+are saved too, so the replayed activations are the same) and continues with the next
+block. Cancellation is checked between layers.
+"""
+
+from __future__ import annotations
+
+import resource
+import time
+from dataclasses import dataclass, field
+from typing import Literal
+
+import torch
+
+from ..errors import BadInput, Cancelled
+from ..jobs import ModelSpec, RunContext, register_job
+from ..plan import PlanSpec
+
+DEFAULT_CALIB = "builtin+selfgen"
+
+
+@dataclass
+class QuantizeSpec:
+    model: ModelSpec = field(default_factory=ModelSpec)
+    method: Literal["gptq", "rtn"] = "gptq"
+    plan: PlanSpec | str = field(default_factory=PlanSpec)   # inline rules, or a plan.json path
+    calib: str = DEFAULT_CALIB        # text source(s); "a+b" mixes sources in equal parts
+    calib_windows: int = 64           # 0: no calibration (RTN only)
+    seqlen: int = 512
+    seed: int = 0
+    damp: float = 0.1                 # λ = damp · mean(diag H)
+    act_order: bool = True            # columns by descending diag(H), static groups
+    static_groups: bool = False       # grids fixed up front also without act-order
+    clip: bool = True                 # range-shrink search of each group's grid (diag(H)-weighted)
+    clip_min_shrink: float = 0.8
+    block_size: int = 128
+    true_sequential: bool = True
+    batch_size: int = 8
+
+    def validate(self) -> None:
+        if self.calib_windows < 0:
+            raise BadInput(f"calib_windows {self.calib_windows} is negative", "use --calib-windows 1 or more")
+        if self.calib_windows == 0 and self.method == "gptq":
+            raise BadInput("GPTQ needs calibration windows", "use --calib-windows 1 or more, or --method rtn")
+        if self.seqlen < 2:
+            raise BadInput(f"seqlen {self.seqlen} is too short", "use --seqlen 2 or more (512 is standard)")
+        if not self.damp > 0:
+            raise BadInput(f"damp {self.damp} must be positive", "use e.g. --damp 0.01 or 0.1")
+        if not 0 < self.clip_min_shrink <= 1:
+            raise BadInput(f"clip_min_shrink {self.clip_min_shrink} must be in (0, 1]", "use e.g. 0.8")
+        if self.block_size < 1 or self.batch_size < 1:
+            raise BadInput("block_size and batch_size must be at least 1", "use the defaults (128, 8)")
+        if isinstance(self.plan, PlanSpec):
+            self.plan.validate()
+
+
+@register_job("quantize", QuantizeSpec, "quantize a model per a bit plan with GPTQ or RTN")
+def run_quantize(spec: QuantizeSpec, ctx: RunContext) -> dict:
+    from ..inventory import inventory_summary, layer_inventory
+    from ..model import resolve_device
+    from ..pipeline import apply_done_blocks, quantize_model
+    from ..plan import load_plan_file, plan_for_model, save_plan
+    from .common import open_model
+    from ..quant.resume import BlockStore, load_windows_or_draw
+
+    started = time.monotonic()
+    work_device = resolve_device(spec.model.device)
+    # The model stays on the CPU; one block at a time goes to the work device.
+    load_spec = ModelSpec(spec.model.source, "cpu", _dtype_name(spec.model.dtype, work_device),
+                          spec.model.trust_remote_code)
+    loaded = open_model(load_spec, ctx)
+    if loaded.quantized is not None:
+        raise BadInput(f"{spec.model.source} is already quantized", "quantize the original model instead")
+    layers = layer_inventory(loaded.model)
+    source = load_plan_file(spec.plan) if isinstance(spec.plan, str) else spec.plan
+    plan = plan_for_model(source, layers)
+    budget = plan.budget()
+    save_plan(ctx.run_dir.plan_file, plan, plan.spec, layers)
+    ctx.emitter.plan(plan.bits_map(), budget=budget.to_dict(),
+                     group_sizes={n: e.group_size for n, e in plan.entries.items()})
+    ctx.emitter.log(f"plan: {budget.summary()}")
+
+    store = BlockStore(ctx.run_dir.checkpoint_dir)
+    windows = None
+    if spec.calib_windows > 0:
+        ctx.emitter.stage("calibrate", "start")
+        windows = load_windows_or_draw(store, ctx.resume, spec, loaded)
+        ctx.emitter.stage("calibrate", "end")
+    done = store.load_done(plan) if ctx.resume else {}
+    start_block = store.next_block() if ctx.resume else 0
+    if not ctx.resume:
+        store.reset()
+    if done:
+        apply_done_blocks(loaded.model, plan, done)
+        ctx.emitter.log(f"resuming at block {start_block}: {len(store.layer_results)} layers were done")
+    results = dict(store.layer_results)
+    ctx.emitter.stage("quantize", "start")
+    progress = _progress(ctx, len(layers), len(results))
+    quantize_started = time.monotonic()
+
+    def on_layer(result) -> None:
+        fields = result.event_fields()
+        results[result.name] = fields
+        ctx.emitter.layer(result.name, **fields)
+        progress.advance()
+
+    def on_block_done(index: int, quantized: dict) -> None:
+        store.save_block(index, quantized, {n: results[n] for n in results if _in_block(n, layers, index)})
+
+    try:
+        quantized = quantize_model(loaded.model, plan, windows, _options(spec), device=work_device,
+                                   on_layer=on_layer, on_block_done=on_block_done, check=ctx.cancel.check,
+                                   start_block=start_block)
+    except Cancelled:
+        raise Cancelled(f"cancelled after {store.layers_done()} of {len(layers)} layers "
+                        f"(blocks before {store.next_block()} are saved in checkpoint/)")
+    quantized = {**done, **quantized}
+    quantize_seconds = time.monotonic() - quantize_started
+    ctx.emitter.stage("quantize", "end")
+
+    ctx.emitter.stage("save", "start")
+    from ..quant.checkpoint import save_quantized
+
+    save_quantized(ctx.run_dir.quantized_dir, loaded.model, loaded.tokenizer, quantized, plan,
+                   extra={"base_model": {"source": loaded.source, "location": loaded.location},
+                          "provenance": _provenance(spec, windows)})
+    ctx.emitter.stage("save", "end")
+    errors = [r["rel_error"] for r in results.values() if r.get("rel_error") is not None and not r.get("keep")]
+    return {"model": loaded.summary(), "inventory": inventory_summary(layers), "method": spec.method,
+            "avg_code_bits": budget.avg_code_bits, "effective_bits": budget.effective_bits,
+            "total_bytes": budget.total_bytes, "bytes_16bit": budget.bytes_16bit, "budget": budget.to_dict(),
+            "calibration": {"source": spec.calib, "windows": spec.calib_windows, "seqlen": spec.seqlen,
+                            "tokens": int(windows.numel()) if windows is not None else 0},
+            "mean_rel_error": sum(errors) / len(errors) if errors else None,
+            "max_rel_error": max(errors) if errors else None,
+            "quantize_seconds": round(quantize_seconds, 2), "total_seconds": round(time.monotonic() - started, 2),
+            "peak_memory_mb": _peak_memory_mb(work_device), "resumed_at_block": start_block if ctx.resume else None,
+            "quantized_dir": str(ctx.run_dir.quantized_dir), "plan_file": str(ctx.run_dir.plan_file),
+            "layers": results}
+
+
+def _dtype_name(dtype: str, device: torch.device) -> str:
+    if dtype != "auto":
+        return dtype
+    return "bfloat16" if device.type == "cuda" else "float32"
+
+
+def _options(spec: QuantizeSpec):
+    from ..pipeline import QuantizeOptions
+    from ..quant.grid import ClipConfig
+
+    return QuantizeOptions(method=spec.method, damp=spec.damp, act_order=spec.act_order,
+                           static_groups=spec.static_groups, block_size=spec.block_size,
+                           clip=ClipConfig(enabled=True, min_shrink=spec.clip_min_shrink) if spec.clip else None,
+                           true_sequential=spec.true_sequential, batch_size=spec.batch_size)
+
+
+def _progress(ctx: RunContext, total: int, done: int):
+    from ..events import Progress
+
+    return Progress(ctx.emitter, "quantize", total, done)
+
+
+def _in_block(name: str, layers: list, index: int) -> bool:
+    return any(l.name == name and l.block == index for l in layers)
+
+
+def _provenance(spec: QuantizeSpec, windows: torch.Tensor | None) -> dict:
+    from ..config import to_dict
+
+    return {"method": spec.method, "job": to_dict(spec),
+            "calibration_tokens": int(windows.numel()) if windows is not None else 0}
+
+
+def _peak_memory_mb(device: torch.device) -> dict:
+    peak = {"cpu_rss": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}
+    if device.type == "cuda":
+        peak["cuda_allocated"] = round(torch.cuda.max_memory_allocated(device) / 2**20, 1)
+    return peak
+

@@ -1,0 +1,99 @@
+"""`search`: choose per-layer bit-widths — EvoPress, spike-aware, or the sensitivity baseline.
+
+Writes RUN_DIR/plan.json (what `bitsmith quantize --plan` reads) and, with
+`then_quantize`, goes straight on to quantize the model per that plan into
+RUN_DIR/quantized/. The variant database lives in RUN_DIR/database-<key>/ and can be
+reused by another search (`database`: that run's folder). Preset fields left null take
+the preset's value (core/search/presets.py).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+from ..errors import BadInput
+from ..jobs import ModelSpec, RunContext, register_job
+
+ALLOWED_LEVELS = (2, 3, 4, 5, 6, 7, 8, 16)
+
+
+@dataclass
+class SearchSpec:
+    model: ModelSpec = field(default_factory=ModelSpec)
+    method: Literal["evopress", "spike", "sensitivity"] = "evopress"
+    target_bits: float = 3.0              # average code bits over the searched layers
+    levels: list[int] = field(default_factory=lambda: [2, 3, 4, 5, 6])
+    group_size: int = 64
+    sym: bool = False
+    preset: Literal["cpu", "reference"] = "cpu"
+    calib: str = "builtin"                # calibration text (Hessians, spike scores, fitness pool)
+    windows: int | None = None            # calibration windows for Hessians / spike scores
+    seqlen: int = 512                     # their length
+    seed: int = 0
+    # EvoPress (null: the preset's value)
+    generations: int | None = None
+    offspring: int | None = None
+    survivors: list[int] | None = None
+    tokens: list[int] | None = None       # tokens per selection stage
+    fitness_seqlen: int | None = None
+    pool_windows: int | None = None
+    start_candidates: int | None = None
+    kl_topk: int | None = None            # 0: full KL; k: top-k sparse KL
+    share_prefixes: bool = True           # candidates share the blocks they agree on
+    batch_size: int = 4                   # windows per forward
+    threads: int | None = None            # torch CPU threads; null: 1 when the CPU is oversubscribed
+    eval_every: int | None = None         # perplexity every k generations (0: never)
+    eval_data: str = "builtin-eval"
+    eval_windows: int | None = None
+    eval_seqlen: int = 512
+    final_eval: bool = True               # perplexity of the chosen plan (variants assembled)
+    # variant database
+    database: str | None = None           # a run directory (or database folder) to reuse
+    cache_gb: float = 2.0                 # dequantized variants kept in memory
+    # spike-aware
+    spike_threshold: float = 50.0         # keep layers scoring above this …
+    spike_top_k: int | None = None        # … or the top k
+    spike_keep_bits: Literal[16, 8] = 16  # kept layers: 16-bit, or 8-bit
+    # then quantize per the plan (the quantize job's calibration and GPTQ settings)
+    then_quantize: bool = False
+    quantize_calib: str = "builtin"
+    quantize_windows: int = 64
+
+    def validate(self) -> None:
+        bad = [b for b in self.levels if b not in ALLOWED_LEVELS]
+        if bad or not self.levels:
+            raise BadInput(f"levels {self.levels} are not all allowed bit-widths",
+                           f"use levels from {', '.join(map(str, ALLOWED_LEVELS))}, e.g. --levels 2,3,4,5,6")
+        if self.method == "evopress" and len(set(self.levels)) < 2:
+            raise BadInput("EvoPress needs at least two levels", "use e.g. --levels 2,3,4,5,6")
+        quantized = [b for b in self.levels if b != 16] or [16]
+        low, high = min(quantized), max(self.levels)
+        if not low <= self.target_bits <= high:
+            raise BadInput(f"target {self.target_bits} bits is outside the levels {low}–{high}",
+                           f"choose --target-bits between {low} and {high}, or change --levels")
+        if self.group_size < 1:
+            raise BadInput(f"group size {self.group_size} must be at least 1", "use e.g. --group-size 64")
+        if self.survivors is not None and (not self.survivors or self.survivors[-1] != 1
+                                           or any(s < 1 for s in self.survivors)):
+            raise BadInput(f"survivors {self.survivors} must be positive and end with 1", "use e.g. 16,4,1")
+        if self.survivors is not None and self.tokens is not None and len(self.survivors) != len(self.tokens):
+            raise BadInput(f"{len(self.survivors)} survivor counts but {len(self.tokens)} token counts",
+                           "give one token count per selection stage")
+        for name in ("generations", "offspring", "windows", "pool_windows", "fitness_seqlen", "eval_windows"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise BadInput(f"{name} {value} must be at least 1", f"raise --{name.replace('_', '-')}")
+        if self.seqlen < 2 or self.eval_seqlen < 2 or self.batch_size < 1:
+            raise BadInput("seqlen must be at least 2 and batch_size at least 1", "use the defaults")
+        if self.threads is not None and self.threads < 1:
+            raise BadInput(f"threads {self.threads} must be at least 1", "use e.g. --threads 2")
+        if self.spike_top_k is not None and self.spike_top_k < 0:
+            raise BadInput(f"spike_top_k {self.spike_top_k} is negative", "use 0 or more")
+
+
+@register_job("search", SearchSpec, "per-layer bit-widths: EvoPress, spike-aware, or sensitivity (knapsack)")
+def run_search(spec: SearchSpec, ctx: RunContext) -> dict:
+    from ..search.driver import run_search_job
+
+    return run_search_job(spec, ctx)

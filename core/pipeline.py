@@ -1,0 +1,240 @@
+"""The quantization pipeline: block by block through the model, quantize per plan.
+
+For each decoder block (one on the work device at a time, see core/capture.py):
+  1. group its linears by shared input, in call order ("true sequential": q,k,v -> o ->
+     gate,up -> down in Llama);
+  2. for each group: run the calibration activations through the block (stopping once the
+     group has been called), accumulate the group's Hessian H = (2/N) Σ x xᵀ, quantize each
+     layer of the group with GPTQ (or RTN) per the plan, write Ŵ into the block;
+  3. run the block once more, with all its weights quantized, to make the next block's
+     inputs.
+
+Layers the plan keeps at 16-bit are left alone; fp8-kept layers are rounded to fp8 in place.
+`quantize_model` returns {layer name: QuantizedWeight} and reports each layer through a
+callback, so the job can emit events, checkpoint finished blocks and stop between layers.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Literal
+
+import torch
+from torch import nn
+
+from .capture import BlockInputs, block_linears, iterate_blocks, record_inputs, run_block, sequential_groups
+from .inventory import _is_conv1d, find_blocks, linear_weight
+from .plan import LayerPlan, Plan
+from .quant.gptq import HessianAccumulator, gptq_quantize, rel_error
+from .quant.grid import ClipConfig, dequantize_fp8, quantize_fp8, quantize_rtn
+from .quant.tensor import QuantizedWeight
+
+Method = Literal["gptq", "rtn"]
+
+
+@dataclass
+class QuantizeOptions:
+    method: Method = "gptq"
+    damp: float = 0.01               # λ = damp · mean(diag H)
+    act_order: bool = False          # columns by descending diag(H), static groups
+    static_groups: bool = False      # grids fixed up front even without act-order
+    block_size: int = 128            # GPTQ lazy-update block (columns)
+    clip: ClipConfig | None = None   # range-shrink search of each group's grid
+    true_sequential: bool = True     # re-capture inputs after each group inside a block
+    batch_size: int = 8              # calibration windows per forward pass
+
+
+@dataclass
+class LayerResult:
+    name: str
+    block: int
+    bits: int
+    group_size: int
+    rel_error: float | None          # tr(ΔW H ΔWᵀ)/tr(W H Wᵀ); None without calibration data
+    seconds: float
+    keep: str | None = None
+    info: dict = field(default_factory=dict)
+
+    def event_fields(self) -> dict:
+        fields = {"block": self.block, "bits": self.bits, "group_size": self.group_size,
+                  "rel_error": self.rel_error, "seconds": round(self.seconds, 3)}
+        if self.keep:
+            fields["keep"] = self.keep
+        return {**fields, **self.info}
+
+
+LayerCallback = Callable[[LayerResult], None]
+BlockCallback = Callable[[int, dict[str, QuantizedWeight]], None]
+
+
+@torch.no_grad()
+def write_weight(module: nn.Module, W_hat: torch.Tensor) -> None:
+    """Put Ŵ [d_out, d_in] into the float layer, in its dtype and storage order."""
+    W_hat = W_hat.to(module.weight.device, module.weight.dtype)
+    module.weight.copy_(W_hat.t() if _is_conv1d(module) else W_hat)
+
+
+def round_fp8_in_place(module: nn.Module) -> None:
+    values, scale = quantize_fp8(linear_weight(module))
+    write_weight(module, dequantize_fp8(values, scale))
+
+
+def quantize_layer(W: torch.Tensor, H: torch.Tensor | None, entry: LayerPlan,
+                   options: QuantizeOptions) -> tuple[QuantizedWeight, dict]:
+    """One layer per its plan entry: GPTQ against H, or round-to-nearest."""
+    if options.method == "gptq" and H is not None:
+        qw, info = gptq_quantize(W, H, entry.bits, entry.group_size, entry.sym, act_order=options.act_order,
+                                 static_groups=options.static_groups, damp=options.damp,
+                                 block_size=options.block_size, clip=options.clip)
+        return qw, info.to_dict()
+    importance = torch.diag(H) if H is not None else None
+    return quantize_rtn(W.to(torch.float32), entry.bits, entry.group_size, entry.sym, options.clip, importance), {}
+
+
+class BlockQuantizer:
+    """`on_block` for iterate_blocks: quantizes one block's layers per the plan."""
+
+    def __init__(self, prefix: str, plan: Plan, options: QuantizeOptions, calibrated: bool,
+                 on_layer: LayerCallback | None, on_block_done: BlockCallback | None,
+                 check: Callable[[], None] | None) -> None:
+        self.prefix, self.plan, self.options, self.calibrated = prefix, plan, options, calibrated
+        self.on_layer, self.on_block_done, self.check = on_layer, on_block_done, check
+        self.groups: list[list[str]] | None = None
+        self.quantized: dict[str, QuantizedWeight] = {}
+
+    def __call__(self, index: int, block: nn.Module, inputs: BlockInputs) -> None:
+        linears = block_linears(block)
+        if self.groups is None or any(n not in linears for g in self.groups for n in g):
+            self.groups = sequential_groups(block, inputs) if self.calibrated else [list(linears)]
+        groups = self.groups if self.options.true_sequential else [[n for g in self.groups for n in g]]
+        done: dict[str, QuantizedWeight] = {}
+        for group in groups:
+            wanted = [n for n in group if f"{self.prefix}.{index}.{n}" in self.plan.entries]
+            need_h = [n for n in wanted if self.plan.entries[f"{self.prefix}.{index}.{n}"].keep != "16"]
+            hessians = self._hessians(block, inputs, need_h) if self.calibrated else {}
+            for sub in wanted:
+                if self.check is not None:
+                    self.check()
+                name = f"{self.prefix}.{index}.{sub}"
+                qw = self._quantize_one(name, index, linears[sub], hessians.get(sub))
+                if qw is not None:
+                    done[name] = qw
+        self.quantized.update(done)
+        if self.on_block_done is not None:
+            self.on_block_done(index, done)
+
+    def _hessians(self, block: nn.Module, inputs: BlockInputs, names: list[str]) -> dict[str, torch.Tensor]:
+        """H [d_in, d_in] of each named layer over all batches. Layers that receive the very
+        same input tensor (q, k, v) share one accumulator, so H is computed once for them."""
+        if not names:
+            return {}
+        device = next(block.parameters()).device
+        accs: dict[str, HessianAccumulator] = {}     # leader name -> accumulator
+        alias: dict[str, str] = {}                   # layer -> leader that saw the same input
+        for hidden, args, kwargs in zip(inputs.hidden, inputs.args, inputs.kwargs):
+            seen: dict[int, str] = {}
+            alive: list[torch.Tensor] = []           # keeps ids unique during this batch
+
+            def make_cb(name: str) -> Callable[[torch.Tensor], None]:
+                def cb(x: torch.Tensor) -> None:
+                    leader = seen.get(id(x))
+                    if leader is not None:
+                        alias[name] = leader
+                        return
+                    seen[id(x)] = name
+                    alive.append(x)
+                    if name not in accs:
+                        accs[name] = HessianAccumulator(x.shape[-1], device)
+                    accs[name].add(x)
+                return cb
+
+            with record_inputs(block, {n: make_cb(n) for n in names}, stop_after=set(names)):
+                run_block(block, BlockInputs([hidden], [args], [kwargs]))
+        return {n: accs[alias.get(n, n)].H for n in names}
+
+    def _quantize_one(self, name: str, index: int, module: nn.Module, H: torch.Tensor | None) -> QuantizedWeight | None:
+        entry = self.plan.entries[name]
+        start = time.monotonic()
+        W = linear_weight(module).detach().float().clone()   # the layer is overwritten below
+        if entry.keep == "16":
+            result = LayerResult(name, index, 16, 0, 0.0, time.monotonic() - start, keep="16")
+            qw = None
+        elif entry.keep == "fp8":
+            round_fp8_in_place(module)
+            err = rel_error(W, linear_weight(module).float(), H) if H is not None else None
+            result = LayerResult(name, index, 8, 0, err, time.monotonic() - start, keep="fp8")
+            qw = None
+        else:
+            qw, info = quantize_layer(W, H, entry, self.options)
+            W_hat = qw.dequantize()
+            write_weight(module, W_hat)
+            err = rel_error(W, W_hat, H) if H is not None else _weight_rel_error(W, W_hat)
+            if H is None:
+                info = {**info, "error_kind": "weight"}
+            result = LayerResult(name, index, entry.bits, entry.group_size, err, time.monotonic() - start, info=info)
+        if self.on_layer is not None:
+            self.on_layer(result)
+        return qw
+
+
+def _weight_rel_error(W: torch.Tensor, W_hat: torch.Tensor) -> float:
+    return float(((W - W_hat) ** 2).sum() / (W ** 2).sum().clamp_min(1e-30))
+
+
+def apply_done_blocks(model: nn.Module, plan: Plan, quantized: dict[str, QuantizedWeight]) -> None:
+    """Put already-quantized layers (from a checkpoint) and fp8 rounding into the model."""
+    for name, qw in quantized.items():
+        write_weight(model.get_submodule(name), qw.dequantize())
+    done_blocks = {_block_of(name) for name in quantized}
+    for name, entry in plan.entries.items():
+        if entry.keep == "fp8" and _block_of(name) in done_blocks:
+            round_fp8_in_place(model.get_submodule(name))
+
+
+def _block_of(name: str) -> str:
+    parts = name.split(".")
+    digits = [i for i, p in enumerate(parts) if p.isdigit()]
+    return ".".join(parts[: digits[0] + 1]) if digits else name
+
+
+def quantize_model(model: nn.Module, plan: Plan, windows: torch.Tensor | None, options: QuantizeOptions,
+                   device: torch.device | str | None = None, on_layer: LayerCallback | None = None,
+                   on_block_done: BlockCallback | None = None, check: Callable[[], None] | None = None,
+                   start_block: int = 0) -> dict[str, QuantizedWeight]:
+    """Quantize `model` in place (its layers end up holding Ŵ) and return the codes.
+
+    `windows` [N, L] are the calibration token windows; None (RTN only) quantizes without
+    data. Blocks before `start_block` must already hold their quantized weights (resume).
+    """
+    prefix, blocks = find_blocks(model)
+    worker = BlockQuantizer(prefix, plan, options, windows is not None, on_layer, on_block_done, check)
+    if windows is None:
+        if options.method == "gptq":
+            raise ValueError("GPTQ needs calibration windows")
+        for index, block in enumerate(blocks):
+            if index >= start_block:
+                worker(index, block, BlockInputs([], [], []))
+        return worker.quantized
+    iterate_blocks(model, windows, worker, device=device, batch_size=options.batch_size,
+                   start=start_block, check=check)
+    return worker.quantized
+
+
+def draw_calibration(source: str, tokenizer, n_windows: int, seqlen: int, seed: int = 0,
+                     model: nn.Module | None = None) -> torch.Tensor:
+    """[n_windows, seqlen] calibration windows; "a+b" draws from each source in turn
+    (n split as evenly as possible, each part seeded), e.g. "builtin+selfgen"."""
+    from .data import calibration_windows
+
+    parts = [p.strip() for p in source.split("+") if p.strip()]
+    if not parts:
+        from .errors import BadInput
+
+        raise BadInput("no calibration source given", "use e.g. --calib builtin")
+    if len(parts) == 1:
+        return calibration_windows(parts[0], tokenizer, n_windows, seqlen, seed, model=model)
+    counts = [n_windows // len(parts) + (1 if i < n_windows % len(parts) else 0) for i in range(len(parts))]
+    drawn = [calibration_windows(p, tokenizer, c, seqlen, seed + i, model=model)
+             for i, (p, c) in enumerate(zip(parts, counts)) if c > 0]
+    return torch.cat(drawn)

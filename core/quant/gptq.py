@@ -1,0 +1,152 @@
+"""GPTQ (Frantar et al., 2022) for one linear layer, as ALGORITHMS.md gives it.
+
+Pure functions: accumulate a Hessian from a layer's inputs, quantize a weight against it,
+measure the relative output error. The block-by-block orchestration is core/pipeline.py.
+
+    H = (2/N) sum_n x_n x_nᵀ                        [d_in, d_in], fp32 running mean
+    dead inputs (H_ii = 0): H_ii = 1, W[:, i] = 0
+    act-order: columns by descending diag(H); groups' grids fixed up front ("static")
+    H += λ I, λ = damp · mean(diag H); Cholesky fails -> λ x 10, retry
+    U = cholesky(cholesky_inverse(cholesky(H)), upper=True)        so H⁻¹ = Uᵀ U
+    per block of columns: q_i = Q(w_i), err = (w_i - q_i) / U_ii, W[:, i:] -= err · U[i, i:]
+    after a block: W[:, later] -= Err_block @ U[block, later]   (one matmul)
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+from .grid import ClipConfig, as_clip, check_bits, fit_grid, quantize_column
+from .tensor import QuantizedWeight
+
+MAX_DAMP = 10.0   # give up when λ would exceed 10 · mean(diag H)
+
+
+class HessianAccumulator:
+    """H = (2/N) Σ x xᵀ over every input row seen so far, as a running mean in fp32."""
+
+    def __init__(self, d_in: int, device: torch.device | str = "cpu") -> None:
+        self.H = torch.zeros(d_in, d_in, dtype=torch.float32, device=device)
+        self.n = 0
+
+    def add(self, x: torch.Tensor) -> None:
+        """x [..., d_in]: a batch of layer inputs (any leading shape)."""
+        x = x.detach().reshape(-1, x.shape[-1]).to(self.H.device, torch.float32)
+        n_new = x.shape[0]
+        if n_new == 0:
+            return
+        self.H.mul_(self.n / (self.n + n_new))
+        self.n += n_new
+        x = x * math.sqrt(2.0 / self.n)
+        self.H.addmm_(x.t(), x)
+
+
+def rel_error(W: torch.Tensor, W_hat: torch.Tensor, H: torch.Tensor) -> float:
+    """tr(ΔW H ΔWᵀ) / tr(W H Wᵀ) = ‖(W − Ŵ) X‖² / ‖W X‖² for X the calibration inputs."""
+    W = W.to(H.device, torch.float32)
+    delta = W - W_hat.to(H.device, torch.float32)
+    num = ((delta @ H) * delta).sum()
+    den = ((W @ H) * W).sum()
+    return float(num / den) if float(den) > 0 else float(num > 0)
+
+
+@dataclass
+class GPTQInfo:
+    damp: float            # the relative dampening that worked (damp · 10^retries)
+    retries: int           # Cholesky failures before it worked
+    dead_inputs: int       # columns with H_ii = 0
+    act_order: bool
+    static_groups: bool
+
+    def to_dict(self) -> dict:
+        return {"damp": self.damp, "damp_retries": self.retries, "dead_inputs": self.dead_inputs,
+                "act_order": self.act_order, "static_groups": self.static_groups}
+
+
+def _inverse_cholesky(H: torch.Tensor, damp: float) -> tuple[torch.Tensor, float, int]:
+    """Upper U with H⁻¹ = Uᵀ U after dampening, raising λ tenfold while Cholesky fails."""
+    mean_diag = torch.mean(torch.diag(H)).item()
+    eye = torch.eye(H.shape[0], dtype=H.dtype, device=H.device)
+    tries, rel = 0, damp
+    while rel <= MAX_DAMP:
+        L, info = torch.linalg.cholesky_ex(H + rel * mean_diag * eye)
+        if info.item() == 0:
+            Hinv = torch.cholesky_inverse(L)
+            U, info = torch.linalg.cholesky_ex(Hinv, upper=True)
+            if info.item() == 0 and torch.isfinite(U).all():
+                return U, rel, tries
+        tries, rel = tries + 1, rel * 10
+    raise ValueError(f"the Hessian is not positive definite even with dampening {rel}")
+
+
+def _block_size(block_size: int, group_size: int) -> int:
+    """Lazy-update block of whole groups, so a group never straddles two blocks."""
+    return group_size * max(1, block_size // group_size) if group_size <= block_size else group_size
+
+
+@torch.no_grad()
+def gptq_quantize(W: torch.Tensor, H: torch.Tensor, bits: int, group_size: int, sym: bool = False,
+                  act_order: bool = False, static_groups: bool = False, damp: float = 0.01,
+                  block_size: int = 128, clip: bool | ClipConfig | None = None) -> tuple[QuantizedWeight, GPTQInfo]:
+    """Quantize W [d_out, d_in] against the Hessian H [d_in, d_in] of its inputs.
+
+    Without act-order each group's grid is fitted when the sweep reaches the group, from
+    the weights as updated so far. With act-order the grids are fixed up front from the
+    original weights (static groups), so the codes keep the plain group layout and need no
+    `g_idx` at inference; act-order therefore always uses static groups.
+    """
+    check_bits(bits)
+    d_out, d_in = W.shape
+    if d_in % group_size:
+        raise ValueError(f"group size {group_size} does not divide d_in {d_in}")
+    device = H.device
+    W = W.detach().to(device, torch.float32).clone()
+    H = H.to(torch.float32).clone()
+    dead = torch.diag(H) == 0
+    H[dead, dead] = 1.0
+    W[:, dead] = 0.0
+    clip_cfg = as_clip(clip)
+    static = static_groups or act_order
+    n_groups = d_in // group_size
+    scales = torch.zeros(d_out, n_groups, device=device)
+    zeros = torch.zeros(d_out, n_groups, device=device)
+    diag = torch.diag(H)
+    if static:   # every group's grid from the original (dead-zeroed) weights
+        for g in range(n_groups):
+            cols = slice(g * group_size, (g + 1) * group_size)
+            scales[:, g], zeros[:, g] = fit_grid(W[:, cols], bits, sym, clip_cfg, diag[cols])
+    perm = torch.argsort(diag, descending=True) if act_order else torch.arange(d_in, device=device)
+    W, H = W[:, perm], H[perm][:, perm]
+    group_of = perm // group_size            # original group of the column at each position
+    U, used_damp, retries = _inverse_cholesky(H, damp)
+    diag_perm = torch.diag(H)
+
+    codes = torch.zeros(d_out, d_in, dtype=torch.uint8, device=device)
+    blk = _block_size(block_size, group_size)
+    for i1 in range(0, d_in, blk):
+        i2 = min(i1 + blk, d_in)
+        W1 = W[:, i1:i2].clone()             # [d_out, count], updated column by column
+        Err1 = torch.zeros_like(W1)
+        U1 = U[i1:i2, i1:i2]
+        for i in range(i2 - i1):
+            col = i1 + i
+            g = int(group_of[col])
+            if not static and col % group_size == 0:   # grid from the updated weights
+                cols = slice(i, i + group_size)
+                scales[:, g], zeros[:, g] = fit_grid(W1[:, cols], bits, sym, clip_cfg, diag_perm[col: col + group_size])
+            w = W1[:, i]
+            q, w_hat = quantize_column(w, scales[:, g], zeros[:, g], bits)
+            codes[:, col] = q.to(torch.uint8)
+            err = (w - w_hat) / U1[i, i]
+            W1[:, i:].addr_(err, U1[i, i:], alpha=-1.0)
+            Err1[:, i] = err
+        W[:, i2:].addmm_(Err1, U[i1:i2, i2:], alpha=-1.0)
+
+    inv = torch.argsort(perm)
+    qw = QuantizedWeight(codes=codes[:, inv].contiguous(), scales=scales, zeros=zeros,
+                         bits=bits, group_size=group_size, sym=sym)
+    return qw, GPTQInfo(damp=used_damp, retries=retries, dead_inputs=int(dead.sum()),
+                        act_order=act_order, static_groups=static)

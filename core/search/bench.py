@@ -1,0 +1,158 @@
+"""Benchmark of the allocators: `bitsmith bench search [options]` (or
+`python -m bitsmith.core.search.bench`) prints JSON.
+
+Default model, group 64, WikiText-2 test 16 × 512, targets 2.5 / 3.0 / 3.5 average code
+bits: perplexity of the uniform plan (integer targets), the sensitivity (knapsack),
+spike-aware and EvoPress plans, each with its search wall time and forward tokens. Every
+plan is measured the same way — its GPTQ variants from one database assembled into the
+model — so the numbers compare allocations, not quantization runs. Each method runs as a
+real `search` job in OUT/<method>-<target>/ (the first one builds the database, the rest
+reuse it); the bar from issue 5 is checked at the end.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+WIKITEXT = Path(__file__).resolve().parents[3] / "shared" / "data" / "wikitext-2-raw" / "wiki.test.raw"
+REFERENCE_SECONDS = 941 + 3019      # the EvoPress reference code here: database + search
+
+
+def _run_job(path: Path, resume: bool, **fields) -> dict:
+    from ..events import Emitter
+    from ..jobs import make_job
+    from ..rundir import RunDir
+    from ..runner import execute
+
+    job = make_job("search", **fields)
+    run = RunDir.create(path, job.to_dict(), exist_ok=True)
+    done = run.read_state().get("state") == "done"
+    if not done:
+        log = open(path / "bench.log", "a", encoding="utf-8")
+        code = execute(run, Emitter([lambda e: log.write(json.dumps(e) + "\n") or log.flush()]),
+                       resume=resume or run.events_file.exists())
+        if code != 0:
+            raise SystemExit(f"search job in {path} failed with exit code {code}; see {path}/events.jsonl")
+    report = run.read_report()
+    assert report is not None
+    return report
+
+
+def _uniform_ppl(model_source: str, db_run: Path, bits: int, common: dict) -> dict:
+    """Perplexity of every layer at `bits`, from the same database."""
+    from ..events import Emitter
+    from ..inventory import layer_inventory
+    from ..jobs import CancelToken, ModelSpec, RunContext, make_job
+    from ..model import load_model
+    from ..rundir import RunDir
+    from .driver import Setup, _eval_windows, ensure_database, plan_perplexity, resolved_preset
+    from .genome import SearchSpace
+
+    job = make_job("search", **{**common, "method": "sensitivity", "target_bits": float(bits),
+                                "database": str(db_run)})
+    loaded = load_model(ModelSpec(model_source))
+    layers = layer_inventory(loaded.model)
+    ctx = RunContext(RunDir(db_run), Emitter(), CancelToken())
+    setup = Setup(job.spec, resolved_preset(job.spec), ctx, loaded, layers)
+    db = ensure_database(setup)
+    space = SearchSpace.from_layers(layers, job.spec.levels)
+    started = time.time()
+    ppl = plan_perplexity(setup, space, space.uniform(bits), db, _eval_windows(setup))
+    return {"ppl": ppl, "eval_seconds": round(time.time() - started, 1)}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bitsmith.core.search.bench", description=__doc__)
+    parser.add_argument("--model", default="default")
+    parser.add_argument("--targets", default="2.5,3.0,3.5")
+    parser.add_argument("--methods", default="uniform,sensitivity,spike,evopress")
+    parser.add_argument("--preset", default="cpu", choices=["cpu", "reference"])
+    parser.add_argument("--group-size", type=int, default=64)
+    parser.add_argument("--eval-data", default=f"file:{WIKITEXT}")
+    parser.add_argument("--eval-windows", type=int, default=16)
+    parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--generations", type=int, help="override the preset's generations")
+    parser.add_argument("--spike-top-k", type=int, help="keep the top k spiky layers (default: threshold)")
+    parser.add_argument("--database", help="a search run holding the variant database to reuse")
+    parser.add_argument("--json", action="store_true", help="accepted for `bitsmith bench`; the output is JSON")
+    parser.add_argument("--out", default="bench-search", help="folder for the runs (reused: finished runs are read back)")
+    args = parser.parse_args(argv)
+
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    targets = [float(t) for t in args.targets.split(",")]
+    methods = [m.strip() for m in args.methods.split(",")]
+    from ..jobs import ModelSpec
+
+    common = dict(model=ModelSpec(args.model), group_size=args.group_size, preset=args.preset,
+                  eval_data=args.eval_data, eval_windows=args.eval_windows, threads=args.threads)
+    if args.generations:
+        common["generations"] = args.generations
+    results: dict = {"model": args.model, "group_size": args.group_size, "preset": args.preset,
+                     "eval": {"data": args.eval_data, "windows": args.eval_windows, "seqlen": 512}, "targets": {}}
+    # the database: another run's (--database), or built by this bench's first job
+    db_run = Path(args.database) if args.database else out / "sensitivity-3.0"
+    first = None if args.database else _run_job(db_run, False, **common, method="sensitivity", target_bits=3.0)
+    meta = json.loads(next(db_run.glob("database-*/meta.json")).read_text())
+    results["database_seconds"] = round(meta["hessian_seconds"] + meta["block_seconds"], 1)
+    results["database"] = str(db_run)
+
+    def record(target: float, method: str, value: dict) -> None:
+        results["targets"].setdefault(str(target), {})[method] = value
+        print(json.dumps({"target": target, "method": method, **value}), file=sys.stderr, flush=True)
+
+    for target in targets:
+        if "uniform" in methods and float(target).is_integer():
+            record(target, "uniform", _uniform_ppl(args.model, db_run, int(target), common))
+        for method in [m for m in methods if m != "uniform"]:
+            path = out / f"{method}-{target}"
+            extra = {"spike_top_k": args.spike_top_k} if method == "spike" and args.spike_top_k else {}
+            report = first if path == db_run and first else _run_job(
+                path, False, **common, method=method, target_bits=target, database=str(db_run), **extra)
+            value = {"ppl": report.get("ppl"), "threads": report.get("threads"), "avg_code_bits": report["avg_code_bits"],
+                     "effective_bits": report["effective_bits"], "search_total_seconds": report["search_total_seconds"],
+                     "eval_seconds": report.get("eval_seconds"),
+                     "histogram": report["budget"]["bits_histogram"]}
+            if "evopress" in report:
+                e = report["evopress"]
+                value.update({"search_seconds": e["search_seconds"], "forward_tokens": e["forward_tokens"],
+                              "candidate_tokens": e["candidate_tokens"], "prefix_saving": e["prefix_saving"],
+                              "kl": e["fitness"], "generations": e["generations"],
+                              "kl_vs_tokens": [(h["forward_tokens"], h["fitness"]) for h in e["history"]]})
+            if "spike" in report:
+                value.update({"kept": report["spike"]["kept"], "top_scores": report["spike"]["top_scores"]})
+            record(target, method, value)
+    results["bar"] = _bar(results)
+    print(json.dumps(results, indent=2))
+    return 0
+
+
+def _bar(results: dict) -> dict:
+    """The issue's bar, checked on what was measured (None where a number is missing)."""
+    t = results["targets"]
+
+    def ppl(target: str, method: str):
+        return (t.get(target, {}).get(method) or {}).get("ppl")
+
+    u3, e3, s3, k3, e25 = ppl("3.0", "uniform"), ppl("3.0", "evopress"), ppl("3.0", "sensitivity"), \
+        ppl("3.0", "spike"), ppl("2.5", "evopress")
+    ok = lambda cond, *xs: None if any(x is None for x in xs) else bool(cond())   # noqa: E731
+    evo = [v for tv in t.values() for m, v in tv.items() if m == "evopress"]
+    # a search's whole job (model load, dense logits, search) less its final perplexity
+    slowest = max((v["search_total_seconds"] - (v.get("eval_seconds") or 0) for v in evo), default=None)
+    return {
+        "evopress_3.0_le_0.85_uniform_3": ok(lambda: e3 <= 0.85 * u3, e3, u3),
+        "evopress_3.0_below_sensitivity": ok(lambda: e3 < s3, e3, s3),
+        "spike_3.0_below_uniform_3": ok(lambda: k3 < u3, k3, u3),
+        "evopress_2.5_below_uniform_3": ok(lambda: e25 < u3, e25, u3),
+        "database_plus_slowest_search_seconds": None if slowest is None else round(results["database_seconds"] + slowest, 1),
+        "faster_than_reference_3960s": ok(lambda: results["database_seconds"] + slowest < REFERENCE_SECONDS, slowest),
+    }
+
+
+if __name__ == "__main__":
+    sys.exit(main())

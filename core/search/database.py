@@ -1,0 +1,282 @@
+"""The variant database: every linear layer GPTQ-quantized once at every level.
+
+Hessians come from the dense model in one calibration pass (forward hooks); layers that
+read the same input tensor (q/k/v, gate/up) share one Hessian, and all their levels are
+quantized in one sweep (core/search/multigptq.py). A candidate model is then assembled by
+swapping dequantized variants in — no requantizing during a search.
+
+On disk, one folder per settings hash, so later searches on the same model, calibration
+and settings reuse it (pass `database: OTHER_RUN`):
+
+    database-<key>/meta.json              settings, levels, per-layer errors, blocks done
+    database-<key>/block-007.safetensors  "<layer>.<bits>.codes|scales|zeros" of block 7
+
+Blocks are written atomically as they finish, so a killed build resumes at its next block.
+Variants are read lazily (safetensors maps the file) and kept dequantized in a bounded LRU.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from collections import OrderedDict
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Callable, Sequence
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+from .. import atomic
+from ..errors import BadInput
+from ..inventory import LayerInfo, linear_weight
+from ..plan import resolve_group_size
+from ..quant.gptq import HessianAccumulator, rel_error
+from ..quant.tensor import QuantizedWeight
+from .multigptq import gptq_multi
+
+DB_FORMAT = "bitsmith-variant-db"
+DB_VERSION = 1
+KEPT = 16      # the level that means "the dense weight": never stored, error 0
+
+
+@dataclass(frozen=True)
+class DatabaseSettings:
+    """Everything a variant depends on, besides the level (the database's identity)."""
+
+    model: str            # model fingerprint (model_fingerprint)
+    calib: str            # calibration text source
+    windows: int
+    seqlen: int
+    seed: int
+    group_size: int
+    sym: bool
+    damp: float = 0.1             # the quantize job's defaults, so variants match what it makes
+    act_order: bool = True
+    static_groups: bool = False
+    clip: bool = True
+
+    def key(self) -> str:
+        doc = json.dumps({"format": DB_FORMAT, "version": DB_VERSION, **asdict(self)}, sort_keys=True)
+        return hashlib.sha256(doc.encode()).hexdigest()[:16]
+
+
+def model_fingerprint(model: torch.nn.Module, location: str) -> str:
+    """Where the model came from, its shape, and a hash of a slice of its first weights."""
+    h = hashlib.sha256(location.encode())
+    h.update(json.dumps(model.config.to_dict(), sort_keys=True, default=str).encode())
+    for _, p in list(model.named_parameters())[:4]:
+        h.update(p.detach().float().flatten()[:65536].cpu().numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+# --- Hessians ----------------------------------------------------------------------------
+
+@torch.no_grad()
+def collect_hessians(model: torch.nn.Module, layers: Sequence[LayerInfo], windows: torch.Tensor,
+                     batch_size: int = 4, check: Callable[[], None] | None = None,
+                     on_batch: Callable[[int, int], None] | None = None) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """({layer: H [d_in, d_in]}, {layer: layer whose input it shares}) from one pass.
+
+    A layer whose input is the very tensor the layer before it received (q/k/v read one
+    normed hidden state, gate/up another) shares that layer's accumulator.
+    """
+    modules = dict(model.named_modules())
+    acc: dict[str, HessianAccumulator] = {}
+    owner: dict[str, str] = {}
+    last: dict[str, object] = {"x": None, "name": None}   # the previous hooked layer's input
+
+    def hook_for(name: str) -> Callable:
+        def hook(module: torch.nn.Module, args: tuple) -> None:
+            x = args[0]
+            if name not in owner:          # the first batch decides who shares with whom
+                owner[name] = owner[last["name"]] if x is last["x"] else name   # type: ignore[index]
+            last["x"], last["name"] = x, name
+            if owner[name] == name:
+                if name not in acc:
+                    acc[name] = HessianAccumulator(x.shape[-1], device=x.device)
+                acc[name].add(x)
+        return hook
+
+    handles = [modules[l.name].register_forward_pre_hook(hook_for(l.name)) for l in layers]
+    device = next(model.parameters()).device
+    try:
+        for start in range(0, len(windows), batch_size):
+            if check is not None:
+                check()
+            model(input_ids=windows[start: start + batch_size].to(device), use_cache=False)
+            if on_batch is not None:
+                on_batch(min(start + batch_size, len(windows)), len(windows))
+    finally:
+        for h in handles:
+            h.remove()
+    return {l.name: acc[owner[l.name]].H for l in layers}, owner
+
+
+# --- the database ------------------------------------------------------------------------
+
+def _block_file(folder: Path, block: int) -> Path:
+    return folder / f"block-{block:03d}.safetensors"
+
+
+class VariantDatabase:
+    """A database folder: metadata, per-layer errors, and lazily loaded variants."""
+
+    def __init__(self, folder: Path, meta: dict, cache_bytes: int = 2 << 30,
+                 device: torch.device | str = "cpu") -> None:
+        self.folder = Path(folder)
+        self.device = torch.device(device)
+        self.meta = meta
+        self.cache_bytes = cache_bytes
+        self._cache: OrderedDict[tuple[str, int], torch.Tensor] = OrderedDict()
+        self._cached_bytes = 0
+        self._handles: dict[int, object] = {}
+        self.block_of = {name: b for name, b in meta["block_of"].items()}
+
+    # -- metadata
+    @property
+    def levels(self) -> list[int]:
+        return list(self.meta["levels"])
+
+    @property
+    def complete(self) -> bool:
+        return len(self.meta["blocks_done"]) == self.meta["n_blocks"]
+
+    def errors(self, name: str) -> dict[int, float]:
+        """{bits: rel_error} of one layer (16: 0)."""
+        return {int(b): e for b, e in self.meta["errors"][name].items()}
+
+    @property
+    def seconds(self) -> float:
+        """Wall time spent building it: Hessian passes plus quantization."""
+        return float(self.meta["hessian_seconds"] + self.meta["block_seconds"])
+
+    # -- variants
+    def quantized(self, name: str, bits: int) -> QuantizedWeight:
+        block = self.block_of[name]
+        if block not in self._handles:
+            self._handles[block] = safe_open(str(_block_file(self.folder, block)), framework="pt")
+        f = self._handles[block]
+        codes = f.get_tensor(f"{name}.{bits}.codes")
+        scales = f.get_tensor(f"{name}.{bits}.scales")
+        return QuantizedWeight(codes, scales, f.get_tensor(f"{name}.{bits}.zeros"), bits,
+                               codes.shape[1] // scales.shape[1], bool(self.meta["settings"]["sym"]))
+
+    def weight(self, name: str, bits: int) -> torch.Tensor:
+        """Dequantized variant [d_out, d_in] float32, through the LRU."""
+        key = (name, bits)
+        if key in self._cache:
+            self._cache.move_to_end(key)
+            return self._cache[key]
+        w = self.quantized(name, bits).to(self.device).dequantize(torch.float32)
+        self._cache[key] = w
+        self._cached_bytes += w.numel() * 4
+        while self._cached_bytes > self.cache_bytes and len(self._cache) > 1:
+            _, old = self._cache.popitem(last=False)
+            self._cached_bytes -= old.numel() * 4
+        return w
+
+
+def _read_meta(folder: Path) -> dict | None:
+    path = folder / "meta.json"
+    if not path.is_file():
+        return None
+    try:
+        meta = json.loads(path.read_text())
+    except json.JSONDecodeError:
+        return None
+    return meta if meta.get("format") == DB_FORMAT and meta.get("version") == DB_VERSION else None
+
+
+def find_database(path: str | Path, settings: DatabaseSettings) -> Path:
+    """The database folder for `settings` inside `path` (a run directory, or the folder)."""
+    path = Path(path).expanduser()
+    key = settings.key()
+    others = sorted(p for p in path.glob("database-*") if p.name != f"database-{key}") if path.is_dir() else []
+    for candidate in (path, path / f"database-{key}", *others):
+        meta = _read_meta(candidate)
+        if meta is not None:
+            if meta["key"] != key:
+                theirs = meta["settings"]
+                diff = [k for k, v in asdict(settings).items() if theirs.get(k) != v]
+                raise BadInput(f"the variant database at {candidate} was built with other settings "
+                               f"({', '.join(diff) or 'version'} differ)",
+                               "use the same model, calibration and settings, or leave --database out")
+            return candidate
+    raise BadInput(f"no variant database for these settings in {path}",
+                   "point --database at a search run of the same model and settings, or leave it out")
+
+
+@torch.no_grad()
+def build_database(folder: Path, settings: DatabaseSettings, levels: Sequence[int],
+                   model: torch.nn.Module, layers: Sequence[LayerInfo], calib_windows: Callable[[], torch.Tensor],
+                   emit_layer: Callable[..., None] | None = None, check: Callable[[], None] | None = None,
+                   on_progress: Callable[[str, int, int], None] | None = None) -> dict:
+    """Build (or finish building) the database in `folder`; returns its metadata."""
+    levels = sorted(b for b in set(levels) if b != KEPT)
+    meta = _read_meta(folder)
+    if meta is not None and (meta["key"] != settings.key() or meta["levels"] != levels):
+        meta = None                       # a different database: start over in place
+    n_blocks = max(l.block for l in layers) + 1
+    if meta is None:
+        meta = {"format": DB_FORMAT, "version": DB_VERSION, "key": settings.key(),
+                "settings": asdict(settings), "levels": levels, "n_blocks": n_blocks,
+                "layers": [l.name for l in layers], "block_of": {l.name: l.block for l in layers},
+                "errors": {l.name: {str(KEPT): 0.0} for l in layers}, "blocks_done": [],
+                "block_seconds": 0.0, "hessian_seconds": 0.0}
+    if len(meta["blocks_done"]) == n_blocks:
+        return meta
+    folder.mkdir(parents=True, exist_ok=True)
+
+    started = time.time()
+    windows = calib_windows()
+    hessians, owner = collect_hessians(model, layers, windows, check=check,
+                                       on_batch=(lambda d, t: on_progress("hessians", d, t)) if on_progress else None)
+    meta["hessian_seconds"] += time.time() - started
+    modules = dict(model.named_modules())
+    todo = [b for b in range(n_blocks) if b not in meta["blocks_done"]]
+    for done, block in enumerate(todo):
+        if check is not None:
+            check()
+        t_block = time.time()
+        tensors: dict[str, torch.Tensor] = {}
+        in_block = [l for l in layers if l.block == block]
+        for head in [l for l in in_block if owner[l.name] == l.name]:
+            group = [l for l in in_block if owner[l.name] == head.name]
+            H = hessians[head.name]
+            g = resolve_group_size(head.d_in, settings.group_size)
+            weights = [linear_weight(modules[l.name]).detach().float() for l in group]
+            t0 = time.time()
+            variants = gptq_multi(weights, H, levels, g, settings.sym, settings.act_order,
+                                  settings.static_groups, settings.damp, clip=settings.clip)
+            seconds = (time.time() - t0) / (len(group) * len(levels))
+            for l, W, per_level in zip(group, weights, variants):
+                for bits, qw in zip(levels, per_level):
+                    err = rel_error(W, qw.dequantize(), H)
+                    meta["errors"][l.name][str(bits)] = err
+                    tensors[f"{l.name}.{bits}.codes"] = qw.codes
+                    tensors[f"{l.name}.{bits}.scales"] = qw.scales
+                    tensors[f"{l.name}.{bits}.zeros"] = qw.zeros
+                    if emit_layer is not None:
+                        emit_layer(l.name, bits=bits, rel_error=err, seconds=round(seconds, 4), group_size=g)
+        with atomic.staged_file(_block_file(folder, block)) as tmp:
+            save_file(tensors, str(tmp))
+        meta["blocks_done"] = sorted(meta["blocks_done"] + [block])
+        meta["block_seconds"] += time.time() - t_block
+        atomic.write_json(folder / "meta.json", meta)
+        if on_progress is not None:
+            on_progress("database", done + 1, len(todo))
+    return meta
+
+
+def open_database(folder: Path, cache_bytes: int = 2 << 30, device: torch.device | str = "cpu") -> VariantDatabase:
+    meta = _read_meta(folder)
+    if meta is None or len(meta["blocks_done"]) != meta["n_blocks"]:
+        raise BadInput(f"the variant database at {folder} is incomplete", "resume the run that builds it")
+    return VariantDatabase(folder, meta, cache_bytes, device)
+
+
+__all__ = ["DatabaseSettings", "VariantDatabase", "model_fingerprint", "collect_hessians",
+           "find_database", "build_database", "open_database", "KEPT"]

@@ -1,0 +1,157 @@
+"""Fitness of candidate models: KL(dense ‖ candidate) per token, with shared prefixes.
+
+The dense model's log-probabilities on a pool of calibration windows are computed once
+(`dense_targets`), in full or as a top-k sparse summary for large vocabularies. A stage of
+the search scores many candidates on the same windows; candidates that give the same
+levels to the layers of their first blocks get identical hidden states there, so the
+scorer walks the candidates as a trie over blocks: each distinct prefix of block levels is
+run once, its output reused by every candidate below it.
+
+Token accounting: `candidate_tokens` counts tokens × candidates (what scoring each
+candidate separately would cost); `forward_tokens` counts what was actually computed, in
+full-model equivalents (one block over T tokens = T / n_blocks).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
+import torch
+import torch.nn.functional as F
+
+from ..evaluate import kl_per_token
+from .blocks import BlockRunner
+from .genome import Genome
+
+
+# --- dense targets -----------------------------------------------------------------------
+
+@dataclass
+class DenseTargets:
+    """The dense model's next-token distributions on the pool windows [n, L].
+
+    Full: `logp` [n, L, V]. Sparse (top-k): `top_logp`, `top_idx` [n, L, k]; the KL is then
+    taken between the distributions coarsened to (top-k tokens, everything else) — a lower
+    bound of the full KL that is exact as the tail mass goes to 0.
+    """
+
+    windows: torch.Tensor
+    logp: torch.Tensor | None = None
+    top_logp: torch.Tensor | None = None
+    top_idx: torch.Tensor | None = None
+
+    @property
+    def topk(self) -> int | None:
+        return None if self.top_idx is None else int(self.top_idx.shape[-1])
+
+    def kl(self, logits: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+        """KL per token [B·L] of the candidate's logits [B, L, V] on pool windows `rows` [B]."""
+        V = logits.shape[-1]
+        logits = logits.reshape(-1, V)
+        if self.logp is not None:
+            return kl_per_token(self.logp[rows].reshape(-1, V), logits)
+        top_logp = self.top_logp[rows].reshape(-1, self.topk)
+        top_idx = self.top_idx[rows].reshape(-1, self.topk).long()
+        out = []
+        for s in range(0, logits.shape[0], 128):       # chunks: fp32 log-softmax of [128, V]
+            log_q = F.log_softmax(logits[s: s + 128].float(), dim=-1).gather(1, top_idx[s: s + 128])
+            log_p = top_logp[s: s + 128]
+            p = log_p.exp()
+            head = (p * (log_p - log_q)).sum(-1)
+            p_tail = (1 - p.sum(-1)).clamp_min(1e-12)
+            q_tail = (1 - log_q.exp().sum(-1)).clamp_min(1e-12)
+            out.append(head + p_tail * (p_tail.log() - q_tail.log()))
+        return torch.cat(out)
+
+
+@torch.no_grad()
+def dense_targets(runner: BlockRunner, windows: torch.Tensor, topk: int | None = None, batch_size: int = 4,
+                  check: Callable[[], None] | None = None,
+                  on_batch: Callable[[int, int], None] | None = None) -> DenseTargets:
+    """Run the (dense) model over the pool once and keep its log-probabilities."""
+    full, top_lp, top_ix = [], [], []
+    for start in range(0, len(windows), batch_size):
+        if check is not None:
+            check()
+        logp = F.log_softmax(runner.forward(windows[start: start + batch_size]).float(), dim=-1).cpu()
+        if topk is None or topk >= logp.shape[-1]:
+            full.append(logp)
+        else:
+            values, index = logp.topk(topk, dim=-1)
+            top_lp.append(values)
+            top_ix.append(index.to(torch.int32))
+        if on_batch is not None:
+            on_batch(min(start + batch_size, len(windows)), len(windows))
+    if full:
+        return DenseTargets(windows, logp=torch.cat(full))
+    return DenseTargets(windows, top_logp=torch.cat(top_lp), top_idx=torch.cat(top_ix))
+
+
+# --- scoring candidates --------------------------------------------------------------------
+
+class CandidateScorer:
+    """Mean KL per token of each candidate genome on chosen pool windows.
+
+    `set_layer(i, level)` puts layer i's variant at level index `level` into the model
+    (Assembler.set_layer, which swaps only what changes).
+    """
+
+    def __init__(self, runner: BlockRunner, layer_blocks: Sequence[int], set_layer: Callable[[int, int], None],
+                 targets: DenseTargets, batch_size: int = 4, share_prefixes: bool = True) -> None:
+        self.runner = runner
+        self.set_layer = set_layer
+        self.targets = targets
+        self.batch_size = batch_size
+        self.share_prefixes = share_prefixes
+        self.block_layers = [[i for i, b in enumerate(layer_blocks) if b == block] for block in range(runner.n_blocks)]
+        self.forward_tokens = 0.0
+        self.candidate_tokens = 0
+
+    def _apply(self, block: int, key: tuple[int, ...]) -> None:
+        for i, level in zip(self.block_layers[block], key):
+            self.set_layer(i, level)
+
+    def _key(self, genome: Genome, block: int) -> tuple[int, ...]:
+        return tuple(genome[i] for i in self.block_layers[block])
+
+    def _descend(self, block: int, hidden: torch.Tensor, kwargs: dict, members: list[int],
+                 genomes: Sequence[Genome], rows: torch.Tensor, totals: list[float]) -> None:
+        tokens = hidden.shape[0] * hidden.shape[1]
+        if block == self.runner.n_blocks:
+            kl = float(self.targets.kl(self.runner.logits(hidden), rows).double().sum())
+            for m in members:
+                totals[m] += kl
+            return
+        groups: dict[tuple[int, ...], list[int]] = {}
+        for m in members:
+            groups.setdefault(self._key(genomes[m], block), []).append(m)
+        for key in sorted(groups):
+            self._apply(block, key)
+            out = self.runner.block(block, hidden, kwargs)
+            self.forward_tokens += tokens / self.runner.n_blocks
+            self._descend(block + 1, out, kwargs, groups[key], genomes, rows, totals)
+
+    @torch.no_grad()
+    def score(self, genomes: Sequence[Genome], window_rows: Sequence[int],
+              check: Callable[[], None] | None = None) -> list[float]:
+        """Mean KL per token of each genome over the pool windows `window_rows`."""
+        totals = [0.0] * len(genomes)
+        rows_all = torch.as_tensor(sorted(window_rows), dtype=torch.long)
+        n_tokens = 0
+        for start in range(0, len(rows_all), self.batch_size):
+            if check is not None:
+                check()
+            rows = rows_all[start: start + self.batch_size]
+            hidden, kwargs = self.runner.embed(self.targets.windows[rows])
+            n_tokens += hidden.shape[0] * hidden.shape[1]
+            if self.share_prefixes:
+                self._descend(0, hidden, kwargs, list(range(len(genomes))), genomes, rows, totals)
+            else:
+                for m in range(len(genomes)):
+                    self._descend(0, hidden, kwargs, [m], genomes, rows, totals)
+        self.candidate_tokens += n_tokens * len(genomes)
+        return [t / n_tokens for t in totals]
+
+
+__all__ = ["DenseTargets", "dense_targets", "CandidateScorer"]

@@ -1,0 +1,83 @@
+"""The `tune` job spec: which checkpoint, which method, and the reference hyperparameters.
+
+Methods share one code path (core/tune/trainer.py):
+    pv          P step (Adam on scales, zero points, norms) + V step (top-τ re-rounding)
+    ste         the same with τ = 1: every weight re-rounded from R every step
+    continuous  P step only: codes never change
+    eora        no training: low-rank adapters from the input covariance (core/tune/eora.py)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+from ..errors import BadInput
+from ..jobs import ModelSpec
+
+Method = Literal["pv", "ste", "continuous", "eora"]
+
+
+@dataclass
+class TuneSpec:
+    model: ModelSpec = field(default_factory=ModelSpec)  # source: a native quantized checkpoint folder
+    teacher: str | None = None        # the dense model; default: the checkpoint's base model
+    method: Method = "pv"
+    steps: int = 100
+    lr: float = 3e-4                  # Adam on continuous parameters, betas (0.9, 0.95)
+    code_lr: float = 1e-2             # Adam on the straight-through buffers, betas (0, 0.95)
+    tau: float = 0.01                 # fraction of each layer's weights re-rounded per step (pv)
+    delta_decay: float = 0.0          # 0 keeps R across steps, 1 resets it to W_hat each step
+    rank: int = 32                    # eora: adapter rank
+    calib: str = "builtin"            # calibration text source (core/data.py); never the eval text
+    windows: int = 64                 # calibration windows (tuning data, or EoRA's covariance)
+    seqlen: int = 256
+    batch: int = 4                    # windows per optimizer step
+    micro_batch: int | None = None    # windows per forward/backward; default: the whole batch
+    eval_every: int = 10              # evaluate on held-out windows every k steps (0: start and end only)
+    eval_data: str = "builtin-eval"
+    eval_windows: int = 8
+    eval_seqlen: int | None = None    # default: seqlen
+    select_by: Literal["kl", "ppl"] = "kl"   # which held-out metric picks the best state
+    checkpoint_every: int = 50        # steps between resumable checkpoints (0: never)
+    seed: int = 0
+    train_zeros: bool = True
+    train_norms: bool = True          # norms and the quantized layers' biases
+    train_embeddings: bool = False
+    train_head: bool = False
+    teacher_topk: int | None = 128    # teacher targets kept per token; null: the full distribution
+    grad_checkpointing: bool | None = None   # per block; default: on for CUDA, off on the CPU
+
+    @property
+    def effective_tau(self) -> float:
+        return 1.0 if self.method == "ste" else self.tau
+
+    @property
+    def has_v_step(self) -> bool:
+        return self.method in ("pv", "ste")
+
+    def validate(self) -> None:
+        if self.steps < 0:
+            raise BadInput(f"steps {self.steps} must be 0 or more", "use e.g. --steps 100")
+        for name in ("lr", "code_lr"):
+            if getattr(self, name) <= 0:
+                raise BadInput(f"{name} {getattr(self, name)} must be positive", f"use e.g. the default {name}")
+        if not 0 < self.tau <= 1:
+            raise BadInput(f"tau {self.tau} must be in (0, 1]", "use e.g. --tau 0.01")
+        if not 0 <= self.delta_decay <= 1:
+            raise BadInput(f"delta_decay {self.delta_decay} must be in [0, 1]", "use 0 (keep R) or 1 (reset R)")
+        if self.rank < 1:
+            raise BadInput(f"rank {self.rank} must be at least 1", "use e.g. --rank 32")
+        if self.windows < 1 or self.seqlen < 2:
+            raise BadInput(f"need at least 1 window of 2 tokens, got {self.windows} x {self.seqlen}",
+                           "raise --windows / --seqlen")
+        if self.batch < 1 or (self.micro_batch is not None and self.micro_batch < 1):
+            raise BadInput("batch and micro_batch must be at least 1", "use e.g. --batch 4")
+        if self.micro_batch is not None and self.batch % self.micro_batch:
+            raise BadInput(f"micro_batch {self.micro_batch} does not divide batch {self.batch}",
+                           "pick a micro-batch that divides the batch")
+        if self.eval_every < 0 or self.checkpoint_every < 0 or self.eval_windows < 1:
+            raise BadInput("eval_every and checkpoint_every must be 0 or more, eval_windows at least 1",
+                           "fix the schedule")
+        if self.teacher_topk is not None and self.teacher_topk < 1:
+            raise BadInput(f"teacher_topk {self.teacher_topk} must be at least 1", "use 128, or null for full")

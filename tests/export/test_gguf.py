@@ -1,0 +1,127 @@
+"""GGUF export, read back by readers we did not write: gguf-py's dequantizer and
+transformers' GGUF loader (which also undoes llama.cpp's q/k permutation)."""
+
+from __future__ import annotations
+
+import gguf
+import numpy as np
+import pytest
+import torch
+
+from bitsmith.core.errors import BadInput
+from bitsmith.core.export import export_checkpoint, open_source
+from bitsmith.core.export.gguf_blocks import decode, encode_layer
+from bitsmith.core.export.gguf_file import permute_rows
+from bitsmith.core.quant.grid import quantize_rtn
+from bitsmith.core.quant.tensor import QuantizedWeight
+
+
+def _fp16_expected(qw: QuantizedWeight) -> np.ndarray:
+    """W_hat with the scale (and min) rounded to fp16 the way the block stores them."""
+    s16 = qw.scales.half().double()
+    w = qw.codes.double().view(qw.shape[0], qw.n_groups, qw.group_size)
+    return (s16[..., None] * (w - qw.zeros.double()[..., None])).view(qw.shape).numpy()
+
+
+@pytest.mark.parametrize("bits,sym,group,qtype", [(4, True, 32, "Q4_0"), (3, False, 64, "Q4_0"),
+                                                   (2, False, 32, "Q4_0"), (2, True, 128, "Q4_0"),
+                                                   (8, True, 32, "Q8_0"), (6, False, 32, "Q8_0")])
+def test_integer_zero_layers_decode_exactly_with_gguf_py(bits, sym, group, qtype):
+    torch.manual_seed(bits)
+    qw = quantize_rtn(torch.randn(16, 256), bits, group, sym)
+    enc = encode_layer(qw)
+    assert enc.qtype == qtype and enc.exact == "exact"
+    back = gguf.quants.dequantize(enc.data, gguf.GGMLQuantizationType[qtype])   # the library's reader
+    assert back.shape == (16, 256)
+    np.testing.assert_allclose(back, _fp16_expected(qw), rtol=1e-6, atol=1e-7)
+
+
+def test_asymmetric_4bit_goes_to_q4_1_with_measured_fp16_error():
+    torch.manual_seed(1)
+    qw = quantize_rtn(torch.randn(32, 128) + 0.5, 4, 32, sym=False)     # shifted: q - z leaves [-8, 7]
+    enc = encode_layer(qw)
+    assert enc.qtype == "Q4_1"
+    back = decode(enc)
+    w_hat = qw.dequantize().numpy()
+    rel = np.linalg.norm(back - w_hat) / np.linalg.norm(w_hat)
+    assert 0 < rel < 1e-3          # only d and m = -s z rounded to fp16
+
+
+def test_fractional_zero_points_stay_exact_in_q4_1():
+    torch.manual_seed(2)
+    qw = quantize_rtn(torch.randn(8, 64), 3, 32)
+    qw.zeros += 0.37                                                   # as after tuning the zero points
+    enc = encode_layer(qw)
+    assert enc.qtype == "Q4_1" and enc.exact == "exact"
+    back = decode(enc)
+    assert np.abs(back - qw.dequantize().numpy()).max() < 2e-3 * np.abs(back).max()
+
+
+def test_group_not_multiple_of_32_is_f16_and_flagged():
+    qw = quantize_rtn(torch.randn(8, 48), 4, 16)
+    enc = encode_layer(qw)
+    assert enc.qtype == "F16" and enc.exact == "fp16-rounded" and "not a multiple of 32" in enc.note
+
+
+def test_kquant_option_re_encodes_2_and_3_bit_layers_with_measured_error():
+    torch.manual_seed(3)
+    for bits, qtype in ((2, "Q2_K"), (3, "Q3_K")):
+        qw = quantize_rtn(torch.randn(8, 512), bits, 64)
+        enc = encode_layer(qw, lowbit="kquant")
+        assert enc.qtype == qtype and enc.exact == "re-encoded"
+        back = gguf.quants.dequantize(enc.data, gguf.GGMLQuantizationType[qtype])
+        w_hat = qw.dequantize().numpy()
+        rel = np.linalg.norm(back - w_hat) / np.linalg.norm(w_hat)
+        assert rel < 0.35, rel      # re-encoding the grid costs something, but stays a quantization of it
+        assert enc.bits_per_weight() < 4.0
+
+
+def test_permutation_is_undone_by_transformers():
+    from transformers.modeling_gguf_pytorch_utils import LlamaTensorProcessor
+
+    w = torch.arange(96 * 5, dtype=torch.float32).view(96, 5)
+    proc = LlamaTensorProcessor(config={"num_attention_heads": 6, "num_key_value_heads": 2})
+    for heads, kv in ((6, 6), (6, 2)):
+        name = "blk.0.attn_q.weight" if kv == heads else "blk.0.attn_k.weight"
+        rows = w[: 96 if kv == heads else 96 * kv // heads]
+        back = proc.process(permute_rows(rows, heads, kv).numpy(), name).weights
+        np.testing.assert_array_equal(back, rows.numpy())
+
+
+def test_gguf_export_loads_in_transformers_and_matches_our_model(mixed_checkpoint, ours, token_ids, tmp_path):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    report = export_checkpoint(mixed_checkpoint, "gguf", tmp_path / "gguf")
+    assert report["types"]["Q4_0"] >= 4 and report["types"].get("Q8_0") == 2
+    assert report["layers"]["model.layers.0.mlp.gate_proj"]["type"] == "Q4_0"          # 2-bit, lossless
+    assert report["max_rel_error"] < 1e-3                                            # fp16 rounding only
+    assert any("2/3 bits" in w for w in report["warnings"])
+    folder = tmp_path / "gguf"
+    model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=report["gguf_file"], dtype=torch.float32).eval()
+    with torch.no_grad():
+        ref = ours.model(token_ids).logits
+        got = model(token_ids).logits
+    assert (got - ref).abs().max() < 5e-3 * ref.abs().max()
+    # weights, q/k included (permuted on write, un-permuted by the reader)
+    src = open_source(mixed_checkpoint)
+    for name in ("model.layers.0.self_attn.q_proj", "model.layers.1.self_attn.k_proj", "model.layers.0.mlp.down_proj"):
+        w_hat = src.layers[name].dequantize()
+        loaded = model.get_submodule(name).weight.float()
+        assert float((loaded - w_hat).norm() / w_hat.norm()) < 1e-3, name
+    kept = src.dense["model.layers.1.self_attn.v_proj.weight"]
+    assert torch.allclose(model.get_submodule("model.layers.1.self_attn.v_proj").weight, kept, atol=1e-3)
+    # the tokenizer written into the file tokenizes as the original
+    tok = AutoTokenizer.from_pretrained(folder, gguf_file=report["gguf_file"])
+    text = "Export the model, then load it elsewhere: 3 formats."
+    assert tok(text)["input_ids"] == ours.tokenizer(text)["input_ids"]
+    readme = (folder / "README.md").read_text()
+    assert "gguf_file=" in readme and "123.4" in readme
+
+
+def test_gguf_refuses_other_architectures(tiny_models, tmp_path):
+    from tests.export.conftest import save_checkpoint
+
+    ckpt = save_checkpoint(tmp_path / "q", tiny_models["gpt2"], [])
+    with pytest.raises(BadInput, match="Llama-architecture"):
+        export_checkpoint(ckpt, "gguf", tmp_path / "out")
+    assert not (tmp_path / "out").exists()

@@ -12,6 +12,9 @@ from PySide6.QtWidgets import QComboBox, QHBoxLayout, QLabel, QVBoxLayout, QWidg
 from .layer_model import KEEP_BITS, LayerTableModel
 
 
+KEPT_LEVEL = 9      # kept layers drawn one step above 8 bits, so 2..8 keep distinct colours
+
+
 class HeatMap(QWidget):
     """Follows a LayerTableModel; redraws at most every 100 ms."""
 
@@ -27,7 +30,7 @@ class HeatMap(QWidget):
         self.plot.invertY(True)
         self.image = pg.ImageItem(axisOrder="row-major")
         self.plot.addItem(self.image)
-        self.bar = pg.ColorBarItem(values=(2, 16), colorMap=pg.colormap.get("viridis"), interactive=False, width=12)
+        self.bar = pg.ColorBarItem(values=(2, KEPT_LEVEL), colorMap=pg.colormap.get("viridis"), interactive=False, width=12)
         self.bar.setImageItem(self.image, insert_in=self.plot.getPlotItem())
         self.plot.setLabel("left", "block")
         self.caption = QLabel()
@@ -61,7 +64,7 @@ class HeatMap(QWidget):
             if errors:
                 value = math.log10(r.rel_error) if r.rel_error and r.rel_error > 0 else np.nan
             else:
-                value = r.bits
+                value = KEPT_LEVEL if r.bits == KEEP_BITS else r.bits
             grid[b_index[r.block], r_index[r.role]] = value
         return grid, roles, blocks
 
@@ -78,7 +81,7 @@ class HeatMap(QWidget):
             if high - low < 1e-6:
                 low, high = low - 0.5, high + 0.5
         else:
-            low, high = 2.0, float(KEEP_BITS)
+            low, high = 2.0, float(KEPT_LEVEL)
         self.bar.setLevels((low, high))
         self.image.setImage(np.nan_to_num(grid, nan=low), levels=(low, high))
         self.plot.getAxis("bottom").setTicks([[(i + 0.5, r) for i, r in enumerate(roles)]])
@@ -87,5 +90,6 @@ class HeatMap(QWidget):
         self.plot.setXRange(0, len(roles), padding=0)
         self.plot.setYRange(0, len(blocks), padding=0)
         missing = int(np.isnan(grid).sum())
-        self.caption.setText(("log10 of relative output error" if errors else "bits per layer (16 = kept)")
+        self.caption.setText(("log10 of relative output error" if errors else
+                              f"bits per layer, 2–8; the top colour ({KEPT_LEVEL}) = kept at 16-bit")
                              + (f"; {missing} cells without a value yet" if errors and missing else ""))

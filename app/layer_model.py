@@ -12,6 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from PySide6.QtGui import QColor
 from PySide6.QtCore import QAbstractTableModel, QModelIndex, QRegularExpression, QSortFilterProxyModel, Qt, Signal
 
 BIT_CHOICES = (2, 3, 4, 5, 6, 8, 16)   # 16 = keep at 16-bit
@@ -171,6 +172,10 @@ class LayerTableModel(QAbstractTableModel):
             return int(Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter)
         if role == Qt.ItemDataRole.ToolTipRole and col == COL["rel. error"] and row.error_bits:
             return f"measured at {row.error_bits} bits"
+        if role == Qt.ItemDataRole.ToolTipRole and col in (COL["bits"], COL["group"]) and row.bits == KEEP_BITS:
+            return "kept unquantized at 16-bit"
+        if role == Qt.ItemDataRole.ForegroundRole and col in (COL["bits"], COL["group"]) and row.bits == KEEP_BITS:
+            return QColor("#8a5a00")
         return None
 
     def _display(self, row: LayerRow, col: int) -> str:
@@ -185,9 +190,9 @@ class LayerTableModel(QAbstractTableModel):
         if col == COL["params"]:
             return f"{row.params:,}"
         if col == COL["bits"]:
-            return "16 (keep)" if row.bits == KEEP_BITS else str(row.bits)
+            return str(row.bits)
         if col == COL["group"]:
-            return "—" if row.bits == KEEP_BITS else str(row.group_size)
+            return "kept" if row.bits == KEEP_BITS else str(row.group_size)
         if col == COL["size (KiB)"]:
             size = self.layer_bytes.get(row.name)
             return "" if size is None else f"{size / 1024:,.1f}"
@@ -238,8 +243,13 @@ class LayerFilterProxy(QSortFilterProxyModel):
     def set_pattern(self, text: str) -> None:
         """Filter by a case-insensitive regex; an invalid one (half typed) filters nothing out."""
         regex = QRegularExpression(text, QRegularExpression.PatternOption.CaseInsensitiveOption)
-        self.pattern = text if regex.isValid() else ""
-        self.invalidateRowsFilter()
+        if hasattr(self, "beginFilterChange"):          # Qt 6.10+
+            self.beginFilterChange()
+            self.pattern = text if regex.isValid() else ""
+            self.endFilterChange(QSortFilterProxyModel.Direction.Rows)
+        else:
+            self.pattern = text if regex.isValid() else ""
+            self.invalidateFilter()
 
     def filterAcceptsRow(self, source_row: int, source_parent) -> bool:
         if not self.pattern:

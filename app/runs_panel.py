@@ -68,6 +68,7 @@ class RunsPanel(QWidget):
         self.eta.setText("")
         self.set_message("")
         self.append_log(f"{kind}: {run_dir.path}")
+        self.cancel_button.setText("Cancel")
         self.cancel_button.setEnabled(True)
         self.resume_button.setEnabled(False)
 
@@ -82,7 +83,15 @@ class RunsPanel(QWidget):
         self.log.appendPlainText(text)
 
     def cancel(self) -> None:
+        """First press: ask the worker to stop at its next check. Second press: kill it."""
+        if self.cancel_button.text() == "Kill now":
+            self.append_log("killing the worker at the user's request")
+            self.client.kill()
+            return
         self.stage_label.setText("cancelling…")
+        self.cancel_button.setText("Kill now")
+        self.cancel_button.setToolTip("the worker stops at its next check; press again to kill it now "
+                                      "(the run stays resumable)")
         self.client.cancel()
 
     def _resume(self) -> None:
@@ -137,6 +146,7 @@ class RunsPanel(QWidget):
         self.bar.setValue(1 if outcome == "done" else 0)
         self.bar.setFormat("done" if outcome == "done" else outcome)
         self.eta.setText("")
+        self.cancel_button.setText("Cancel")
         self.cancel_button.setEnabled(False)
         if outcome in ("cancelled", "crashed") and self.client.run_dir is not None:
             self.resumable = self.client.run_dir

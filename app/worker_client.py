@@ -23,7 +23,7 @@ from bitsmith.core.rundir import RunDir
 
 from .paths import new_run_path
 
-CANCEL_GRACE_MS = 30_000   # a worker that has not stopped this long after `cancel` is killed
+CANCEL_GRACE_MS = 120_000  # a worker that has not stopped this long after `cancel` is killed
 # (counted from the worker's first event: before it, the worker is still importing torch and
 # has not started listening, which can take longer than the grace on a busy machine)
 

@@ -107,7 +107,9 @@ class BlockQuantizer:
         linears = block_linears(block)
         if self.groups is None or any(n not in linears for g in self.groups for n in g):
             self.groups = sequential_groups(block, inputs) if self.calibrated else [list(linears)]
-        groups = self.groups if self.options.true_sequential else [[n for g in self.groups for n in g]]
+        # RTN does not depend on the inputs: one pass measures every layer's error
+        sequential = self.options.true_sequential and self.options.method == "gptq"
+        groups = self.groups if sequential else [[n for g in self.groups for n in g]]
         done: dict[str, QuantizedWeight] = {}
         for group in groups:
             wanted = [n for n in group if f"{self.prefix}.{index}.{n}" in self.plan.entries]
@@ -182,20 +184,16 @@ def _weight_rel_error(W: torch.Tensor, W_hat: torch.Tensor) -> float:
     return float(((W - W_hat) ** 2).sum() / (W ** 2).sum().clamp_min(1e-30))
 
 
-def apply_done_blocks(model: nn.Module, plan: Plan, quantized: dict[str, QuantizedWeight]) -> None:
-    """Put already-quantized layers (from a checkpoint) and fp8 rounding into the model."""
+def apply_done_blocks(model: nn.Module, plan: Plan, quantized: dict[str, QuantizedWeight], n_blocks: int) -> None:
+    """Resume: put the first `n_blocks` blocks' quantized layers (from a checkpoint) back
+    into the model, and round their fp8-kept layers again (deterministic)."""
+    prefix, _ = find_blocks(model)
     for name, qw in quantized.items():
         write_weight(model.get_submodule(name), qw.dequantize())
-    done_blocks = {_block_of(name) for name in quantized}
+    done = tuple(f"{prefix}.{i}." for i in range(n_blocks))
     for name, entry in plan.entries.items():
-        if entry.keep == "fp8" and _block_of(name) in done_blocks:
+        if entry.keep == "fp8" and name.startswith(done):
             round_fp8_in_place(model.get_submodule(name))
-
-
-def _block_of(name: str) -> str:
-    parts = name.split(".")
-    digits = [i for i, p in enumerate(parts) if p.isdigit()]
-    return ".".join(parts[: digits[0] + 1]) if digits else name
 
 
 def quantize_model(model: nn.Module, plan: Plan, windows: torch.Tensor | None, options: QuantizeOptions,

@@ -214,8 +214,9 @@ def _bench_cpu(quick: bool) -> dict:
     from .packing import unpack_qweight
     from .quant_linear import QuantLinear
 
-    shapes = ((512, 512),) if quick else ((512, 512), (1024, 1024))
-    rows_m = (1, 16) if quick else (1, 16, 64)
+    shapes = ((256, 256),) if quick else ((512, 512), (1024, 1024))
+    rows_m = (1,) if quick else (1, 16, 64)
+    budget = 0.02 if quick else 0.2  # seconds of repeats per timing
     rows: list[dict] = []
     for n, k in shapes:
         for bits in BITS:
@@ -226,9 +227,9 @@ def _bench_cpu(quick: bool) -> dict:
             w = layer.dequantize(torch.float32)
             for m in rows_m:
                 x = torch.randn(m, k)
-                t_q = _time_cpu(lambda: layer(x))
-                t_c = _time_cpu(lambda: cached(x))
-                t_d = _time_cpu(lambda: torch.nn.functional.linear(x, w))
+                t_q = _time_cpu(lambda: layer(x), budget)
+                t_c = _time_cpu(lambda: cached(x), budget)
+                t_d = _time_cpu(lambda: torch.nn.functional.linear(x, w), budget)
                 rows.append({
                     "n": n, "k": k, "m": m, "bits": bits, "group_size": GROUP,
                     "time_us": round(t_q * 1e6, 1),

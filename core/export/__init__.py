@@ -39,7 +39,7 @@ def _writer(fmt: str) -> Callable:
 
 def _data_warnings(fmt: str, report: dict) -> list[str]:
     """Findings that need the tensors: rounded zero points, inexact GGUF layers."""
-    out = []
+    out = list(report.get("notes", []))
     rounded = report.get("rounded_zero_layers") or {}
     if rounded:
         worst = max(r["added_rel_error"] for r in rounded.values())

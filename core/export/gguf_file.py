@@ -197,6 +197,8 @@ def export_gguf(source: ExportSource, folder: Path, options: dict | None = None)
     writer.write_tensors_to_file()
     writer.close()
 
+    rope = config.get("rope_parameters") or config.get("rope_scaling") or {}
+    rope_type = rope.get("rope_type") or rope.get("type") or "default"
     kinds: dict[str, int] = {}
     for e in encoded.values():
         kinds[e.qtype] = kinds.get(e.qtype, 0) + 1
@@ -208,4 +210,6 @@ def export_gguf(source: ExportSource, folder: Path, options: dict | None = None)
             "plan_bits_per_weight": plan_bits / n_weights if n_weights else 0.0,
             "max_rel_error": max((r["rel_error"] for r in layer_report.values()), default=0.0),
             "layers": layer_report,
-            "not_exact": sorted(n for n, r in layer_report.items() if r["exact"] != "exact")}
+            "not_exact": sorted(n for n, r in layer_report.items() if r["exact"] != "exact"),
+            "notes": [] if rope_type == "default" else
+            [f"rope scaling {rope_type!r} is not written into the GGUF metadata; set it when loading"]}

@@ -20,7 +20,7 @@ from ..errors import BadInput, Cancelled
 from ..jobs import ModelSpec, RunContext, register_job
 from ..plan import PlanSpec
 
-DEFAULT_CALIB = "builtin+selfgen"
+DEFAULT_CALIB = "builtin"
 
 
 @dataclass
@@ -29,13 +29,13 @@ class QuantizeSpec:
     method: Literal["gptq", "rtn"] = "gptq"
     plan: PlanSpec | str = field(default_factory=PlanSpec)   # inline rules, or a plan.json path
     calib: str = DEFAULT_CALIB        # text source(s); "a+b" mixes sources in equal parts
-    calib_windows: int = 64           # 0: no calibration (RTN only)
+    calib_windows: int = 32           # 0: no calibration (RTN only); 32 x 512 = 16k tokens
     seqlen: int = 512
     seed: int = 0
     damp: float = 0.1                 # λ = damp · mean(diag H)
     act_order: bool = True            # columns by descending diag(H), static groups
     static_groups: bool = False       # grids fixed up front also without act-order
-    clip: bool = True                 # range-shrink search of each group's grid (diag(H)-weighted)
+    clip: bool = False                # range-shrink search of each group's grid (diag(H)-weighted)
     clip_min_shrink: float = 0.8
     block_size: int = 128
     true_sequential: bool = True
@@ -94,8 +94,8 @@ def run_quantize(spec: QuantizeSpec, ctx: RunContext) -> dict:
     start_block = store.next_block() if ctx.resume else 0
     if not ctx.resume:
         store.reset()
-    if done:
-        apply_done_blocks(loaded.model, plan, done)
+    if start_block:
+        apply_done_blocks(loaded.model, plan, done, start_block)
         ctx.emitter.log(f"resuming at block {start_block}: {len(store.layer_results)} layers were done")
     results = dict(store.layer_results)
     ctx.emitter.stage("quantize", "start")

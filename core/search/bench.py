@@ -76,6 +76,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--eval-windows", type=int, default=16)
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--generations", type=int, help="override the preset's generations")
+    parser.add_argument("--offspring", type=int, help="override the preset's offspring")
+    parser.add_argument("--survivors", help="override the preset's survivors, e.g. 2,1")
+    parser.add_argument("--tokens", help="override the preset's tokens per stage, e.g. 128,512")
+    parser.add_argument("--pool-windows", type=int, help="override the preset's fitness pool")
     parser.add_argument("--spike-top-k", type=int, help="keep the top k spiky layers (default: threshold)")
     parser.add_argument("--database", help="a search run holding the variant database to reuse")
     parser.add_argument("--json", action="store_true", help="accepted for `bitsmith bench`; the output is JSON")
@@ -90,8 +94,12 @@ def main(argv: list[str] | None = None) -> int:
 
     common = dict(model=ModelSpec(args.model), group_size=args.group_size, preset=args.preset,
                   eval_data=args.eval_data, eval_windows=args.eval_windows, threads=args.threads)
-    if args.generations:
-        common["generations"] = args.generations
+    for name in ("generations", "offspring", "pool_windows"):
+        if getattr(args, name):
+            common[name] = getattr(args, name)
+    for name in ("survivors", "tokens"):
+        if getattr(args, name):
+            common[name] = [int(x) for x in getattr(args, name).split(",")]
     results: dict = {"model": args.model, "group_size": args.group_size, "preset": args.preset,
                      "eval": {"data": args.eval_data, "windows": args.eval_windows, "seqlen": 512}, "targets": {}}
     # the database: another run's (--database), or built by this bench's first job

@@ -139,9 +139,9 @@ def build_teacher_cache(run_path: Path, teacher: torch.nn.Module, windows: dict[
                 on_batch()
         for key, chunks in parts.items():
             tensors[f"{split}.{key}"] = torch.cat(chunks).contiguous()
-        tensors[f"{split}.windows"] = wins.cpu().contiguous()
+        tensors[f"{split}.windows"] = wins.cpu().clone()       # own storage: safetensors refuses views
     for key, value in (extra or {}).items():
-        tensors[key] = value.contiguous()
+        tensors[key] = value.cpu().clone()
     path = Path(run_path) / TEACHER_FILE
     with atomic.staged_file(path) as tmp:
         save_file(tensors, str(tmp))

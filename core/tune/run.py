@@ -78,6 +78,15 @@ def ensure_teacher_cache(spec: TuneSpec, ctx: RunContext, student: Student, spli
     return cache
 
 
+def enable_block_checkpointing(model: torch.nn.Module) -> None:
+    """Recompute each decoder block in the backward pass instead of keeping its activations."""
+    enable = getattr(model, "activation_checkpointing_enable", None)   # transformers >= 5.x
+    if enable is not None:
+        enable(activation_checkpointing_kwargs={"use_reentrant": False})
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+
+
 def _free_memory() -> None:
     gc.collect()
     if torch.cuda.is_available():
@@ -135,7 +144,7 @@ def run_training(spec: TuneSpec, ctx: RunContext) -> dict:
     tuner = Tuner(student.model, student.layers, cache, spec, device, autocast_dtype(spec, device))
     use_ckpt = spec.grad_checkpointing if spec.grad_checkpointing is not None else device.type == "cuda"
     if use_ckpt:
-        student.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        enable_block_checkpointing(student.model)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
 

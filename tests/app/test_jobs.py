@@ -11,6 +11,7 @@ import pytest
 from PySide6.QtCore import Qt, QTimer
 from PySide6.QtWidgets import QApplication
 
+from bitsmith.app.heatmap import KEPT_LEVEL
 from bitsmith.app.layer_model import KEEP_BITS
 
 from .conftest import run_to_end, wait_for
@@ -95,7 +96,7 @@ def test_quantize_through_worker_fills_table_and_plots_without_stalls(opened):
     assert len(w.plots.errors) == 12 or len(w.plots.errors) == 14
     assert len(w.plots.error_bars.opts["height"]) == len(w.plots.errors)
     grid, roles, blocks = w.heatmap.matrix()
-    assert grid[0, roles.index("down_proj")] == KEEP_BITS and grid[1, roles.index("q_proj")] == 3
+    assert grid[0, roles.index("down_proj")] == KEPT_LEVEL and grid[1, roles.index("q_proj")] == 3
     assert w.runs.bar.value() == w.runs.bar.maximum() == 1 and w.runs.title.text() == "Finished"
     # History lists the run with the plan's average code bits (core/plan arithmetic).
     record = next(r for r in w.history.records if r.kind == "quantize")

@@ -20,13 +20,15 @@ N, K, GROUP = 40, 576, 64  # N: not a multiple of BLOCK_N = 32; K = 576 = 9 grou
 # output (and, in the tl.dot kernel, of the dequantized weight), ~5e-4 relative.
 TOL = {torch.float32: 2e-5, torch.float16: 2e-3}
 
-# kernel name -> config for M rows. block_k 64 = one tile per group; split 4 of 9 tiles is
-# uneven (3, 3, 3, 0): the last split has no work and must still be harmless.
+# kernel name -> config for M rows. The interpreter pays per program and per op, not per
+# element, so tiles are large, yet between them the cases cover several blocks along M and
+# along N, partial last blocks, two K tiles per group (block_k 32 < group 64), and an uneven
+# split: 4 splits of 9 tiles are 3, 3, 3 and 0, and the empty last split must be harmless.
 CONFIGS = {
-    "gemv": lambda m: Config("gemv", min(4, 1 << (m - 1).bit_length()), 32, 64, 1),
-    "gemv-splitk": lambda m: Config("gemv", min(4, 1 << (m - 1).bit_length()), 32, 32, 4),
-    "dot": lambda m: Config("dot", 16, 32, 64, 1),
-    "dot-splitk": lambda m: Config("dot", 32, 16, 32, 4),
+    "gemv": lambda m: Config("gemv", 1, 64, 64, 1) if m == 1 else Config("gemv", 64, 32, 64, 1),
+    "gemv-splitk": lambda m: Config("gemv", 1 if m == 1 else 32, 64, 64, 4),
+    "dot": lambda m: Config("dot", 16, 32, 32, 1),
+    "dot-splitk": lambda m: Config("dot", 32, 16, 64, 4),
 }
 
 
@@ -64,7 +66,7 @@ def test_tiles_smaller_than_a_group_and_fp32_scales_with_fp16_x(bits):
     qweight, scales, zeros = _layer(bits, n=24, k=256, group=128)
     x = torch.randn(5, 256).half()
     ref = dequant_matmul_reference(x, qweight, scales, zeros, bits, 128)
-    for cfg in (Config("gemv", 4, 16, 32, 2), Config("dot", 16, 16, 32, 3)):
+    for cfg in (Config("gemv", 8, 32, 32, 2), Config("dot", 16, 16, 32, 3)):
         out = quant_matmul(x, qweight, scales, zeros, bits, 128, config=cfg)
         assert _rel_err(out, ref) < TOL[torch.float16]
 
@@ -80,12 +82,13 @@ def test_default_choice_and_leading_dims():
 
 
 def test_group_of_72_uses_small_gemv_tiles():
-    # 576 = 8 * 72: the largest power-of-two tile dividing 72 is 8 codes (one 4-bit word)
+    # 576 = 8 * 72 (group 128 asked, largest divisor taken): the largest power-of-two tile
+    # dividing 72 is 8 codes, one 4-bit word; 3 bits need 32-code tiles: torch path
     assert kernel_supports(4, 72, 576) and not kernel_supports(3, 72, 576)
-    cfg = heuristic_config(2, 16, 576, 4, 72)
+    cfg = heuristic_config(2, 16, 144, 4, 72)
     assert cfg.kernel == "gemv" and cfg.block_k == 8
-    qweight, scales, zeros = _layer(4, n=16, k=576, group=72)
-    x = torch.randn(2, 576)
+    qweight, scales, zeros = _layer(4, n=16, k=144, group=72)
+    x = torch.randn(2, 144)
     out = quant_matmul(x, qweight, scales, zeros, 4, 72, config=cfg)
     assert _rel_err(out, dequant_matmul_reference(x, qweight, scales, zeros, 4, 72)) < TOL[torch.float32]
 

@@ -31,7 +31,7 @@ def codes_and_dim(draw, bits_choices=KERNEL_BITS):
     return codes, bits, dim
 
 
-@settings(max_examples=150, deadline=None)
+@settings(max_examples=80, deadline=None)
 @given(codes_and_dim())
 def test_round_trip_kernel_bits(case):
     codes, bits, dim = case
@@ -45,7 +45,7 @@ def test_round_trip_kernel_bits(case):
     assert torch.equal(back.long(), codes.long())
 
 
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=30, deadline=None)
 @given(codes_and_dim(bits_choices=(1, 5, 6, 7)))
 def test_round_trip_other_widths(case):
     codes, bits, dim = case
@@ -53,7 +53,7 @@ def test_round_trip_other_widths(case):
     assert torch.equal(back, codes.long())
 
 
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=40, deadline=None)
 @given(st.sampled_from(KERNEL_BITS), st.integers(1, 9), st.integers(1, 40), st.integers(0, 2**31 - 1))
 def test_qweight_and_qzeros_orientation(bits, k_blocks, n, seed):
     gen = torch.Generator().manual_seed(seed)

@@ -32,7 +32,7 @@ def _fake_quantized(family):
     return model, plan, quantized
 
 
-@pytest.mark.parametrize("family", ["llama", "gpt2", "qwen2"])
+@pytest.mark.parametrize("family", ["llama", "gpt2"])
 def test_round_trip_is_bit_exact(tmp_path, family):
     model, plan, quantized = _fake_quantized(family)
     path = tmp_path / "quantized"

@@ -1,0 +1,151 @@
+"""Screenshots of the workbench's main views, for the README.
+
+    xvfb-run -a -s "-screen 0 1600x1000x24" .venv/bin/python packaging/screenshots.py \
+        [--model default] [--out resources/screenshots] [--runs FOLDER] [--no-jobs]
+
+Opens the window on the model (an `inspect` job), applies the rule editor's starting
+rules, and — unless --no-jobs — runs real jobs through the worker so the views have
+something to show: a dense evaluation, a GPTQ quantization with those rules, and an
+evaluation of the quantized checkpoint (RTN by default: GPTQ on the default model takes
+many minutes on a CPU). Then it saves one PNG per view. Runs go to
+--runs (default: a fresh temporary folder, so your own history is left alone).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def parse_args() -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--model", default="default")
+    p.add_argument("--out", default=str(REPO / "resources" / "screenshots"))
+    p.add_argument("--runs", help="runs folder (default: a new temporary folder)")
+    p.add_argument("--no-jobs", action="store_true", help="only open the model; no quantize/eval runs")
+    p.add_argument("--method", default="rtn", choices=["rtn", "gptq"],
+                   help="quantizer for the demo run (rtn: seconds; gptq: minutes on a CPU)")
+    p.add_argument("--calib-windows", type=int, default=4)
+    p.add_argument("--seqlen", type=int, default=128)
+    p.add_argument("--eval-windows", type=int, default=2)
+    return p.parse_args()
+
+
+def main() -> int:
+    args = parse_args()
+    os.environ["BITSMITH_RUNS"] = args.runs or tempfile.mkdtemp(prefix="bitsmith-screenshots-")
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    from PySide6.QtCore import QEventLoop, QSettings, QTimer
+    from PySide6.QtWidgets import QApplication
+
+    from bitsmith.app.main import make_app
+    from bitsmith.app.main_window import MainWindow
+    from bitsmith.core.jobs import ModelSpec
+
+    app = make_app()
+    settings = QSettings(str(Path(os.environ["BITSMITH_RUNS"]) / "settings.ini"), QSettings.Format.IniFormat)
+    window = MainWindow(settings)
+    window.resize(1600, 1000)
+    window.show()
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    saved: list[str] = []
+
+    def settle(ms: int = 400) -> None:
+        end = time.monotonic() + ms / 1000
+        while time.monotonic() < end:
+            app.processEvents()
+            time.sleep(0.02)
+
+    def run_job(start) -> str:
+        loop, result = QEventLoop(), []
+
+        def finished(outcome: str, code: int) -> None:
+            result.append(outcome)
+            loop.quit()
+
+        window.client.finished.connect(finished)
+        try:
+            if start() is None and not window.client.running:
+                return "not started: " + window.runs.message.text()
+            loop.exec()
+        finally:
+            window.client.finished.disconnect(finished)
+        print(f"  {window.current_kind}: {result[0]} {window.runs.message.text()[:200]}", flush=True)
+        return result[0]
+
+    def shot(name: str, widget=None) -> None:
+        settle()
+        path = out / f"{name}.png"
+        (widget or window).grab().save(str(path))
+        saved.append(str(path))
+        print(f"saved {path}", flush=True)
+
+    print(f"opening {args.model} …", flush=True)
+    if run_job(lambda: window.open_model(args.model)) != "done":
+        print("could not open the model: " + window.runs.message.text(), file=sys.stderr)
+        return 1
+    window.rules._apply()                     # the starting rules: spike-prone down_proj kept at 16-bit
+    window.tabs.setCurrentIndex(0)
+    shot("plan")
+
+    if not args.no_jobs:
+        forms = window.strategies.forms
+        window.tabs.setCurrentIndex(1)
+        forms["eval"].set_value("windows", args.eval_windows)
+        forms["eval"].set_value("seqlen", args.seqlen)
+        window.strategies.model_choice["eval"].setCurrentIndex(0)
+        run_job(lambda: window.start_job("eval", forms["eval"].values()))
+        for name, value in (("method", args.method), ("calib", "builtin"), ("calib_windows", args.calib_windows),
+                            ("seqlen", args.seqlen), ("clip", args.method == "gptq"),
+                            ("act_order", args.method == "gptq")):
+            forms["quantize"].set_value(name, value)
+        window.strategies.setCurrentIndex(list(window.strategies.run_buttons).index("quantize"))
+        run_job(lambda: window.start_job("quantize", forms["quantize"].values()))
+        window.plots.setCurrentIndex(0)
+        shot("run-layer-errors")
+        window.tabs.setCurrentIndex(0)
+        window.heatmap.what.setCurrentIndex(1)
+        shot("plan-error-heatmap")
+        window.heatmap.what.setCurrentIndex(0)
+        if window.checkpoints:
+            choice = window.strategies.model_choice["eval"]
+            choice.setCurrentIndex(choice.findData(window.checkpoints[0][1]))
+            window.tabs.setCurrentIndex(1)
+            window.strategies.setCurrentIndex(list(window.strategies.run_buttons).index("eval"))
+            run_job(lambda: window.start_job("eval", {**forms["eval"].values(),
+                                                      "model": ModelSpec(window.checkpoints[0][1])}))
+        window.tabs.setCurrentIndex(1)
+        window.plots.setCurrentIndex(window.plots.count() - 1)
+        shot("pareto")
+        window.tabs.setCurrentIndex(2)
+        window.refresh_history()
+        shot("history")
+        records = [r for r in window.history.records if r.kind in ("quantize", "eval") and r.state == "done"]
+        if len(records) >= 2:
+            window._dialog(sorted(records[:2], key=lambda r: r.started))
+            window.last_dialog.resize(1500, 800)
+            shot("compare", window.last_dialog)
+            window.last_dialog.close()
+        if window.checkpoints and window.export_button.isEnabled():
+            window.open_export()
+            window.last_dialog.format.setCurrentText("gguf")
+            shot("export", window.last_dialog)
+            window.last_dialog.close()
+    window.tabs.setCurrentIndex(1)
+    window.strategies.setCurrentIndex(0)
+    shot("strategies")
+    print("screenshots: " + ", ".join(saved))
+    window.close()
+    QTimer.singleShot(0, app.quit)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

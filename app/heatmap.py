@@ -90,6 +90,11 @@ class HeatMap(QWidget):
         self.plot.setXRange(0, len(roles), padding=0)
         self.plot.setYRange(0, len(blocks), padding=0)
         missing = int(np.isnan(grid).sum())
-        self.caption.setText(("log10 of relative output error" if errors else
+        exact = sum(1 for r in self.model.rows if r.rel_error == 0)
+        if errors and exact:
+            missing -= exact
+        self.caption.setText(("log10 of relative output error" +
+                              (f"; {exact} exact (kept) layers drawn at the lowest colour" if exact else "")
+                              if errors else
                               f"bits per layer, 2–8; the top colour ({KEPT_LEVEL}) = kept at 16-bit")
                              + (f"; {missing} cells without a value yet" if errors and missing else ""))

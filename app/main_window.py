@@ -290,7 +290,8 @@ class MainWindow(QMainWindow):
                 f"{inv.get('blocks', 0)} blocks · size at 16-bit {(2 * m.get('parameters', 0)) / 2**20:.1f} MiB, "
                 f"under the plan {(other + budget.total_bytes) / 2**20:.1f} MiB")
         if self.last_eval:
-            text += f" · last perplexity {self.last_eval['ppl']:.3f} on {self.last_eval['data']}"
+            which = "quantized" if self.last_eval.get("model", {}).get("quantized") else "dense"
+            text += f" · last perplexity ({which}) {self.last_eval['ppl']:.3f} on {self.last_eval['data']}"
         self.summary.setText(text)
 
     # --- plan edits -----------------------------------------------------------------------------

@@ -96,7 +96,7 @@ class LivePlots(QTabWidget):
         self.addTab(_page(self.spike_plot, self.spike_note), "Spikes")
 
         self.pareto_plot = _plot("Pareto: average bits against perplexity", "average code bits", "perplexity")
-        self.pareto_plot.setLogMode(y=True)
+        self._pareto_labels: list[pg.TextItem] = []
         self.pareto_points = pg.ScatterPlotItem(size=10, hoverable=True, tip=self._pareto_tip)
         self.pareto_front = pg.PlotDataItem([], [], pen=pg.mkPen("#2ca02c", width=1.5, style=pg.QtCore.Qt.PenStyle.DashLine))
         self.pareto_plot.addItem(self.pareto_front)
@@ -153,11 +153,17 @@ class LivePlots(QTabWidget):
         self._dirty = True
 
     def load_events(self, events: list[dict]) -> None:
-        """A whole finished run at once (history view)."""
+        """A whole finished run at once (history view); shows the first page with data."""
         self.clear_run()
         for event in events:
             self.feed(event)
         self.redraw()
+        fitness = any(name == "fitness" for name, _ in self.series)
+        curves = any(name not in SKIP_METRICS and name != "fitness" for name, _ in self.series)
+        for index, has_data in enumerate((bool(self.errors), curves, fitness, bool(self.spikes))):
+            if has_data:
+                self.setCurrentIndex(index)
+                break
 
     # --- drawing ---------------------------------------------------------------------------
 
@@ -220,7 +226,7 @@ class LivePlots(QTabWidget):
 
     def set_pareto(self, points: list[dict]) -> None:
         """points: {"bits", "ppl", "label", "current"}; draws them and the lower-left front."""
-        spots = [{"pos": (p["bits"], np.log10(p["ppl"])), "data": p,
+        spots = [{"pos": (p["bits"], p["ppl"]), "data": p,
                   "brush": "#d62728" if p.get("current") else ("#8c8c8c" if p["bits"] >= 16 else "#1f77b4"),
                   "size": 13 if p.get("current") else 9} for p in points if p["ppl"] and p["ppl"] > 0]
         self.pareto_points.setData(spots)
@@ -230,6 +236,18 @@ class LivePlots(QTabWidget):
                 best = p["ppl"]
                 front.append(p)
         self.pareto_front.setData([p["bits"] for p in front], [p["ppl"] for p in front])
+        for label in self._pareto_labels:
+            self.pareto_plot.removeItem(label)
+        self._pareto_labels = []
+        middle = (min(p["bits"] for p in points) + max(p["bits"] for p in points)) / 2 if points else 0
+        for p in points:
+            if p["ppl"] and p["ppl"] > 0:
+                # Labels point inwards, so the ones at the right edge stay inside the plot.
+                label = pg.TextItem(f"{p['bits']:.2f} bits · ppl {p['ppl']:.2f}", color="#333333",
+                                    anchor=(1, 1) if p["bits"] > middle else (0, 1))
+                label.setPos(p["bits"], p["ppl"])
+                self.pareto_plot.addItem(label)
+                self._pareto_labels.append(label)
         self.pareto_note.setText(f"{len(spots)} runs of this model; dashed: the Pareto front "
                                  "(fewest bits for a perplexity); grey = dense")
 

@@ -79,8 +79,8 @@ def _gemv_kernel(
         k0 = t * BLOCK_K
         if BITS == 3:
             # 32 codes = 3 words; the tile is BLOCK_T such blocks. Codes 10 and 21 of a block
-            # straddle words: (lo >> sh) | (hi << (32 - sh)), written (hi << 1) << (31 - sh)
-            # so that no shift amount reaches 32.
+            # straddle words: low bits from the top of one word, high bits from the bottom of
+            # the next.
             BLOCK_T: tl.constexpr = BLOCK_K // 32
             t3 = tl.arange(0, BLOCK_T)[None, :, None]  # [1, BLOCK_T, 1]
             w_ptrs = qw_ptr + (k0 // 32 * 3 + t3 * 3) * N + n3

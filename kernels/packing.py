@@ -19,9 +19,10 @@ Orientation helpers for the exporters (N = out_features, K = in_features, G = K 
   also the layout the Triton kernels read);
 - `pack_qzeros(zeros[G, N])   -> qzeros[G, ceil(N*bits/32)]`   packed along N (GPTQ `qzeros`);
 - compressed-tensors' `weight_packed[N, ceil(K*bits/32)]` is `pack_along_dim(codes, bits, dim=1)`.
-These helpers pack exactly the integers they are given: GPTQ-v1 checkpoints store `z - 1` in
-qzeros and compressed-tensors stores signed codes offset by `2**(bits-1)`; that bookkeeping
-belongs to the exporter.
+These helpers pack exactly the unsigned integers they are given. Format bookkeeping belongs
+to the exporter: GPTQ-v1 checkpoints store `z - 1` in qzeros; compressed-tensors reasons in
+signed codes `q - 2**(bits-1)`, and its `pack_to_int32` adds `2**(bits-1)` back before packing,
+so its packed bits are these unsigned codes.
 """
 
 from __future__ import annotations
@@ -184,7 +185,9 @@ def pack_qweight(codes: torch.Tensor, bits: int) -> torch.Tensor:
     return pack_along_dim(codes.t().contiguous(), bits, dim=0)
 
 
-def unpack_qweight(qweight: torch.Tensor, bits: int, in_features: int, dtype: torch.dtype = torch.uint8) -> torch.Tensor:
+def unpack_qweight(
+    qweight: torch.Tensor, bits: int, in_features: int, dtype: torch.dtype = torch.uint8
+) -> torch.Tensor:
     """qweight [ceil(K*bits/32), N] int32 -> codes [N, K] (K = in_features)."""
     return unpack_along_dim(qweight.contiguous(), bits, dim=0, size=in_features, dtype=dtype).t().contiguous()
 

@@ -60,6 +60,7 @@ class QuantLinear(nn.Module):
     replaced). Memory for speed: the CPU evaluator wants it, a GPU never needs it.
     """
 
+    is_bitsmith_linear = True   # the engine's layer inventory lists it as a linear layer
     qweight: torch.Tensor
     scales: torch.Tensor
     zeros: torch.Tensor
@@ -92,7 +93,8 @@ class QuantLinear(nn.Module):
         self.backend = backend
         self.cache_dequantized = cache_dequantized
         n_groups = in_features // group_size
-        self.register_buffer("qweight", torch.zeros(packed_size(in_features, bits), out_features, dtype=torch.int32, device=device))
+        words = packed_size(in_features, bits)
+        self.register_buffer("qweight", torch.zeros(words, out_features, dtype=torch.int32, device=device))
         self.register_buffer("scales", torch.ones(n_groups, out_features, dtype=dtype, device=device))
         self.register_buffer("zeros", torch.zeros(n_groups, out_features, dtype=dtype, device=device))
         if bias:

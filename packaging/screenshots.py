@@ -41,8 +41,7 @@ def main() -> int:
     args = parse_args()
     os.environ["BITSMITH_RUNS"] = args.runs or tempfile.mkdtemp(prefix="bitsmith-screenshots-")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    from PySide6.QtCore import QEventLoop, QSettings, QTimer
-    from PySide6.QtWidgets import QApplication
+    from PySide6.QtCore import QEventLoop, QSettings
 
     from bitsmith.app.main import make_app
     from bitsmith.app.main_window import MainWindow
@@ -143,8 +142,10 @@ def main() -> int:
     shot("strategies")
     print("screenshots: " + ", ".join(saved))
     window.close()
-    QTimer.singleShot(0, app.quit)
-    return 0
+    sys.stdout.flush()
+    # Leave without Python's finalizer: PySide6 can crash tearing down widgets at exit,
+    # after the work is done; the PNGs are already on disk.
+    os._exit(0)
 
 
 if __name__ == "__main__":

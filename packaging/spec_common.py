@@ -8,7 +8,14 @@ from pathlib import Path
 
 from PyInstaller.utils.hooks import collect_data_files, collect_submodules, copy_metadata
 
-ROOT = Path(SPECPATH).resolve().parent if "SPECPATH" in globals() else Path(__file__).resolve().parent.parent  # noqa: F821
+import os
+import sys
+
+ROOT = Path(__file__).resolve().parent.parent
+# build.sh stages a plain `bitsmith` package here (PyInstaller cannot follow the editable
+# install's package-dir mapping); it must come first on the path.
+STAGE = Path(os.environ.get("BITSMITH_STAGE", ROOT / "build" / "stage"))
+sys.path.insert(0, str(STAGE))
 
 # Job kinds and CLI commands are found with pkgutil at run time: name them all.
 HIDDEN = (collect_submodules("bitsmith")

@@ -30,7 +30,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--plan", help="plan.json (rules or per-layer entries); replaces --bits/--group-size/--sym/--keep")
     parser.add_argument("--calib", default=DEFAULT_CALIB,
                         help=f"calibration text: builtin | selfgen | file:PATH | hf:NAME; 'a+b' mixes (default {DEFAULT_CALIB})")
-    parser.add_argument("--calib-windows", type=int, default=_D.calib_windows)
+    parser.add_argument("--calib-windows", type=int, default=None,
+                        help=f"calibration windows (default {_D.calib_windows} for gptq; 0 for rtn, which then "
+                        "needs no data and reports weight-space errors)")
     parser.add_argument("--seqlen", type=int, default=_D.seqlen)
     parser.add_argument("--seed", type=int, default=_D.seed)
     parser.add_argument("--damp", type=float, default=_D.damp, help=f"GPTQ dampening (default {_D.damp})")
@@ -47,10 +49,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(func=run)
 
 
+def _calib_windows(args: argparse.Namespace) -> int:
+    if args.calib_windows is not None:
+        return args.calib_windows
+    return 0 if args.method == "rtn" else _D.calib_windows
+
+
 def run(args: argparse.Namespace) -> int:
     plan = args.plan if args.plan else uniform_plan_spec(args.bits, args.group_size, args.sym, args.keep)
     job = make_job("quantize", model=model_spec(args), method=args.method, plan=plan, calib=args.calib,
-                   calib_windows=args.calib_windows, seqlen=args.seqlen, seed=args.seed, damp=args.damp,
+                   calib_windows=_calib_windows(args), seqlen=args.seqlen, seed=args.seed, damp=args.damp,
                    act_order=args.act_order, clip=args.clip)
     code, report = run_job_inline(job, args)
     summary = None

@@ -124,12 +124,16 @@ def _compressed(settings: dict[str, LayerSetting]) -> list[str]:
     odd = [n for n, s in settings.items() if s.quantized and s.bits not in (2, 3, 4, 8)]
     if odd:
         out.append(f"{_count(odd)} at 5/6/7 bits: valid pack-quantized, but vLLM has no kernel for them")
+    mixed: dict[str, list[str]] = defaultdict(list)      # kind -> "prefix: details" of each mismatch
     for (prefix, kind), names in sorted(_fusion_groups(list(settings)).items()):
         schemes = {_describe(settings[n]) for n in names}
         if len(schemes) > 1:
             detail = ", ".join(f"{n.rsplit('.', 1)[1]}={_describe(settings[n])}" for n in sorted(names))
-            out.append(f"{prefix}: vLLM fuses {kind.replace('_', '/')} into one layer and needs one scheme for "
-                       f"them, but the plan has {detail}")
+            mixed[kind].append(f"{prefix}: {detail}")
+    for kind, cases in mixed.items():
+        more = f" (and {len(cases) - 1} more)" if len(cases) > 1 else ""
+        out.append(f"{len(cases)} {'block' if len(cases) == 1 else 'blocks'} mix schemes in the projections vLLM "
+                   f"fuses ({kind.replace('_', '/')}), which need one scheme: {cases[0]}{more}")
     return out
 
 

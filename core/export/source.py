@@ -107,6 +107,8 @@ def asks_act_order(*docs: dict | None) -> bool:
     """True when a manifest, plan or job asked for GPTQ act-order (desc_act)."""
     def walk(obj: Any) -> bool:
         if isinstance(obj, dict):
+            if obj.get("method") == "rtn":          # act-order is a GPTQ option; RTN ignores it
+                return False
             for key, value in obj.items():
                 if key in ("act_order", "desc_act") and value is True:
                     return True

@@ -146,7 +146,8 @@ def quantize_default(work: Path, method: str, calib_windows: int) -> Path:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bitsmith.core.export.verify", description=__doc__.split("\n\n")[0])
     parser.add_argument("--checkpoint", help="a quantized checkpoint (default: quantize the default model)")
-    parser.add_argument("--method", default="gptq", choices=["gptq", "rtn"])
+    parser.add_argument("--method", default="rtn", choices=["rtn", "gptq"],
+                        help="how to quantize the default model (rtn: minutes; gptq: much longer on a CPU)")
     parser.add_argument("--calib-windows", type=int, default=32)
     parser.add_argument("--windows", type=int, default=16)
     parser.add_argument("--seqlen", type=int, default=512)

@@ -12,13 +12,14 @@ from __future__ import annotations
 import resource
 import time
 from dataclasses import dataclass, field
-from typing import Literal
-
-import torch
+from typing import TYPE_CHECKING, Literal
 
 from ..errors import BadInput, Cancelled
 from ..jobs import ModelSpec, RunContext, register_job
 from ..plan import PlanSpec
+
+if TYPE_CHECKING:   # torch stays out of the window process, which imports job specs
+    import torch
 
 DEFAULT_CALIB = "builtin"
 
@@ -179,6 +180,8 @@ def _provenance(spec: QuantizeSpec, windows: torch.Tensor | None) -> dict:
 def _peak_memory_mb(device: torch.device) -> dict:
     peak = {"cpu_rss": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}
     if device.type == "cuda":
+        import torch
+
         peak["cuda_allocated"] = round(torch.cuda.max_memory_allocated(device) / 2**20, 1)
     return peak
 

@@ -32,7 +32,7 @@ from .. import atomic
 from ..errors import BadInput
 from ..inventory import _is_conv1d
 from .grid import dequantize_fp8, quantize_fp8
-from .modules import install_quantized, layer_bias
+from .modules import install_quantized
 from .tensor import QuantizedWeight
 
 FORMAT = "bitsmith-quant"
@@ -215,7 +215,7 @@ def load_quantized_model(path: str | Path, spec: Any, device: torch.device, dtyp
     for name, (values, scale) in ckpt.fp8.items():
         _set_fp8_layer(model, name, values, scale, dtype)
     dense = {k: v.to(dtype) if v.is_floating_point() else v for k, v in ckpt.dense_state.items()}
-    result = model.load_state_dict(dense, strict=False, assign=True)
+    model.load_state_dict(dense, strict=False, assign=True)   # missing tensors are caught below
     if getattr(model.config, "tie_word_embeddings", False) or getattr(model.config.get_text_config(), "tie_word_embeddings", False):
         model.tie_weights()
     _check_all_loaded(model, path)
@@ -226,7 +226,6 @@ def load_quantized_model(path: str | Path, spec: Any, device: torch.device, dtyp
     tokenizer = AutoTokenizer.from_pretrained(str(path), trust_remote_code=trust)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
-    del result
     source = getattr(spec, "source", str(path))
     return LoadedModel(model, tokenizer, source, str(path), device, dtype, quantized=ckpt.manifest)
 

@@ -49,10 +49,11 @@ class DenseTargets:
         """KL per token [B·L] of the candidate's logits [B, L, V] on pool windows `rows` [B]."""
         V = logits.shape[-1]
         logits = logits.reshape(-1, V)
-        if self.logp is not None:
-            return kl_per_token(self.logp[rows].reshape(-1, V), logits)
-        top_logp = self.top_logp[rows].reshape(-1, self.topk)
-        top_idx = self.top_idx[rows].reshape(-1, self.topk).long()
+        rows = rows.to(self.windows.device)
+        if self.logp is not None:     # targets live on the CPU; the scoring runs on the model's device
+            return kl_per_token(self.logp[rows].reshape(-1, V).to(logits.device), logits)
+        top_logp = self.top_logp[rows].reshape(-1, self.topk).to(logits.device)
+        top_idx = self.top_idx[rows].reshape(-1, self.topk).to(logits.device).long()
         out = []
         for s in range(0, logits.shape[0], 128):       # chunks: fp32 log-softmax of [128, V]
             log_q = F.log_softmax(logits[s: s + 128].float(), dim=-1).gather(1, top_idx[s: s + 128])

@@ -14,6 +14,9 @@ so a benchmark cut short still reports what it measured; a re-run with the same 
 skips the rows already measured.
 
     python -m bitsmith.core.tune.bench --steps 30 --out /tmp/tune-bench --json
+
+`--checkpoint 3=PATH` tunes an existing checkpoint instead of running GPTQ here;
+`--dense-ppl X` skips the dense evaluation (X must come from the same WikiText windows).
 """
 
 from __future__ import annotations
@@ -85,10 +88,17 @@ class Bench:
         return self.row("dense", lambda: self.ppl(self.args.model, "dense"))
 
     def quantize(self, bits: int) -> dict:
+        given = dict(item.split("=", 1) for item in self.args.checkpoint)
+        if str(bits) in given:      # an existing checkpoint instead of quantizing here
+            path = given[str(bits)]
+            return self.row(f"gptq{bits}", lambda: {"checkpoint": path, "given": True,
+                                                     **self.ppl(path, f"given{bits}")})
+
         def measure() -> dict:
             job = make_job("quantize", model={"source": self.args.model}, method="gptq",
                            plan={"bits": bits, "group_size": self.args.group_size},
-                           calib_windows=self.args.quant_calib_windows, seqlen=512).to_dict()
+                           calib_windows=self.args.quant_calib_windows, seqlen=512,
+                           **({} if self.args.quant_clip is None else {"clip": self.args.quant_clip})).to_dict()
             code, wall, report, err = _worker(self.out / f"gptq{bits}", job)
             row = {"quantize_seconds": wall, "error": err or None, "checkpoint": str(self.out / f"gptq{bits}" / "quantized")}
             if code == 0:
@@ -180,6 +190,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--bits", type=int, nargs="+", default=[3, 2])
     p.add_argument("--group-size", type=int, default=64)
     p.add_argument("--quant-calib-windows", type=int, default=64, help="GPTQ calibration windows of 512 tokens")
+    p.add_argument("--quant-clip", action=argparse.BooleanOptionalAction, default=None,
+                   help="GPTQ's grid clipping search (default: the quantize job's default)")
+    p.add_argument("--checkpoint", action="append", default=[], metavar="BITS=PATH",
+                   help="use this quantized checkpoint for BITS instead of running GPTQ here")
     p.add_argument("--methods", nargs="*", default=["pv", "ste", "continuous"])
     p.add_argument("--ranks", type=int, nargs="*", default=[16, 64], help="EoRA ranks")
     p.add_argument("--steps", type=int, default=30)
@@ -191,7 +205,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--tune-eval-windows", type=int, default=4, help="held-out builtin-eval windows for best-state")
     p.add_argument("--eval-windows", type=int, default=16, help="WikiText-2 test windows of 512 tokens")
     p.add_argument("--wikitext", default=str(WIKITEXT))
-    p.add_argument("--dense-ppl", type=float, help="skip measuring the dense model; use this perplexity")
+    p.add_argument("--dense-ppl", type=float,
+                   help="skip measuring the dense model; use this perplexity (same --eval-windows!)")
     p.add_argument("--out", default="bench-tune", help="folder for the runs and bench.json (re-runs resume)")
     p.add_argument("--json", action="store_true")
     return p.parse_args(argv)

@@ -9,7 +9,7 @@ import pytest
 from safetensors import safe_open
 
 from bitsmith.core.errors import BadInput
-from bitsmith.core.export import export_checkpoint, export_warnings, open_source
+from bitsmith.core.export import export_checkpoint, export_warnings
 
 
 def _plan(rules, group_size=64):
@@ -35,7 +35,7 @@ def test_warnings_come_from_the_plan_alone():
     assert not any("not a multiple of 32" in w for w in gguf)          # 576 -> g96, 1536 -> g128
     ct = export_warnings(plan, "compressed-tensors")
     assert any("asymmetric at 2/3 bits" in w and "k_proj" in w for w in ct)
-    assert sum("fuses qkv" in w for w in ct) == 2 and not any("fuses gate/up" in w for w in ct)
+    assert any(w.startswith("2 blocks") and "(qkv)" in w for w in ct) and not any("(gate/up)" in w for w in ct)
     gptq = export_warnings(plan, "gptq", act_order=True)
     assert any("[96]" in w for w in gptq) and any("act-order" in w for w in gptq)
     assert any("dynamic" in w for w in gptq)
@@ -52,7 +52,9 @@ def test_warnings_from_a_checkpoint_manifest(mixed_checkpoint):
     gguf = export_warnings(manifest, "gguf")
     assert any("fp8" in w for w in gguf) and any("2/3 bits" in w for w in gguf)
     assert not any("act-order" in w for w in export_warnings(manifest, "gptq"))
-    manifest["provenance"]["job"] = {"act_order": True}
+    manifest["provenance"]["job"] = {"method": "rtn", "act_order": True}     # RTN ignores act-order
+    assert not any("act-order" in w for w in export_warnings(manifest, "gptq"))
+    manifest["provenance"]["job"] = {"method": "gptq", "act_order": True}
     assert any("act-order" in w for w in export_warnings(manifest, "gptq"))
     manifest["base_model"]["model_type"] = "gpt2"
     assert any("Llama-architecture" in w for w in export_warnings(manifest, "gguf"))
@@ -131,5 +133,12 @@ def test_cli_and_job_kind(mixed_checkpoint, tmp_path, capsys):
     assert "error:" in capsys.readouterr().err
     with pytest.raises(BadInput, match="no source"):
         make_job("export", format="gptq")
+    import argparse
+
+    from bitsmith.core.cli import run_job_inline
+
     job = make_job("export", source=str(mixed_checkpoint), format="compressed-tensors")
-    assert job.to_dict()["out"] is None
+    assert job.to_dict()["out"] is None                    # default: RUN_DIR/export/FORMAT
+    code, report = run_job_inline(job, argparse.Namespace(out=str(tmp_path / "run2"), events=False, resume=False))
+    assert code == 0 and report["out"] == str(tmp_path / "run2" / "export" / "compressed-tensors")
+    assert (tmp_path / "run2" / "export" / "compressed-tensors" / "config.json").is_file()

@@ -1,0 +1,1 @@
+"""Bundled resources (style sheet, icons, presets, screenshots), installed as `bitsmith.resources`."""

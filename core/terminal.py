@@ -9,9 +9,9 @@ from typing import TextIO
 class TerminalRenderer:
     """An event sink. On a TTY it redraws one progress line; elsewhere it prints stages only."""
 
-    def __init__(self, stream: TextIO = sys.stderr, verbose: bool = False) -> None:
-        self.stream = stream
-        self.tty = stream.isatty()
+    def __init__(self, stream: TextIO | None = None, verbose: bool = False) -> None:
+        self.stream = stream or sys.stderr   # looked up now: tests and callers may swap sys.stderr
+        self.tty = self.stream.isatty()
         self.verbose = verbose
         self._bar_shown = False
 

@@ -232,3 +232,26 @@ def iterate_blocks(model: nn.Module, windows: torch.Tensor,
             on_outputs(index, inputs)
         block.to(home)
     return inputs
+
+
+def forward_with_input_hooks(model: nn.Module, hooks: dict[str, Callable[[nn.Module, tuple], None]],
+                             windows: torch.Tensor, batch_size: int = 8,
+                             check: Callable[[], None] | None = None,
+                             on_batch: Callable[[int, int], None] | None = None) -> None:
+    """Run the whole model over `windows` [n, L] in batches, with a forward pre-hook on
+    each named module (it sees the module's input args); the hooks are removed afterwards.
+    For statistics over the dense model in one pass (Hessians, spike scores)."""
+    modules = dict(model.named_modules())
+    handles = [modules[name].register_forward_pre_hook(hook) for name, hook in hooks.items()]
+    device = model_device(model)
+    try:
+        with torch.no_grad():
+            for start in range(0, len(windows), batch_size):
+                if check is not None:
+                    check()
+                model(input_ids=windows[start: start + batch_size].to(device), use_cache=False)
+                if on_batch is not None:
+                    on_batch(min(start + batch_size, len(windows)), len(windows))
+    finally:
+        for handle in handles:
+            handle.remove()

@@ -31,6 +31,7 @@ from safetensors.torch import save_file
 
 from .. import atomic
 from ..errors import BadInput
+from ..capture import forward_with_input_hooks
 from ..inventory import LayerInfo, linear_weight
 from ..plan import resolve_group_size
 from ..quant.gptq import HessianAccumulator, rel_error
@@ -83,7 +84,6 @@ def collect_hessians(model: torch.nn.Module, layers: Sequence[LayerInfo], window
     A layer whose input is the very tensor the layer before it received (q/k/v read one
     normed hidden state, gate/up another) shares that layer's accumulator.
     """
-    modules = dict(model.named_modules())
     acc: dict[str, HessianAccumulator] = {}
     owner: dict[str, str] = {}
     last: dict[str, object] = {"x": None, "name": None}   # the previous hooked layer's input
@@ -100,18 +100,8 @@ def collect_hessians(model: torch.nn.Module, layers: Sequence[LayerInfo], window
                 acc[name].add(x)
         return hook
 
-    handles = [modules[l.name].register_forward_pre_hook(hook_for(l.name)) for l in layers]
-    device = next(model.parameters()).device
-    try:
-        for start in range(0, len(windows), batch_size):
-            if check is not None:
-                check()
-            model(input_ids=windows[start: start + batch_size].to(device), use_cache=False)
-            if on_batch is not None:
-                on_batch(min(start + batch_size, len(windows)), len(windows))
-    finally:
-        for h in handles:
-            h.remove()
+    forward_with_input_hooks(model, {l.name: hook_for(l.name) for l in layers}, windows, batch_size,
+                             check, on_batch)
     return {l.name: acc[owner[l.name]].H for l in layers}, owner
 
 

@@ -17,6 +17,7 @@ from typing import Callable, Sequence
 
 import torch
 
+from ..capture import forward_with_input_hooks
 from .genome import Genome, SearchSpace
 
 
@@ -47,20 +48,8 @@ def spike_scores(model: torch.nn.Module, layer_names: Sequence[str], windows: to
     windows: [n, L] token ids. Each window is a separate row of the batch, so the ratio
     is per window as the score defines it.
     """
-    modules = dict(model.named_modules())
     recorders = {name: _SpikeRecorder() for name in layer_names}
-    handles = [modules[name].register_forward_pre_hook(recorders[name]) for name in layer_names]
-    device = next(model.parameters()).device
-    try:
-        for start in range(0, len(windows), batch_size):
-            if check is not None:
-                check()
-            model(input_ids=windows[start: start + batch_size].to(device), use_cache=False)
-            if on_batch is not None:
-                on_batch(min(start + batch_size, len(windows)), len(windows))
-    finally:
-        for h in handles:
-            h.remove()
+    forward_with_input_hooks(model, recorders, windows, batch_size, check, on_batch)
     return {name: r.ratio_sum / max(r.windows, 1) for name, r in recorders.items()}
 
 

@@ -60,3 +60,18 @@ def test_tune_from_the_window_draws_its_loss(opened):
     assert outcome == "done", w.runs.message.text()
     steps, losses = w.plots.series[("loss", "train")]
     assert len(steps) == 2 and all(loss >= 0 for loss in losses)
+
+
+def test_export_from_the_dialog_writes_the_format(opened):
+    w = opened
+    assert w.checkpoints, "needs a quantized checkpoint from an earlier test"
+    w.open_export()
+    dialog = w.last_dialog
+    dialog.format.setCurrentText("gptq")
+    assert dialog.export_button.isEnabled()
+    outcome = run_to_end(w, lambda: (dialog.export_button.click(), w.client.running)[1] or None)
+    assert outcome == "done", w.runs.message.text()
+    run = next(r.run for r in w.history.records if r.kind == "export")
+    out = run.export_dir / "gptq"
+    assert json.loads((out / "quantize_config.json").read_text())["bits"] in (2, 3, 4, 8)
+    assert any(out.glob("*.safetensors")) and (out / "README.md").is_file()

@@ -43,6 +43,18 @@ def _setup_logging(run: RunDir) -> None:
         root.addHandler(handler)
 
 
+def _lower_priority() -> None:
+    """Run below the window's priority: on a machine with few cores the worker's compute
+    threads would otherwise preempt the GUI thread and stall the window's event loop.
+    A niced worker still takes every core nobody else wants. BITSMITH_WORKER_NICE=0 opts out."""
+    increment = int(os.environ.get("BITSMITH_WORKER_NICE", "5"))
+    if increment > 0 and hasattr(os, "nice"):
+        try:
+            os.nice(increment)
+        except OSError:
+            pass
+
+
 def main(argv: list[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     resume = "--resume" in args
@@ -60,6 +72,7 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_BAD_INPUT
     run = RunDir(paths[0])
     _setup_logging(run)
+    _lower_priority()
     cancel = CancelToken()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: cancel.cancel())

@@ -18,6 +18,13 @@ WIKITEXT = "file:../shared/data/wikitext-2-raw/wiki.test.raw"
 SOURCES = ["builtin", "builtin-eval", "selfgen", WIKITEXT, "hf:wikitext:wikitext-2-raw-v1:test"]
 
 
+TRI_STATE = {"auto": None, "on": True, "off": False}    # an optional bool's choices
+
+
+def _tri_state_label(value: bool | None) -> str:
+    return next(label for label, v in TRI_STATE.items() if v is value)
+
+
 def _unwrap_optional(tp: Any) -> tuple[Any, bool]:
     if get_origin(tp) in (Union, types.UnionType):
         args = [a for a in get_args(tp) if a is not type(None)]
@@ -70,6 +77,11 @@ class SpecForm(QWidget):
             if default in get_args(base):
                 combo.setCurrentIndex(list(get_args(base)).index(default))
             return combo, combo.currentData
+        if base is bool and optional:       # None: the engine decides (e.g. clip: on for GPTQ only)
+            combo = QComboBox()
+            combo.addItems(list(TRI_STATE))
+            combo.setCurrentText(_tri_state_label(default))
+            return combo, lambda: TRI_STATE[combo.currentText()]
         if base is bool:
             box = QCheckBox(checked=bool(default))
             return box, box.isChecked
@@ -120,6 +132,8 @@ class SpecForm(QWidget):
             w.setEditText("" if value is None else str(value))
         elif isinstance(w, QComboBox):
             i = w.findData(value)
+            if i < 0 and (value is None or isinstance(value, bool)):
+                i = w.findText(_tri_state_label(value))
             if i >= 0:
                 w.setCurrentIndex(i)
         elif isinstance(w, QCheckBox):

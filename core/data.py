@@ -165,11 +165,13 @@ def calibration_windows(source: str, tokenizer: Any, n_windows: int, seqlen: int
 
 @torch.no_grad()
 def selfgen_windows(model: torch.nn.Module, tokenizer: Any, n_windows: int, seqlen: int, seed: int = 0,
-                    batch_size: int = 16) -> torch.Tensor:
+                    batch_size: int = 64) -> torch.Tensor:
     """Data-free calibration: text sampled from the model itself (temperature 1).
 
     Each window starts with a token drawn uniformly from the vocabulary (special tokens
-    excluded), as in data-free quantization (LLM-QAT), then continues by sampling.
+    excluded), as in data-free quantization (LLM-QAT), then continues by sampling. Windows
+    are sampled `batch_size` at a time: generation is one small forward per token, so its
+    time is set by the number of sequential steps, not by the batch.
     """
     device = next(model.parameters()).device
     special = set(getattr(tokenizer, "all_special_ids", []) or [])

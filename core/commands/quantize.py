@@ -43,7 +43,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     order.add_argument("--no-act-order", dest="act_order", action="store_false")
     clip = parser.add_mutually_exclusive_group()
     clip.add_argument("--clip", dest="clip", action="store_true", default=_D.clip,
-                      help="search each group's range (shrink down to 0.8)" + (" (default)" if _D.clip else ""))
+                      help="search each group's range (shrink down to 0.8, weighted by the Hessian "
+                           "diagonal; default: on for gptq, off for rtn)")
     clip.add_argument("--no-clip", dest="clip", action="store_false")
     add_output_args(parser)
     parser.set_defaults(func=run)

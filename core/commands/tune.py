@@ -19,6 +19,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--steps", type=int, default=_DEFAULTS.steps)
     parser.add_argument("--lr", type=float, default=_DEFAULTS.lr, help="Adam lr of scales, zero points, norms")
     parser.add_argument("--code-lr", type=float, default=_DEFAULTS.code_lr, help="Adam lr of the straight-through buffers")
+    parser.add_argument("--code-beta1", type=float, default=_DEFAULTS.code_beta1,
+                        help="Adam beta1 of the straight-through buffers (reference 0)")
+    parser.add_argument("--code-precondition", action=argparse.BooleanOptionalAction, default=_DEFAULTS.code_precondition,
+                        help="scale each input column's V step by E[x_j^2]^(-1/2)")
+    parser.add_argument("--code-lr-in-grid-steps", action=argparse.BooleanOptionalAction,
+                        default=_DEFAULTS.code_lr_in_grid_steps,
+                        help="--code-lr in units of each group's scale (grid steps per step)")
+    parser.add_argument("--check-codes", action=argparse.BooleanOptionalAction, default=_DEFAULTS.check_codes,
+                        help="keep a V step only if it lowers the loss of the next step's windows")
     parser.add_argument("--tau", type=float, default=_DEFAULTS.tau, help="fraction of weights re-rounded per step (pv)")
     parser.add_argument("--delta-decay", type=float, default=_DEFAULTS.delta_decay)
     parser.add_argument("--rank", type=int, default=_DEFAULTS.rank, help="EoRA adapter rank")
@@ -43,7 +52,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     job = make_job("tune", model=model_spec(args), teacher=args.teacher, method=args.method, steps=args.steps,
-                   lr=args.lr, code_lr=args.code_lr, tau=args.tau, delta_decay=args.delta_decay, rank=args.rank,
+                   lr=args.lr, code_lr=args.code_lr, code_beta1=args.code_beta1, code_precondition=args.code_precondition,
+                   code_lr_in_grid_steps=args.code_lr_in_grid_steps, check_codes=args.check_codes, tau=args.tau, delta_decay=args.delta_decay, rank=args.rank,
                    calib=args.calib, windows=args.windows, seqlen=args.seqlen, batch=args.batch,
                    micro_batch=args.micro_batch, eval_every=args.eval_every, eval_data=args.eval_data,
                    eval_windows=args.eval_windows, checkpoint_every=args.checkpoint_every, seed=args.seed,

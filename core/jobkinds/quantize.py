@@ -21,7 +21,9 @@ from ..plan import PlanSpec
 if TYPE_CHECKING:   # torch stays out of the window process, which imports job specs
     import torch
 
-DEFAULT_CALIB = "builtin"
+# Data-free by default: windows sampled from the model itself. Calibrating on one domain
+# (the builtin Python docs) overfits it: 4-bit g64 WikiText-2 44.2 with builtin, 43.0 with selfgen.
+DEFAULT_CALIB = "selfgen"
 
 
 @dataclass
@@ -36,11 +38,18 @@ class QuantizeSpec:
     damp: float = 0.1                 # λ = damp · mean(diag H)
     act_order: bool = True            # columns by descending diag(H), static groups
     static_groups: bool = False       # grids fixed up front also without act-order
-    clip: bool = False                # range-shrink search of each group's grid (diag(H)-weighted)
+    # range-shrink search of each group's grid, weighted by diag(H); None: on for GPTQ (it is
+    # what brings 4-bit g64 from 46.3 to 44.2 on WikiText-2), off for RTN (plain rounding)
+    clip: bool | None = None
     clip_min_shrink: float = 0.8
     block_size: int = 128
     true_sequential: bool = True
     batch_size: int = 8
+
+    @property
+    def clips(self) -> bool:
+        """Whether the grid's range search runs: `clip`, or by default only for GPTQ."""
+        return self.method == "gptq" if self.clip is None else self.clip
 
     def validate(self) -> None:
         if self.calib_windows < 0:
@@ -156,7 +165,7 @@ def _options(spec: QuantizeSpec):
 
     return QuantizeOptions(method=spec.method, damp=spec.damp, act_order=spec.act_order,
                            static_groups=spec.static_groups, block_size=spec.block_size,
-                           clip=ClipConfig(enabled=True, min_shrink=spec.clip_min_shrink) if spec.clip else None,
+                           clip=ClipConfig(enabled=True, min_shrink=spec.clip_min_shrink) if spec.clips else None,
                            true_sequential=spec.true_sequential, batch_size=spec.batch_size)
 
 

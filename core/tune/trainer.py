@@ -25,7 +25,7 @@ from torch import nn
 from .config import TuneSpec
 from .distill import TeacherCache, kl_loss
 from .qlinear import TunableQuantLinear
-from .vstep import CodeAdam, VStepConfig, v_step
+from .vstep import CodeAdam, VStepConfig, revert_codes, v_step
 
 
 # --- what is trained ------------------------------------------------------------------------
@@ -121,8 +121,10 @@ class Tuner:
         self.p_opt = torch.optim.Adam(params, lr=spec.lr, betas=(0.9, 0.95)) if params else None
         self.v_opt = None
         if spec.has_v_step:
-            self.v_opt = CodeAdam(layers, VStepConfig(lr=spec.code_lr, tau=spec.effective_tau,
-                                                      delta_decay=spec.delta_decay))
+            self.v_opt = CodeAdam(layers, VStepConfig(lr=spec.code_lr, beta1=spec.code_beta1, tau=spec.effective_tau,
+                                                      delta_decay=spec.delta_decay,
+                                                      precondition=spec.code_precondition,
+                                                      in_grid_steps=spec.code_lr_in_grid_steps))
         for layer in layers.values():
             layer.capture_grad = self.v_opt is not None
         self.codes_total = sum(layer.codes.numel() for layer in layers.values())
@@ -143,20 +145,54 @@ class Tuner:
         total = 0.0
         for start in range(0, len(rows), micro):
             part = rows[start: start + micro]
-            ids = self.calib[part].to(self.device)
-            target = {k: v.to(self.device) for k, v in self.cache.batch("calib", part).items()}
             with self._autocast():
-                logits = self.model(input_ids=ids, use_cache=False).logits
-            loss = kl_loss(logits, target).mean() * (len(part) / len(rows))   # mean over all tokens
+                loss = self._batch_loss(part) * (len(part) / len(rows))   # mean over all tokens
             loss.backward()
             total += float(loss.detach())
         if self.p_opt is not None:
             self.p_opt.step()
         changed: dict[str, int] = {}
         if self.v_opt is not None:
-            changed = v_step(self.layers, self.v_opt)
+            if spec.check_codes:     # judged on the next step's windows: data the V step has not seen
+                changed = self._checked_v_step(batch_rows(self.step + 1, spec.batch, len(self.calib), spec.seed), micro)
+            else:
+                changed = v_step(self.layers, self.v_opt)
         self.step += 1
         return StepResult(total, sum(changed.values()), self.codes_total, changed)
+
+    def _batch_loss(self, rows: list[int]) -> torch.Tensor:
+        """Mean KL(teacher ‖ model) per token over calibration windows `rows`."""
+        ids = self.calib[rows].to(self.device)
+        target = {k: v.to(self.device) for k, v in self.cache.batch("calib", rows).items()}
+        logits = self.model(input_ids=ids, use_cache=False).logits
+        return kl_loss(logits, target).mean()
+
+    @torch.no_grad()
+    def _loss_of(self, rows: list[int], micro: int) -> float:
+        total = 0.0
+        for start in range(0, len(rows), micro):
+            part = rows[start: start + micro]
+            with self._autocast():
+                total += float(self._batch_loss(part)) * len(part) / len(rows)
+        return total
+
+    def _checked_v_step(self, rows: list[int], micro: int) -> dict[str, int]:
+        """The V step, kept only if the new codes lower the loss on windows `rows` (at the P
+        step's new scales); otherwise every code goes back (the straight-through buffers keep
+        their progress, so the same moves are proposed again once the evidence for them grows).
+
+        On a 1k-token batch the codes a V step picks fit that batch's noise: checked on the
+        batch that produced them, they pass and still raise the held-out KL; checked on the
+        next batch, only moves that generalise are kept."""
+        before = {name: layer.codes.clone() for name, layer in self.layers.items()}
+        self.model.eval()
+        loss_before = self._loss_of(rows, micro)
+        changed = v_step(self.layers, self.v_opt)
+        if sum(changed.values()) and self._loss_of(rows, micro) > loss_before:
+            revert_codes(self.layers, self.v_opt, before)
+            changed = {name: 0 for name in changed}
+        self.model.train()
+        return changed
 
     def evaluate(self) -> dict[str, Any]:
         """Held-out KL and perplexity, and each layer's output error on the first eval window."""

@@ -10,7 +10,27 @@ weight as if it were unconstrained), initialised to W_hat. Each step:
 4. delta_decay d: R ← (1 - d) R + d W_hat_new. d = 0 keeps R across steps (PV + STE, the
    reference default); d = 1 resets it to W_hat every step (the linearised V step).
 
+R is stored as its offset Δ = R - W_hat from the current dequantized weight, so that when
+the P step moves W_hat (new scales or zero points), R moves with it: the V step then acts on
+its own accumulated gradient only, and never re-rounds codes just to undo a P step.
+
 STE is τ = 1 (every weight re-rounded every step); continuous-only has no V step at all.
+
+Grid-step units (`in_grid_steps`, our addition; off reproduces the reference): Adam's step
+is about lr in weight units for every weight, but the grid step s differs 10x between
+layers (SmolLM2 3-bit: 0.02 in block 0's v_proj, 0.27 in its k_proj), so an lr that is
+cautious for one layer flips codes every step in another. With it on, the step of a weight
+is lr · s of its group: lr is the fraction of a grid step moved per step.
+
+Column preconditioning (`precondition`, our addition; off reproduces the reference): Adam's
+step g/√v moves every weight by about lr, but the loss curvature of weight (i, j) grows with
+its input's second moment a_j = E[x_j²] (the diagonal Gauss-Newton), and since v ∝ a_j too,
+Adam moves weights on large-activation columns √a_j too far relative to a Newton step
+g/a_j. In models with activation spikes (SmolLM2's block-11 down_proj: max/median 2000)
+those columns' codes are the first to be re-rounded, and each such change costs far more
+than it gains. Scaling the step of column j by min(1, (a_j / mean a)^(-1/2)) makes it
+Newton-like on the large columns and leaves the others at the reference step (enlarging
+the steps of near-dead columns would only spend the τ budget on codes that barely matter).
 """
 
 from __future__ import annotations
@@ -31,6 +51,8 @@ class VStepConfig:
     eps: float = 1e-8
     tau: float = 0.01          # fraction of a layer's weights that may be re-rounded per step
     delta_decay: float = 0.0
+    precondition: bool = False  # scale column j's step by min(1, (a_j / mean a)^(-1/2)), a_j = E[x_j²]
+    in_grid_steps: bool = False  # lr in units of each group's scale s (else in weight units)
 
 
 class CodeAdam:
@@ -43,9 +65,33 @@ class CodeAdam:
     def __init__(self, layers: dict[str, TunableQuantLinear], cfg: VStepConfig) -> None:
         self.cfg = cfg
         self.step_count = 0
-        self.R = {name: layer.dequantize().clone() for name, layer in layers.items()}   # [d_out, d_in]
-        self.v = {name: torch.zeros_like(r) for name, r in self.R.items()}
-        self.m = {name: torch.zeros_like(r) for name, r in self.R.items()} if cfg.beta1 > 0 else {}
+        self.layers = layers
+        # Δ = R - W_hat [d_out, d_in] per layer; R starts at W_hat
+        self.delta = {name: torch.zeros_like(layer.codes, dtype=torch.float32) for name, layer in layers.items()}
+        self.v = {name: torch.zeros_like(d) for name, d in self.delta.items()}
+        self.m = {name: torch.zeros_like(d) for name, d in self.delta.items()} if cfg.beta1 > 0 else {}
+        # running E[x_j²] per layer [d_in] (sum and token count), for the preconditioner
+        self.col_sq = {name: torch.zeros(layer.in_features, device=layer.codes.device)
+                       for name, layer in layers.items()} if cfg.precondition else {}
+        self.col_tokens = {name: 0 for name in self.col_sq}
+
+    def straight_through(self, name: str) -> torch.Tensor:
+        """R = W_hat + Δ [d_out, d_in] of one layer (a new tensor)."""
+        return self.layers[name].dequantize().add_(self.delta[name])
+
+    @torch.no_grad()
+    def record_inputs(self, name: str, input_sq: torch.Tensor | None, tokens: int) -> None:
+        if name in self.col_sq and input_sq is not None:
+            self.col_sq[name].add_(input_sq)
+            self.col_tokens[name] += tokens
+
+    def column_scale(self, name: str) -> torch.Tensor | None:
+        """min(1, (a_j / mean a)^(-1/2)) [1, d_in], or None without preconditioning / inputs yet."""
+        if name not in self.col_sq or self.col_tokens[name] == 0:
+            return None
+        a = self.col_sq[name] / self.col_tokens[name]
+        a = a / a.mean().clamp(min=1e-30)
+        return a.clamp(min=1.0).rsqrt_()[None, :]
 
     @torch.no_grad()
     def step(self, grads: dict[str, torch.Tensor]) -> None:
@@ -65,16 +111,24 @@ class CodeAdam:
             else:
                 m_hat = g
             denom = v.sqrt().add_(cfg.eps * root_bc2)
-            self.R[name].addcdiv_(m_hat, denom, value=-cfg.lr * root_bc2)
+            scale = self.column_scale(name)
+            if scale is not None:
+                m_hat = m_hat * scale
+            if cfg.in_grid_steps:                    # the step is lr grid steps, whatever the layer's scale
+                layer = self.layers[name]
+                m_hat = m_hat * layer.scales.detach().abs().repeat_interleave(layer.group_size, dim=1)
+            self.delta[name].addcdiv_(m_hat, denom, value=-cfg.lr * root_bc2)
 
     def state_dict(self) -> dict:
-        return {"step": self.step_count, "R": self.R, "v": self.v, "m": self.m}
+        return {"step": self.step_count, "delta": self.delta, "v": self.v, "m": self.m,
+                "col_sq": self.col_sq, "col_tokens": dict(self.col_tokens)}
 
     def load_state_dict(self, state: dict) -> None:
         self.step_count = int(state["step"])
-        for key in ("R", "v", "m"):
+        self.col_tokens.update(state.get("col_tokens", {}))
+        for key in ("delta", "v", "m", "col_sq"):
             target = getattr(self, key)
-            for name, tensor in state[key].items():
+            for name, tensor in state.get(key, {}).items():
                 target[name].copy_(tensor) if name in target else target.__setitem__(name, tensor.clone())
 
 
@@ -120,13 +174,31 @@ def v_step(layers: dict[str, TunableQuantLinear], adam: CodeAdam) -> dict[str, i
     grads = {}
     for name, layer in layers.items():
         g = layer.weight_grad
-        grads[name] = torch.zeros_like(adam.R[name]) if g is None else g
+        grads[name] = torch.zeros_like(adam.delta[name]) if g is None else g
         layer.weight_grad = None
+        adam.record_inputs(name, layer.input_sq, layer.input_tokens)
+        layer.input_sq, layer.input_tokens = None, 0
     adam.step(grads)
     changed = {}
     d = adam.cfg.delta_decay
     for name, layer in layers.items():
-        changed[name] = reround(layer, adam.R[name], adam.cfg.tau)
-        if d > 0:
-            adam.R[name].mul_(1 - d).add_(layer.dequantize(), alpha=d)
+        R = adam.straight_through(name)
+        changed[name] = reround(layer, R, adam.cfg.tau)
+        delta = R.sub_(layer.dequantize())          # R - W_hat_new: what rounding left over
+        adam.delta[name] = delta.mul_(1 - d) if d > 0 else delta
     return changed
+
+
+@torch.no_grad()
+def revert_codes(layers: dict[str, TunableQuantLinear], adam: CodeAdam, codes_before: dict[str, torch.Tensor]) -> None:
+    """Undo a V step's re-rounding: codes back to `codes_before`, and Δ re-based on the old
+    W_hat so that R = W_hat + Δ is what the V step had reached (its progress is kept)."""
+    keep = 1 - adam.cfg.delta_decay
+    for name, layer in layers.items():
+        old = codes_before[name]
+        if torch.equal(layer.codes, old):
+            continue
+        moved = layer.codes.float() - old.float()                                   # q_new - q_old
+        s = layer.scales.detach().repeat_interleave(layer.group_size, dim=1)       # [d_out, d_in]
+        adam.delta[name].add_(moved.mul_(s), alpha=keep)     # W_hat_new - W_hat_old = s (q_new - q_old)
+        layer.codes.copy_(old)

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 
 from bitsmith.core.quant.grid import quantize_rtn
 from bitsmith.core.tune.qlinear import TunableQuantLinear, _dequant
-from bitsmith.core.tune.vstep import CodeAdam, VStepConfig, max_changes, reround, v_step
+from bitsmith.core.tune.vstep import CodeAdam, VStepConfig, max_changes, reround, revert_codes, v_step
 
 
 def _layer(bits: int = 3, d_out: int = 48, d_in: int = 64, group: int = 16, seed: int = 0) -> TunableQuantLinear:
@@ -84,7 +84,7 @@ def test_ste_is_rounding_every_weight_of_the_buffer():
     for step in range(3):
         _backward(layer, seed=step)
         v_step(layers, adam)
-        R = adam.R["l"]
+        R = adam.straight_through("l")
         s = layer.scales.detach().repeat_interleave(layer.group_size, dim=1)
         z = layer.zeros.detach().repeat_interleave(layer.group_size, dim=1)
         expected = torch.clamp(torch.round(R / s + z), 0, 7).to(torch.uint8)
@@ -102,7 +102,7 @@ def test_v_step_is_adam_with_beta1_zero_then_top_tau_rounding():
     adam = CodeAdam({"l": layer}, VStepConfig(lr=lr, tau=tau))
     v_step({"l": layer}, adam)
     R = w_hat - lr * g / (g.abs() + 1e-8)            # bias-corrected v_hat = g² at step 1
-    torch.testing.assert_close(adam.R["l"], R)
+    torch.testing.assert_close(adam.straight_through("l"), R)
     # Which weights may change: exactly those in the top-k of |R - W_hat| (all equal lr here,
     # except where g = 0), and each changed code is the nearest grid point to R.
     s = layer.scales.detach().repeat_interleave(16, dim=1)
@@ -118,14 +118,58 @@ def test_delta_decay_one_resets_the_buffer_to_w_hat():
     adam = CodeAdam({"l": layer}, VStepConfig(lr=0.02, tau=0.05, delta_decay=1.0))
     _backward(layer)
     v_step({"l": layer}, adam)
-    torch.testing.assert_close(adam.R["l"], layer.dequantize())
+    torch.testing.assert_close(adam.straight_through("l"), layer.dequantize())
     keep = CodeAdam({"l": layer}, VStepConfig(lr=0.02, tau=0.05, delta_decay=0.0))
     _backward(layer, seed=3)
     v_step({"l": layer}, keep)
-    assert not torch.allclose(keep.R["l"], layer.dequantize())
+    assert not torch.allclose(keep.straight_through("l"), layer.dequantize())
 
 
 def test_reround_with_tiny_tau_changes_one_code_at_most():
     layer = _layer(4)
     R = layer.dequantize() + 0.3 * torch.randn(layer.out_features, layer.in_features)
     assert reround(layer, R, 1e-9) <= 1
+
+
+def test_preconditioned_v_step_moves_large_activation_columns_less():
+    """With precondition on, column j's straight-through step is scaled by min(1, (a_j / mean a)^(-1/2)),
+    a_j = E[x_j²] over the tokens the layer saw; off, every weight moves by lr at step 1."""
+    lr = 0.02
+    moves = {}
+    for precondition in (False, True):
+        layer = _layer(3)
+        layer.capture_grad = True
+        gen = torch.Generator().manual_seed(5)
+        x = torch.randn(64, layer.in_features, generator=gen)
+        x[:, 0] *= 30.0                                          # a spike column
+        F.mse_loss(layer(x), torch.zeros(64, layer.out_features)).backward()
+        a = x.pow(2).mean(0)
+        adam = CodeAdam({"l": layer}, VStepConfig(lr=lr, tau=1e-9, precondition=precondition))
+        g = layer.weight_grad.clone()
+        before = layer.codes.clone()
+        v_step({"l": layer}, adam)
+        R = adam.straight_through("l")
+        moves[precondition] = (R - layer.dequantize()).abs()
+        expected = lr * g.abs() / (g.abs() + 1e-8)
+        if precondition:
+            expected = expected * (a / a.mean()).clamp(min=1.0).rsqrt()[None, :]
+        keep = layer.codes == before                             # a re-rounded weight has a new Δ
+        torch.testing.assert_close(moves[precondition][keep], expected[keep], rtol=1e-4, atol=1e-7)
+    assert moves[True][:, 0].mean() < 0.2 * moves[False][:, 0].mean()     # (900 / 15)^(-1/2) ≈ 0.13
+
+
+def test_reverting_a_v_step_restores_codes_and_keeps_the_buffer():
+    """revert_codes puts the codes back and re-bases Δ, so R = W_hat + Δ is unchanged."""
+    for decay in (0.0, 0.5):
+        layer = _layer(3)
+        layer.capture_grad = True
+        adam = CodeAdam({"l": layer}, VStepConfig(lr=0.05, tau=0.05, delta_decay=decay))
+        _backward(layer)
+        before = {"l": layer.codes.clone()}
+        w_hat_before = layer.dequantize()
+        assert v_step({"l": layer}, adam)["l"] > 0
+        kept = adam.straight_through("l") - layer.dequantize()       # (1 - d)(R - W_hat_new)
+        R = layer.dequantize() + kept / (1 - decay)
+        revert_codes({"l": layer}, adam, before)
+        assert torch.equal(layer.codes, before["l"])
+        torch.testing.assert_close(adam.straight_through("l"), w_hat_before + (1 - decay) * (R - w_hat_before))

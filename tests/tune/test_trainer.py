@@ -65,3 +65,29 @@ def test_loss_goes_down_and_the_best_state_can_be_evaluated(tmp_path):
     later = tuner.evaluate()
     assert later["kl"] < first["kl"]
     assert set(later["layers"]) == set(tuner.layers) and all(v > 0 for v in later["layers"].values())
+
+
+def test_checked_v_step_keeps_codes_only_when_the_next_windows_improve(tmp_path):
+    """check_codes: after each step, either no code moved, or the loss on the next step's
+    windows is lower with the new codes than with the old ones (same scales)."""
+    tuner, _ = _setup(tmp_path, method="pv", code_lr=0.2, tau=0.05, check_codes=True)
+    kept = rejected = 0
+    for _ in range(4):
+        codes_before = {n: l.codes.clone() for n, l in tuner.layers.items()}
+        result = tuner.train_step()
+        next_rows = batch_rows(tuner.step, tuner.spec.batch, len(tuner.calib), tuner.spec.seed)
+        loss_new = tuner._loss_of(next_rows, tuner.spec.batch)
+        codes_after = {n: l.codes.clone() for n, l in tuner.layers.items()}
+        for n, layer in tuner.layers.items():
+            layer.codes.copy_(codes_before[n])
+        loss_old = tuner._loss_of(next_rows, tuner.spec.batch)
+        for n, layer in tuner.layers.items():
+            layer.codes.copy_(codes_after[n])
+        moved = sum(int((codes_after[n] != codes_before[n]).sum()) for n in tuner.layers)
+        assert moved == result.codes_changed
+        if moved:
+            kept += 1
+            assert loss_new <= loss_old
+        else:
+            rejected += 1
+    assert kept + rejected == 4

@@ -45,7 +45,8 @@ def _weights(run: Path) -> dict[str, torch.Tensor]:
 
 
 def test_pv_run_events_and_checkpoint(tiny_quant, calib_file, tmp_path):
-    code = _run(tmp_path / "run", _job(tiny_quant, calib_file))
+    # the reference V step (no check): every step re-rounds some codes, within τ
+    code = _run(tmp_path / "run", _job(tiny_quant, calib_file, check_codes=False, code_lr=3e-2))
     assert code == 0
     events = read_events(tmp_path / "run" / "events.jsonl")
     metrics = [e for e in events if e["type"] == "metric"]

@@ -52,8 +52,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     job = make_job("tune", model=model_spec(args), teacher=args.teacher, method=args.method, steps=args.steps,
-                   lr=args.lr, code_lr=args.code_lr, code_beta1=args.code_beta1, code_precondition=args.code_precondition,
-                   code_lr_in_grid_steps=args.code_lr_in_grid_steps, check_codes=args.check_codes, tau=args.tau, delta_decay=args.delta_decay, rank=args.rank,
+                   lr=args.lr, code_lr=args.code_lr, code_beta1=args.code_beta1,
+                   code_precondition=args.code_precondition, code_lr_in_grid_steps=args.code_lr_in_grid_steps,
+                   check_codes=args.check_codes, tau=args.tau, delta_decay=args.delta_decay, rank=args.rank,
                    calib=args.calib, windows=args.windows, seqlen=args.seqlen, batch=args.batch,
                    micro_batch=args.micro_batch, eval_every=args.eval_every, eval_data=args.eval_data,
                    eval_windows=args.eval_windows, checkpoint_every=args.checkpoint_every, seed=args.seed,

@@ -74,7 +74,8 @@ class TunableQuantLinear(nn.Module):
         self.bias = None if bias is None else nn.Parameter(bias.detach().float().clone())
         self.capture_grad = False                   # set by the V step
         self.weight_grad: torch.Tensor | None = None   # ∂L/∂W_hat [d_out, d_in] float32, summed
-        self.input_sq: torch.Tensor | None = None      # Σ over tokens of x_j² [d_in] (with capture_grad)
+        self.capture_inputs = False                 # set by the V step's column preconditioner
+        self.input_sq: torch.Tensor | None = None      # Σ over tokens of x_j² [d_in] (with capture_inputs)
         self.input_tokens = 0                          # tokens summed into input_sq
         self.eora_A: torch.Tensor | None = None     # [r, d_in]  (frozen adapters, if any)
         self.eora_B: torch.Tensor | None = None     # [d_out, r]
@@ -99,7 +100,7 @@ class TunableQuantLinear(nn.Module):
                                self.zeros.detach().float().clone(), self.bits, self.group_size, self.sym)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.capture_grad and torch.is_grad_enabled():   # the V step's curvature proxy
+        if self.capture_inputs and torch.is_grad_enabled():   # the V step's curvature proxy
             flat = x.detach().reshape(-1, x.shape[-1]).float()
             sq = flat.pow(2).sum(0)
             self.input_sq = sq if self.input_sq is None else self.input_sq.add_(sq)

@@ -127,6 +127,7 @@ class Tuner:
                                                       in_grid_steps=spec.code_lr_in_grid_steps))
         for layer in layers.values():
             layer.capture_grad = self.v_opt is not None
+            layer.capture_inputs = self.v_opt is not None and spec.code_precondition
         self.codes_total = sum(layer.codes.numel() for layer in layers.values())
         self.step = 0                      # optimizer steps done
 
@@ -184,15 +185,28 @@ class Tuner:
         On a 1k-token batch the codes a V step picks fit that batch's noise: checked on the
         batch that produced them, they pass and still raise the held-out KL; checked on the
         next batch, only moves that generalise are kept."""
-        before = {name: layer.codes.clone() for name, layer in self.layers.items()}
-        self.model.eval()
-        loss_before = self._loss_of(rows, micro)
+        before = self._codes()
         changed = v_step(self.layers, self.v_opt)
-        if sum(changed.values()) and self._loss_of(rows, micro) > loss_before:
+        if not sum(changed.values()):
+            return changed                  # nothing moved: nothing to judge
+        after = self._codes()
+        self.model.eval()
+        loss_new = self._loss_of(rows, micro)
+        self._set_codes(before)
+        loss_old = self._loss_of(rows, micro)
+        self._set_codes(after)
+        self.model.train()
+        if loss_new > loss_old:
             revert_codes(self.layers, self.v_opt, before)
             changed = {name: 0 for name in changed}
-        self.model.train()
         return changed
+
+    def _codes(self) -> dict[str, torch.Tensor]:
+        return {name: layer.codes.clone() for name, layer in self.layers.items()}
+
+    def _set_codes(self, codes: dict[str, torch.Tensor]) -> None:
+        for name, layer in self.layers.items():
+            layer.codes.copy_(codes[name])
 
     def evaluate(self) -> dict[str, Any]:
         """Held-out KL and perplexity, and each layer's output error on the first eval window."""

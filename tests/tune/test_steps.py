@@ -139,6 +139,7 @@ def test_preconditioned_v_step_moves_large_activation_columns_less():
     for precondition in (False, True):
         layer = _layer(3)
         layer.capture_grad = True
+        layer.capture_inputs = precondition                      # as the Tuner sets it
         gen = torch.Generator().manual_seed(5)
         x = torch.randn(64, layer.in_features, generator=gen)
         x[:, 0] *= 30.0                                          # a spike column

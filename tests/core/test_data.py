@@ -65,3 +65,20 @@ def test_selfgen_is_seeded_and_in_vocab(tiny_llama):
     b = calibration_windows("selfgen", loaded.tokenizer, 3, 12, seed=5, model=loaded.model)
     assert a.shape == (3, 12) and torch.equal(a, b)
     assert int(a.max()) < loaded.model.config.vocab_size
+
+
+def test_selfgen_cache_returns_the_sample_it_stored(tiny_llama, tmp_path, monkeypatch):
+    from bitsmith.core.model import load_model
+
+    loaded = load_model(str(tiny_llama))
+    monkeypatch.setenv("BITSMITH_CACHE", "")                       # cache off: a fresh sample
+    fresh = calibration_windows("selfgen", loaded.tokenizer, 2, 10, seed=3, model=loaded.model)
+    monkeypatch.setenv("BITSMITH_CACHE", str(tmp_path))
+    stored = calibration_windows("selfgen", loaded.tokenizer, 2, 10, seed=3, model=loaded.model)
+    files = list((tmp_path / "selfgen").glob("*.safetensors"))
+    assert len(files) == 1 and torch.equal(fresh, stored)
+    files[0].write_bytes(b"damaged")                              # a damaged entry is sampled again
+    again = calibration_windows("selfgen", loaded.tokenizer, 2, 10, seed=3, model=loaded.model)
+    assert torch.equal(fresh, again)
+    other_seed = calibration_windows("selfgen", loaded.tokenizer, 2, 10, seed=4, model=loaded.model)
+    assert not torch.equal(fresh, other_seed) and len(list((tmp_path / "selfgen").glob("*"))) == 2

@@ -35,7 +35,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--levels", type=_ints, default=_D.levels, help="bit-widths to choose from (default 2,3,4,5,6)")
     parser.add_argument("--group-size", type=int, default=_D.group_size)
     parser.add_argument("--sym", action="store_true", help="symmetric grid (default asymmetric)")
-    parser.add_argument("--calib", default=_D.calib, help="calibration text (default builtin)")
+    parser.add_argument("--calib", default=_D.calib, help=f"calibration text (default {_D.calib})")
     parser.add_argument("--windows", type=int, help="calibration windows for Hessians / spike scores")
     parser.add_argument("--seqlen", type=int, default=_D.seqlen)
     parser.add_argument("--seed", type=int, default=_D.seed)
@@ -46,6 +46,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     evo.add_argument("--survivors", type=_ints, help="per stage, e.g. 16,4,1")
     evo.add_argument("--tokens", type=_ints, help="tokens per stage, e.g. 2048,16384,131072")
     evo.add_argument("--kl-topk", type=int, help="top-k sparse KL (0: full KL)")
+    evo.add_argument("--mutation", choices=["within", "exchange"],
+                     help="within: budget-neutral flips inside equal-size groups (the reference); exchange: also "
+                     "between sizes that divide, e.g. one q_proj level against three k/v levels")
     evo.add_argument("--eval-every", type=int, help="perplexity every k generations (0: never)")
     evo.add_argument("--eval-data", default=_D.eval_data)
     evo.add_argument("--eval-windows", type=int)
@@ -67,7 +70,7 @@ def run(args: argparse.Namespace) -> int:
                    levels=args.levels, group_size=args.group_size, sym=args.sym, preset=args.preset,
                    calib=args.calib, windows=args.windows, seqlen=args.seqlen, seed=args.seed,
                    generations=args.generations, offspring=args.offspring, survivors=args.survivors,
-                   tokens=args.tokens, kl_topk=args.kl_topk, eval_every=args.eval_every, eval_data=args.eval_data,
+                   tokens=args.tokens, kl_topk=args.kl_topk, mutation=args.mutation, eval_every=args.eval_every, eval_data=args.eval_data,
                    eval_windows=args.eval_windows, final_eval=not args.no_final_eval, database=args.database,
                    spike_threshold=args.spike_threshold, spike_top_k=args.spike_top_k,
                    spike_keep_bits=args.keep_bits, then_quantize=args.then_quantize, threads=args.threads)

@@ -27,7 +27,8 @@ class SearchSpec:
     group_size: int = 64
     sym: bool = False
     preset: Literal["cpu", "reference"] = "cpu"
-    calib: str = "builtin"                # calibration text (Hessians, spike scores, fitness pool)
+    calib: str = "selfgen"                # calibration text (Hessians, spike scores, fitness pool); selfgen
+                                          # as in the quantize job, so the variants are what it makes
     windows: int | None = None            # calibration windows for Hessians / spike scores
     seqlen: int = 512                     # their length
     seed: int = 0
@@ -40,6 +41,7 @@ class SearchSpec:
     pool_windows: int | None = None
     start_candidates: int | None = None
     kl_topk: int | None = None            # 0: full KL; k: top-k sparse KL
+    mutation: Literal["within", "exchange"] | None = None   # flips inside size groups, or also across
     share_prefixes: bool = True           # candidates share the blocks they agree on
     batch_size: int = 4                   # windows per forward
     threads: int | None = None            # torch CPU threads; null: 1 when the CPU is oversubscribed
@@ -52,9 +54,11 @@ class SearchSpec:
     database: str | None = None           # a run directory (or database folder) to reuse
     cache_gb: float = 2.0                 # dequantized variants kept in memory
     # spike-aware
-    spike_threshold: float = 50.0         # keep layers scoring above this …
+    spike_threshold: float = 100.0        # keep layers scoring above this (Llama-2-7B: 4136 and 139, the
+                                          # rest ≲ 18; SmolLM2-135M: 2129, then 86, 64, 56) …
     spike_top_k: int | None = None        # … or the top k
-    spike_keep_bits: Literal[16, 8] = 16  # kept layers: 16-bit, or 8-bit
+    spike_keep_bits: Literal[16, 8] = 8   # kept layers: 8-bit (GPTQ, near lossless at g64) costs the rest
+                                          # 5 bits per kept weight against 13 for 16-bit
     # then quantize per the plan (the quantize job's calibration and GPTQ settings)
     then_quantize: bool = False
     quantize_calib: str = "builtin"

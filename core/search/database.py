@@ -64,9 +64,11 @@ class DatabaseSettings:
         return hashlib.sha256(doc.encode()).hexdigest()[:16]
 
 
-def model_fingerprint(model: torch.nn.Module, location: str) -> str:
-    """Where the model came from, its shape, and a hash of a slice of its first weights."""
-    h = hashlib.sha256(location.encode())
+def model_fingerprint(model: torch.nn.Module) -> str:
+    """The model's config and a hash of a slice of its first weights — not where it was
+    loaded from, so the default model read from its GGUF or from its cached copy (or a
+    folder that was moved) keeps its databases."""
+    h = hashlib.sha256()
     h.update(json.dumps(model.config.to_dict(), sort_keys=True, default=str).encode())
     for _, p in list(model.named_parameters())[:4]:
         h.update(p.detach().float().flatten()[:65536].cpu().numpy().tobytes())

@@ -71,7 +71,7 @@ def _hash(doc: Any) -> str:
 
 def database_settings(setup: Setup) -> DatabaseSettings:
     spec = setup.spec
-    return DatabaseSettings(model=model_fingerprint(setup.model, setup.loaded.location), calib=spec.calib,
+    return DatabaseSettings(model=model_fingerprint(setup.model), calib=spec.calib,
                             windows=setup.preset.windows, seqlen=spec.seqlen, seed=spec.seed,
                             group_size=spec.group_size, sym=spec.sym)
 
@@ -138,7 +138,7 @@ def spike_genome(setup: Setup, cache: Path | None = None) -> tuple[SearchSpace, 
     spec, ctx = setup.spec, setup.ctx
     keep = spec.spike_keep_bits
     space = SearchSpace.from_layers(setup.layers, sorted(set(spec.levels) | {keep}))
-    key = _hash({"model": model_fingerprint(setup.model, setup.loaded.location), "calib": spec.calib,
+    key = _hash({"model": model_fingerprint(setup.model), "calib": spec.calib,
                  "windows": setup.preset.windows, "seqlen": spec.seqlen, "seed": spec.seed})
     cached = cache / f"spike-scores-{key}.json" if cache is not None else None
     if cached is not None and cached.is_file():
@@ -176,7 +176,7 @@ def evopress_genome(setup: Setup, space: SearchSpace, db: VariantDatabase) -> tu
     spec, preset, ctx = setup.spec, setup.preset, setup.ctx
     cfg = EvoConfig(generations=preset.generations, offspring=preset.offspring, survivors=list(preset.survivors),
                     tokens=list(preset.tokens), seqlen=preset.fitness_seqlen, pool_windows=preset.pool_windows,
-                    start_candidates=preset.start_candidates, seed=spec.seed)
+                    start_candidates=preset.start_candidates, mutation=preset.mutation, seed=spec.seed)
     assembler = Assembler(setup.model, setup.layers, space, db)
     runner = BlockRunner(setup.model)
     targets = load_or_compute_targets(setup, runner)
@@ -228,7 +228,7 @@ def load_or_compute_targets(setup: Setup, runner) -> "Any":
 
     spec, preset, ctx = setup.spec, setup.preset, setup.ctx
     topk = preset.kl_topk or None
-    key = _hash({"model": model_fingerprint(setup.model, setup.loaded.location), "calib": spec.calib,
+    key = _hash({"model": model_fingerprint(setup.model), "calib": spec.calib,
                  "seed": spec.seed, "pool": preset.pool_windows, "seqlen": preset.fitness_seqlen, "topk": topk})
     path = ctx.run_dir.checkpoint_dir / f"dense-{key}.safetensors"
     if path.is_file():
@@ -323,10 +323,9 @@ def _run_search(spec: "SearchSpec", ctx: "RunContext") -> dict:
             db = ensure_database(setup)
         space, genome, extra = spike_genome(setup, db.folder if db is not None else None)
         report["spike"] = extra
-        if db is not None:
-            if spec.spike_keep_bits != 16 and spec.spike_keep_bits not in db.levels:
-                ctx.emitter.log(f"the database has no {spec.spike_keep_bits}-bit variants: no perplexity")
-                db = None
+        if db is not None and spec.spike_keep_bits != 16 and spec.spike_keep_bits not in db.levels:
+            ctx.emitter.log(f"the database has no {spec.spike_keep_bits}-bit variants: the perplexity puts "
+                            f"round-to-nearest {spec.spike_keep_bits}-bit weights in the kept layers")
     else:
         space = SearchSpace.from_layers(layers, spec.levels)
         check_target(space, spec.target_bits)

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from .. import atomic
-from .genome import Genome, SearchSpace, offspring, start_candidates
+from .genome import Genome, SearchSpace, exchanges, offspring, start_candidates
 from .selection import select
 
 CHECKPOINT_VERSION = 1
@@ -37,6 +37,8 @@ class EvoConfig:
     seqlen: int                   # tokens per pool window
     pool_windows: int             # windows in the pool the samples are drawn from
     start_candidates: int = 8     # fractional targets: random starts to choose from
+    mutation: str = "within"      # within: flips inside equal-size groups (the reference);
+                                  # exchange: also between sizes that divide (core/search/genome.py)
     seed: int = 0
 
 
@@ -125,11 +127,12 @@ def evopress(space: SearchSpace, target: float, cfg: EvoConfig, score: Score, ch
         _set_rng_state(rng, state.rng)
 
     groups = space.groups()
+    pairs = exchanges(space) if cfg.mutation == "exchange" else None
     while state.generation < cfg.generations:
         if hooks.check is not None:
             hooks.check()
         parent = tuple(state.parent)
-        children = offspring(parent, cfg.offspring, groups, space.levels, rng)
+        children = offspring(parent, cfg.offspring, groups, space.levels, rng, pairs=pairs)
 
         def stage_score(cands: list[Genome], stage: int) -> list[float]:
             return score(cands, sample_rows(rng, cfg.tokens[stage], cfg))

@@ -9,8 +9,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from bitsmith.core.errors import BadInput
-from bitsmith.core.search.genome import (SearchSpace, check_target, mutate, offspring,
-                                         start_candidates)
+from bitsmith.core.search.genome import (Exchange, SearchSpace, check_target, exchange_flip, exchanges,
+                                         mutate, offspring, start_candidates)
 
 LLAMA_BLOCK = [("q", 64 * 64), ("k", 32 * 64), ("v", 32 * 64), ("o", 64 * 64),
                ("gate", 128 * 64), ("up", 128 * 64), ("down", 64 * 128)]
@@ -60,6 +60,51 @@ def test_mutation_is_budget_neutral_and_changes_the_genome(seed, blocks, levels,
         assert all(0 <= x < len(levels) for x in child)
         changed = sum(a != b for a, b in zip(parent, child))
         assert changed <= 6        # at most 3 flips of 2 layers
+
+
+def test_exchanges_pair_sizes_that_divide():
+    space = llama_space(2)                       # q/o 4096, k/v 2048, MLP 8192 (6 layers)
+    by_size = {space.numels[g[0]]: tuple(g) for g in space.groups()}
+    found = {(space.numels[p.big[0]], space.numels[p.small[0]], p.ratio) for p in exchanges(space)}
+    assert found == {(4096, 4096, 1), (2048, 2048, 1), (8192, 8192, 1),
+                     (4096, 2048, 2), (8192, 2048, 4), (8192, 4096, 2)}
+    assert all(p.big == by_size[space.numels[p.big[0]]] for p in exchanges(space))
+    odd = SearchSpace(("a", "b", "c"), (30, 20, 20), (2, 3))   # 30 / 20 does not divide: no cross pair
+    assert [(p.ratio, len(p.small)) for p in exchanges(odd)] == [(1, 2)]
+
+
+@settings(max_examples=200, deadline=None)
+@given(seed=st.integers(0, 2**32 - 1), blocks=st.integers(1, 4),
+       levels=st.sampled_from([(2, 3, 4, 5, 6), (2, 3, 4, 5, 6, 8), (2, 3, 4, 8, 16), (3, 4)]),
+       start=st.integers(0, 10))
+def test_exchange_mutation_is_budget_neutral(seed, blocks, levels, start):
+    space = llama_space(blocks, levels)
+    rng = random.Random(seed)
+    parent = tuple(rng.randrange(len(levels)) for _ in range(space.n_layers)) if start else \
+        (0,) * space.n_layers
+    pairs = exchanges(space)
+    for _ in range(5):
+        child = mutate(parent, space.groups(), space.levels, rng, pairs)
+        assert space.total_bits(child) == space.total_bits(parent)
+        assert all(0 <= x < len(levels) for x in child)
+        assert all(abs(a - b) <= 3 for a, b in zip(parent, child))     # at most 3 flips, one level each
+
+
+def test_exchange_moves_budget_between_sizes():
+    """One q_proj level (4096 weights) against two k/v levels (2048): the trade a
+    within-group flip cannot make, exact in bits."""
+    space = llama_space(1)
+    pair = next(p for p in exchanges(space) if p.ratio == 2 and space.numels[p.small[0]] == 2048
+                and space.numels[p.big[0]] == 4096)
+    parent = list(space.uniform(3))
+    rng = random.Random(1)
+    assert exchange_flip(parent, pair, space.levels, rng)
+    moved = {space.names[i]: space.levels[g] - 3 for i, g in enumerate(parent) if space.levels[g] != 3}
+    assert sorted(moved.values()) in ([-1, 1, 1], [-1, -1, 1])
+    assert space.total_bits(tuple(parent)) == space.total_bits(space.uniform(3))
+    lowest = [0] * space.n_layers                 # nothing can go down, so nothing can go up
+    assert exchange_flip(lowest, Exchange(pair.big, pair.small, 2), (2, 3), rng) is False
+    assert lowest == [0] * space.n_layers
 
 
 @settings(max_examples=50, deadline=None)

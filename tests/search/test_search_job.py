@@ -43,6 +43,17 @@ def test_database_is_reused_and_guarded(db_run, tiny_llama, tmp_path):
     assert code == 2 and "other settings (seed differ)" in errors[0]["message"]
 
 
+def test_database_follows_the_model_not_its_folder(db_run, tiny_llama, tmp_path):
+    """The same weights loaded from another folder (a moved model; the default model from
+    its GGUF or its cached copy) reuse the database."""
+    import shutil
+
+    moved = shutil.copytree(tiny_llama, tmp_path / "moved-model")
+    code, run, events = run_search(tmp_path / "moved", model=ModelSpec(str(moved)), method="sensitivity",
+                                   target_bits=3.0, database=str(db_run))
+    assert code == 0 and not list(run.path.glob("database-*"))
+
+
 @pytest.mark.parametrize("target", [1.5, 6.5])
 def test_bad_targets_are_rejected(target, tiny_llama, capsys):
     with pytest.raises(BadInput, match=r"outside the levels 2–6"):

@@ -61,8 +61,8 @@ class SearchSpec:
                                           # 5 bits per kept weight against 13 for 16-bit
     # then quantize per the plan (the quantize job's calibration and GPTQ settings)
     then_quantize: bool = False
-    quantize_calib: str = "builtin"
-    quantize_windows: int = 64
+    quantize_calib: str = "selfgen"       # the quantize job's defaults (core/jobkinds/quantize.py)
+    quantize_windows: int = 32
 
     def validate(self) -> None:
         bad = [b for b in self.levels if b not in ALLOWED_LEVELS]

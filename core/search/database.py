@@ -69,7 +69,8 @@ def model_fingerprint(model: torch.nn.Module) -> str:
     loaded from, so the default model read from its GGUF or from its cached copy (or a
     folder that was moved) keeps its databases."""
     h = hashlib.sha256()
-    h.update(json.dumps(model.config.to_dict(), sort_keys=True, default=str).encode())
+    config = {k: v for k, v in model.config.to_dict().items() if k != "_name_or_path"}   # the folder
+    h.update(json.dumps(config, sort_keys=True, default=str).encode())
     for _, p in list(model.named_parameters())[:4]:
         h.update(p.detach().float().flatten()[:65536].cpu().numpy().tobytes())
     return h.hexdigest()[:16]

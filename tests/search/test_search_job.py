@@ -119,3 +119,25 @@ def test_spike_search_chains_into_quantization(tiny_llama, tmp_path):
     assert manifest
     plan = json.loads(run.plan_file.read_text())
     assert plan["budget"]["avg_code_bits"] <= 3.0
+
+
+def test_spike_keeps_top_layer_at_8_bits_and_measures_it(db_run, tiny_llama, tmp_path):
+    """The database holds 2–6 bits; the 8-bit kept layer is measured with round-to-nearest."""
+    code, run, events = run_search(tmp_path / "spike8", model=ModelSpec(str(tiny_llama)), method="spike",
+                                   target_bits=3.0, spike_top_k=1, database=str(db_run))
+    assert code == 0, [e for e in events if e["type"] == "error"]
+    report = json.loads(run.report_file.read_text())
+    (kept,) = report["spike"]["kept"]
+    assert report["bits"][kept] == 8 and report["avg_code_bits"] <= 3.0
+    assert report["ppl"] > 1
+    assert any("round-to-nearest 8-bit" in e.get("message", "") for e in events)
+
+
+def test_evopress_exchange_mutation_keeps_the_budget(db_run, tiny_llama, tmp_path):
+    code, run, events = run_search(tmp_path / "exchange", model=ModelSpec(str(tiny_llama)), method="evopress",
+                                   target_bits=3.0, database=str(db_run), mutation="exchange",
+                                   **{**EVO, "eval_every": 0})
+    assert code == 0, [e for e in events if e["type"] == "error"]
+    report = json.loads(run.report_file.read_text())
+    assert report["evopress"]["config"]["mutation"] == "exchange"
+    assert report["avg_code_bits"] == pytest.approx(3.0)         # budget-neutral from the uniform start

@@ -31,7 +31,7 @@ def test_spike_search_lands_its_plan_and_scores(opened):
     assert outcome == "done", w.runs.message.text()
     assert len(w.plots.spikes) == 14 and all(score >= 1 for score in w.plots.spikes.values())
     plan = _plan_bits(runs[0])
-    assert _table_bits(w) == plan and list(plan.values()).count(16) == 1
+    assert _table_bits(w) == plan and list(plan.values()).count(8) == 1      # the top layer, kept at 8 bits
 
 
 def test_evopress_search_draws_fitness_and_lands_its_plan(opened):

@@ -18,9 +18,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--teacher", help="the dense model (default: the checkpoint's base model)")
     parser.add_argument("--steps", type=int, default=_DEFAULTS.steps)
     parser.add_argument("--lr", type=float, default=_DEFAULTS.lr, help="Adam lr of scales, zero points, norms")
-    parser.add_argument("--code-rule", choices=["adam", "newton"], default=_DEFAULTS.code_rule,
-                        help="V step: adam (the reference: straight-through buffers, top-tau re-rounding) or newton "
-                        "(top-tau code moves priced by gradient and Fisher curvature)")
     parser.add_argument("--code-lr", type=float, default=_DEFAULTS.code_lr, help="Adam lr of the straight-through buffers")
     parser.add_argument("--code-beta1", type=float, default=_DEFAULTS.code_beta1,
                         help="Adam beta1 of the straight-through buffers (reference 0)")
@@ -55,7 +52,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     job = make_job("tune", model=model_spec(args), teacher=args.teacher, method=args.method, steps=args.steps,
-                   lr=args.lr, code_rule=args.code_rule, code_lr=args.code_lr, code_beta1=args.code_beta1,
+                   lr=args.lr, code_lr=args.code_lr, code_beta1=args.code_beta1,
                    code_precondition=args.code_precondition, code_lr_in_grid_steps=args.code_lr_in_grid_steps,
                    check_codes=args.check_codes, tau=args.tau, delta_decay=args.delta_decay, rank=args.rank,
                    calib=args.calib, windows=args.windows, seqlen=args.seqlen, batch=args.batch,

@@ -31,8 +31,6 @@ class TuneSpec:
     method: Method = "pv"
     steps: int = 100
     lr: float = 3e-4                  # Adam on continuous parameters, betas (0.9, 0.95)
-    code_rule: Literal["adam", "newton"] = "adam"   # adam: the reference V step; newton: moves priced
-                                      # by gradient and Fisher curvature (core/tune/newton.py)
     code_lr: float = 1e-2             # Adam on the straight-through buffers, betas (code_beta1, 0.95)
     code_beta1: float = 0.0           # 0 as in the reference; > 0 averages noisy small-batch gradients
     code_precondition: bool = False   # scale the V step per input column by E[x_j²]^(-1/2) (core/tune/vstep.py)

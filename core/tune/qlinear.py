@@ -77,9 +77,6 @@ class TunableQuantLinear(nn.Module):
         self.capture_inputs = False                 # set by the V step's column preconditioner
         self.input_sq: torch.Tensor | None = None      # Σ over tokens of x_j² [d_in] (with capture_inputs)
         self.input_tokens = 0                          # tokens summed into input_sq
-        self.capture_fisher = False                 # set by the Newton V step (core/tune/newton.py)
-        self.fisher_sum: torch.Tensor | None = None    # Σ_t δ_t² x_t² [d_out, d_in] (δ: output gradient)
-        self.fisher_tokens = 0                         # tokens summed into fisher_sum
         self.eora_A: torch.Tensor | None = None     # [r, d_in]  (frozen adapters, if any)
         self.eora_B: torch.Tensor | None = None     # [d_out, r]
 
@@ -114,18 +111,7 @@ class TunableQuantLinear(nn.Module):
         y = F.linear(x.to(dtype), w_hat.to(dtype), bias)
         if self.eora_A is not None:
             y = y + F.linear(F.linear(x.to(dtype), self.eora_A.to(dtype)), self.eora_B.to(dtype))
-        if self.capture_fisher and y.requires_grad:
-            y.register_hook(self._fisher_hook(x.detach().reshape(-1, x.shape[-1]).float().pow(2)))
         return y
-
-    def _fisher_hook(self, x_sq: torch.Tensor):
-        """Backward hook on y: adds (δ²)ᵀ(x²) [d_out, d_in] to fisher_sum. x_sq: [T, d_in]."""
-        def hook(grad_y: torch.Tensor) -> None:
-            d_sq = grad_y.detach().reshape(-1, grad_y.shape[-1]).float().pow(2)      # [T, d_out]
-            f = d_sq.t() @ x_sq
-            self.fisher_sum = f if self.fisher_sum is None else self.fisher_sum.add_(f)
-            self.fisher_tokens += x_sq.shape[0]
-        return hook
 
     def extra_repr(self) -> str:
         return (f"in_features={self.in_features}, out_features={self.out_features}, bits={self.bits}, "

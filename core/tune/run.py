@@ -185,7 +185,7 @@ def run_training(spec: TuneSpec, ctx: RunContext) -> dict:
     load_tuned_state(student.model, best["state"])
     ctx.emitter.stage("save", "start")
     provenance = {"method": spec.method, "steps": spec.steps, "best_step": best["step"], "lr": spec.lr,
-                  "code_rule": spec.code_rule, "code_lr": spec.code_lr, "code_beta1": spec.code_beta1,
+                  "code_lr": spec.code_lr, "code_beta1": spec.code_beta1,
                   "code_precondition": spec.code_precondition, "code_lr_in_grid_steps": spec.code_lr_in_grid_steps,
                   "check_codes": spec.check_codes, "tau": spec.effective_tau, "delta_decay": spec.delta_decay,
                   "calib": spec.calib, "windows": spec.windows, "seqlen": spec.seqlen, "seed": spec.seed}

@@ -25,7 +25,6 @@ from torch import nn
 from .config import TuneSpec
 from .distill import TeacherCache, kl_loss
 from .qlinear import TunableQuantLinear
-from .newton import FisherCodeStep, NewtonConfig
 from .vstep import CodeAdam, VStepConfig, revert_codes, v_step
 
 
@@ -120,17 +119,15 @@ class Tuner:
         self.groups = trainable_groups(model, layers, spec)
         params = [p for ps in self.groups.values() for p in ps]
         self.p_opt = torch.optim.Adam(params, lr=spec.lr, betas=(0.9, 0.95)) if params else None
-        self.v_opt: CodeAdam | FisherCodeStep | None = None
-        if spec.has_v_step and spec.code_rule == "newton":
-            self.v_opt = FisherCodeStep(layers, NewtonConfig(tau=spec.effective_tau))
-        elif spec.has_v_step:
+        self.v_opt = None
+        if spec.has_v_step:
             self.v_opt = CodeAdam(layers, VStepConfig(lr=spec.code_lr, beta1=spec.code_beta1, tau=spec.effective_tau,
                                                       delta_decay=spec.delta_decay,
                                                       precondition=spec.code_precondition,
                                                       in_grid_steps=spec.code_lr_in_grid_steps))
         for layer in layers.values():
             layer.capture_grad = self.v_opt is not None
-            layer.capture_inputs = isinstance(self.v_opt, CodeAdam) and spec.code_precondition
+            layer.capture_inputs = self.v_opt is not None and spec.code_precondition
         self.codes_total = sum(layer.codes.numel() for layer in layers.values())
         self.step = 0                      # optimizer steps done
 
@@ -155,38 +152,14 @@ class Tuner:
             total += float(loss.detach())
         if self.p_opt is not None:
             self.p_opt.step()
-        if isinstance(self.v_opt, FisherCodeStep):
-            self._fisher_pass(rows, micro)
         changed: dict[str, int] = {}
         if self.v_opt is not None:
             if spec.check_codes:     # judged on the next step's windows: data the V step has not seen
                 changed = self._checked_v_step(batch_rows(self.step + 1, spec.batch, len(self.calib), spec.seed), micro)
             else:
-                changed = self._v_step()
+                changed = v_step(self.layers, self.v_opt)
         self.step += 1
         return StepResult(total, sum(changed.values()), self.codes_total, changed)
-
-    def _fisher_pass(self, rows: list[int], micro: int) -> None:
-        """Backward of the cross-entropy to labels sampled from the student itself, with the
-        layers recording (δ²)ᵀ(x²): the Gauss-Newton curvature of the Newton V step
-        (core/tune/newton.py). The labels are seeded by the step, so a resumed run draws the
-        same ones. The parameter gradients it leaves are cleared at the next step's start."""
-        gen = torch.Generator().manual_seed(self.spec.seed * 1_000_003 + 7919 * (self.step + 1))
-        for layer in self.layers.values():
-            layer.capture_grad, layer.capture_fisher = False, True
-        try:
-            for start in range(0, len(rows), micro):
-                part = rows[start: start + micro]
-                ids = self.calib[part].to(self.device)
-                with self._autocast():
-                    logits = self.model(input_ids=ids, use_cache=False).logits.float()     # [b, L, V]
-                probs = torch.softmax(logits.detach(), dim=-1).reshape(-1, logits.shape[-1]).cpu()
-                labels = torch.multinomial(probs, 1, generator=gen).squeeze(1).to(logits.device)
-                loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels) * (len(part) / len(rows))
-                loss.backward()
-        finally:
-            for layer in self.layers.values():
-                layer.capture_grad, layer.capture_fisher = True, False
 
     def _batch_loss(self, rows: list[int]) -> torch.Tensor:
         """Mean KL(teacher ‖ model) per token over calibration windows `rows`."""
@@ -213,7 +186,7 @@ class Tuner:
         batch that produced them, they pass and still raise the held-out KL; checked on the
         next batch, only moves that generalise are kept."""
         before = self._codes()
-        changed = self._v_step()
+        changed = v_step(self.layers, self.v_opt)
         if not sum(changed.values()):
             return changed                  # nothing moved: nothing to judge
         after = self._codes()
@@ -224,17 +197,9 @@ class Tuner:
         self._set_codes(after)
         self.model.train()
         if loss_new > loss_old:
-            if isinstance(self.v_opt, FisherCodeStep):
-                self.v_opt.revert(before)
-            else:
-                revert_codes(self.layers, self.v_opt, before)
+            revert_codes(self.layers, self.v_opt, before)
             changed = {name: 0 for name in changed}
         return changed
-
-    def _v_step(self) -> dict[str, int]:
-        if isinstance(self.v_opt, FisherCodeStep):
-            return self.v_opt.step()
-        return v_step(self.layers, self.v_opt)
 
     def _codes(self) -> dict[str, torch.Tensor]:
         return {name: layer.codes.clone() for name, layer in self.layers.items()}

@@ -58,8 +58,7 @@ class Bench:
                             "eval": {"data": f"file:{args.wikitext}", "seqlen": 512, "windows": args.eval_windows},
                             "tuning": {"steps": args.steps, "windows": args.windows, "seqlen": args.seqlen,
                                        "batch": args.batch, "calib": "builtin", "select_on": "builtin-eval",
-                                       "eval_windows": args.tune_eval_windows, "eval_every": args.eval_every,
-                                       "code_rule": args.code_rule}})
+                                       "eval_windows": args.tune_eval_windows, "eval_every": args.eval_every}})
         self.result.setdefault("rows", {})
         self.teacher: Path | None = None
 
@@ -119,8 +118,6 @@ class Bench:
                           eval_windows=args.tune_eval_windows, checkpoint_every=0, seed=0)
             if rank:
                 fields.update(rank=rank, windows=args.eora_windows)
-            if method in ("pv", "ste"):
-                fields["code_rule"] = args.code_rule
             job = make_job("tune", **fields).to_dict()
             run_dir = self.out / f"tune-{key.replace('@', '-')}"
             resume = self._share_teacher(run_dir, job, method)
@@ -200,8 +197,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--methods", nargs="*", default=["pv", "ste", "continuous"])
     p.add_argument("--ranks", type=int, nargs="*", default=[16, 64], help="EoRA ranks")
     p.add_argument("--steps", type=int, default=30)
-    p.add_argument("--code-rule", choices=["adam", "newton"], default="adam",
-                   help="the V step of the pv and ste rows (core/tune/newton.py)")
     p.add_argument("--windows", type=int, default=64, help="tuning calibration windows")
     p.add_argument("--eora-windows", type=int, default=32, help="EoRA covariance windows")
     p.add_argument("--seqlen", type=int, default=256)

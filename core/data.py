@@ -174,12 +174,12 @@ def _selfgen_cache_file(model: torch.nn.Module, tokenizer: Any, n_windows: int, 
     root = os.environ.get("BITSMITH_CACHE", str(Path.home() / ".cache" / "bitsmith"))
     if not root:
         return None
+    from .model import model_fingerprint
+
     first = next(model.parameters())
-    h = hashlib.sha256(json.dumps([n_windows, seqlen, seed, batch_size, len(tokenizer), first.device.type,
-                                   str(first.dtype), torch.__version__]).encode())
-    h.update(json.dumps(model.config.to_dict(), sort_keys=True, default=str).encode())
-    for _, p in list(model.named_parameters())[:4]:     # a slice of the first weights: which model
-        h.update(p.detach().float().flatten()[:65536].cpu().numpy().tobytes())
+    key = [model_fingerprint(model), n_windows, seqlen, seed, batch_size, len(tokenizer), first.device.type,
+           str(first.dtype), torch.__version__]
+    h = hashlib.sha256(json.dumps(key).encode())
     return Path(root) / "selfgen" / f"{h.hexdigest()[:20]}.safetensors"
 
 

@@ -7,6 +7,7 @@ overridden. Custom modelling code (`trust_remote_code`) runs only when the user 
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import json
 import logging
@@ -101,6 +102,18 @@ def check_safetensors(path: Path) -> None:
     if 8 + header_len + end > size:
         raise BadInput(f"{path} is truncated ({size} bytes, needs {8 + header_len + end})",
                        "the download or copy was cut off: fetch the model again")
+
+
+def model_fingerprint(model: torch.nn.Module) -> str:
+    """The model's config and a hash of a slice of its first weights — not where it was
+    loaded from, so the default model read from its GGUF or from its cached copy (or a
+    folder that was moved) keeps its variant databases and cached samples."""
+    h = hashlib.sha256()
+    config = {k: v for k, v in model.config.to_dict().items() if k != "_name_or_path"}   # the folder
+    h.update(json.dumps(config, sort_keys=True, default=str).encode())
+    for _, p in list(model.named_parameters())[:4]:
+        h.update(p.detach().float().flatten()[:65536].cpu().numpy().tobytes())
+    return h.hexdigest()[:16]
 
 
 def _cache_root() -> Path:

@@ -70,7 +70,8 @@ def run(args: argparse.Namespace) -> int:
                    levels=args.levels, group_size=args.group_size, sym=args.sym, preset=args.preset,
                    calib=args.calib, windows=args.windows, seqlen=args.seqlen, seed=args.seed,
                    generations=args.generations, offspring=args.offspring, survivors=args.survivors,
-                   tokens=args.tokens, kl_topk=args.kl_topk, mutation=args.mutation, eval_every=args.eval_every, eval_data=args.eval_data,
+                   tokens=args.tokens, kl_topk=args.kl_topk, mutation=args.mutation, eval_every=args.eval_every,
+                   eval_data=args.eval_data,
                    eval_windows=args.eval_windows, final_eval=not args.no_final_eval, database=args.database,
                    spike_threshold=args.spike_threshold, spike_top_k=args.spike_top_k,
                    spike_keep_bits=args.keep_bits, then_quantize=args.then_quantize, threads=args.threads)

@@ -45,7 +45,6 @@ class Assembler:
             W = self.database.weight(self.layers[i].name, bits).to(self.dense[i].dtype)   # [d_out, d_in]
         else:
             W = self._rtn(i, bits)
-
         module.weight.data = W.t() if self.layers[i].transposed else W
 
     def _rtn(self, i: int, bits: int) -> torch.Tensor:

@@ -33,6 +33,7 @@ from .. import atomic
 from ..errors import BadInput
 from ..capture import forward_with_input_hooks
 from ..inventory import LayerInfo, linear_weight
+from ..model import model_fingerprint
 from ..plan import resolve_group_size
 from ..quant.gptq import HessianAccumulator, rel_error
 from ..quant.tensor import QuantizedWeight
@@ -62,18 +63,6 @@ class DatabaseSettings:
     def key(self) -> str:
         doc = json.dumps({"format": DB_FORMAT, "version": DB_VERSION, **asdict(self)}, sort_keys=True)
         return hashlib.sha256(doc.encode()).hexdigest()[:16]
-
-
-def model_fingerprint(model: torch.nn.Module) -> str:
-    """The model's config and a hash of a slice of its first weights — not where it was
-    loaded from, so the default model read from its GGUF or from its cached copy (or a
-    folder that was moved) keeps its databases."""
-    h = hashlib.sha256()
-    config = {k: v for k, v in model.config.to_dict().items() if k != "_name_or_path"}   # the folder
-    h.update(json.dumps(config, sort_keys=True, default=str).encode())
-    for _, p in list(model.named_parameters())[:4]:
-        h.update(p.detach().float().flatten()[:65536].cpu().numpy().tobytes())
-    return h.hexdigest()[:16]
 
 
 # --- Hessians ----------------------------------------------------------------------------

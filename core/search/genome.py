@@ -180,23 +180,17 @@ def mutate(parent: Genome, groups: Sequence[Sequence[int]], levels: Sequence[int
            rng: random.Random, pairs: Sequence[Exchange] | None = None) -> Genome:
     """The parent with min(randint(1,3), randint(1,3)) flips, each in a group drawn ∝ its
     size — or, given `pairs` (exchange mutation), each an exchange drawn ∝ its weight."""
+    if pairs is None:       # the reference: within-group flips only
+        pairs = [Exchange(tuple(g), tuple(g), 1) for g in groups if len(g) > 1]
     child = list(parent)
     flips = min(rng.randint(1, 3), rng.randint(1, 3))
     for _ in range(flips):
-        if pairs is not None:
-            options: list = list(pairs)
-            while options:
-                pair = rng.choices(options, weights=[p.weight for p in options])[0]
-                if exchange_flip(child, pair, levels, rng):
-                    break
-                options.remove(pair)   # nothing can move here: try another pair
-            continue
-        options = [g for g in groups if len(g) > 1]
+        options = list(pairs)
         while options:
-            group = rng.choices(options, weights=[len(g) for g in options])[0]
-            if flip(child, group, levels, rng):
+            pair = rng.choices(options, weights=[p.weight for p in options])[0]
+            if exchange_flip(child, pair, levels, rng):
                 break
-            options.remove(group)   # nothing can move here: try another group
+            options.remove(pair)   # nothing can move here: try another pair
     return tuple(child)
 
 
@@ -242,5 +236,4 @@ def start_candidates(space: SearchSpace, target: float, n: int, rng: random.Rand
 
 
 __all__ = ["Genome", "SearchSpace", "check_target", "flip", "mutate", "offspring", "Exchange", "exchanges",
-           "exchange_flip",
-           "lower_to_budget", "start_candidates"]
+           "exchange_flip", "lower_to_budget", "start_candidates"]

@@ -1,10 +1,11 @@
 """Search presets: the reference defaults, and a size that finishes on a 2-core CPU.
 
 `reference` is EvoPress's published setting (150 generations, 128 offspring, survivors
-16 → 4 → 1 on 2048 → 16384 → 131072 tokens, full KL, flips inside equal-size groups). `cpu` is sized so that database and
-search on the default model (SmolLM2-135M, 210 layers) finish in under 15 minutes on two
-CPU cores: a 16-window Hessian pass, short fitness windows, top-1024 sparse KL (the
-vocabulary is 49k: full log-probabilities of the pool would take 1.6 GB).
+16 → 4 → 1 on 2048 → 16384 → 131072 tokens, full KL, flips inside equal-size groups).
+`cpu` is sized so that database and search on the default model (SmolLM2-135M, 210
+layers) finish in under 15 minutes on two CPU cores: a 16-window Hessian pass, short fitness
+windows, top-1024 sparse KL (the vocabulary is 49k: full log-probabilities of the pool would
+take 1.6 GB).
 """
 
 from __future__ import annotations

@@ -54,6 +54,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     evo.add_argument("--eval-windows", type=int)
     evo.add_argument("--no-final-eval", action="store_true", help="skip the perplexity of the chosen plan")
     parser.add_argument("--database", help="reuse the variant database of another search run (its folder)")
+    parser.add_argument("--database-inputs", choices=["dense", "propagated"], default=_D.database_inputs,
+                        help="dense: every variant from the dense model's Hessians (the reference); propagated: "
+                        "from inputs through the model quantized at the target, as `quantize` makes them")
     spike = parser.add_argument_group("spike-aware")
     spike.add_argument("--spike-threshold", type=float, default=_D.spike_threshold)
     spike.add_argument("--spike-top-k", type=int)
@@ -73,6 +76,7 @@ def run(args: argparse.Namespace) -> int:
                    tokens=args.tokens, kl_topk=args.kl_topk, mutation=args.mutation, eval_every=args.eval_every,
                    eval_data=args.eval_data,
                    eval_windows=args.eval_windows, final_eval=not args.no_final_eval, database=args.database,
+                   database_inputs=args.database_inputs,
                    spike_threshold=args.spike_threshold, spike_top_k=args.spike_top_k,
                    spike_keep_bits=args.keep_bits, then_quantize=args.then_quantize, threads=args.threads)
     code, report = run_job_inline(job, args)

@@ -28,6 +28,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="--code-lr in units of each group's scale (grid steps per step)")
     parser.add_argument("--check-codes", action=argparse.BooleanOptionalAction, default=_DEFAULTS.check_codes,
                         help="keep a V step only if it lowers the loss of the next step's windows")
+    parser.add_argument("--check-z", type=float, default=_DEFAULTS.check_z,
+                        help="with --check-codes: the decrease must exceed this many standard errors")
     parser.add_argument("--tau", type=float, default=_DEFAULTS.tau, help="fraction of weights re-rounded per step (pv)")
     parser.add_argument("--delta-decay", type=float, default=_DEFAULTS.delta_decay)
     parser.add_argument("--rank", type=int, default=_DEFAULTS.rank, help="EoRA adapter rank")
@@ -54,7 +56,7 @@ def run(args: argparse.Namespace) -> int:
     job = make_job("tune", model=model_spec(args), teacher=args.teacher, method=args.method, steps=args.steps,
                    lr=args.lr, code_lr=args.code_lr, code_beta1=args.code_beta1,
                    code_precondition=args.code_precondition, code_lr_in_grid_steps=args.code_lr_in_grid_steps,
-                   check_codes=args.check_codes, tau=args.tau, delta_decay=args.delta_decay, rank=args.rank,
+                   check_codes=args.check_codes, check_z=args.check_z, tau=args.tau, delta_decay=args.delta_decay, rank=args.rank,
                    calib=args.calib, windows=args.windows, seqlen=args.seqlen, batch=args.batch,
                    micro_batch=args.micro_batch, eval_every=args.eval_every, eval_data=args.eval_data,
                    eval_windows=args.eval_windows, checkpoint_every=args.checkpoint_every, seed=args.seed,

@@ -52,6 +52,9 @@ class SearchSpec:
     final_eval: bool = True               # perplexity of the chosen plan (variants assembled)
     # variant database
     database: str | None = None           # a run directory (or database folder) to reuse
+    database_inputs: Literal["dense", "propagated"] = "dense"   # Hessians of the dense model (the
+                                          # reference), or of inputs propagated through the model quantized
+                                          # at the target, as `quantize` sees them (core/search/propagated.py)
     cache_gb: float = 2.0                 # dequantized variants kept in memory
     # spike-aware
     spike_threshold: float = 100.0        # keep layers scoring above this (Llama-2-7B: 4136 and 139, the

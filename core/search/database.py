@@ -59,9 +59,12 @@ class DatabaseSettings:
     act_order: bool = True
     static_groups: bool = False
     clip: bool = True
+    propagate_bits: int | None = None   # None: Hessians of the dense model (the reference); b: inputs
+                                        # propagated through the model quantized at b (core/search/propagated.py)
 
     def key(self) -> str:
-        doc = json.dumps({"format": DB_FORMAT, "version": DB_VERSION, **asdict(self)}, sort_keys=True)
+        fields = {k: v for k, v in asdict(self).items() if not (k == "propagate_bits" and v is None)}
+        doc = json.dumps({"format": DB_FORMAT, "version": DB_VERSION, **fields}, sort_keys=True)
         return hashlib.sha256(doc.encode()).hexdigest()[:16]
 
 
@@ -191,6 +194,31 @@ def find_database(path: str | Path, settings: DatabaseSettings) -> Path:
                    "point --database at a search run of the same model and settings, or leave it out")
 
 
+def _new_meta(settings: DatabaseSettings, levels: list[int], layers: Sequence[LayerInfo], n_blocks: int) -> dict:
+    return {"format": DB_FORMAT, "version": DB_VERSION, "key": settings.key(),
+            "settings": asdict(settings), "levels": levels, "n_blocks": n_blocks,
+            "layers": [l.name for l in layers], "block_of": {l.name: l.block for l in layers},
+            "errors": {l.name: {str(KEPT): 0.0} for l in layers}, "blocks_done": [],
+            "block_seconds": 0.0, "hessian_seconds": 0.0}
+
+
+def _save_block(folder: Path, meta: dict, block: int, variants: dict[str, dict[int, QuantizedWeight]],
+                errors: dict[str, dict[int, float]], seconds: float) -> None:
+    """Write one finished block's variants atomically, then record it in meta.json."""
+    tensors: dict[str, torch.Tensor] = {}
+    for name, per_level in variants.items():
+        for bits, qw in per_level.items():
+            tensors[f"{name}.{bits}.codes"] = qw.codes
+            tensors[f"{name}.{bits}.scales"] = qw.scales
+            tensors[f"{name}.{bits}.zeros"] = qw.zeros
+            meta["errors"][name][str(bits)] = errors[name][bits]
+    with atomic.staged_file(_block_file(folder, block)) as tmp:
+        save_file(tensors, str(tmp))
+    meta["blocks_done"] = sorted(meta["blocks_done"] + [block])
+    meta["block_seconds"] += seconds
+    atomic.write_json(folder / "meta.json", meta)
+
+
 @torch.no_grad()
 def build_database(folder: Path, settings: DatabaseSettings, levels: Sequence[int],
                    model: torch.nn.Module, layers: Sequence[LayerInfo], calib_windows: Callable[[], torch.Tensor],
@@ -203,53 +231,54 @@ def build_database(folder: Path, settings: DatabaseSettings, levels: Sequence[in
         meta = None                       # a different database: start over in place
     n_blocks = max(l.block for l in layers) + 1
     if meta is None:
-        meta = {"format": DB_FORMAT, "version": DB_VERSION, "key": settings.key(),
-                "settings": asdict(settings), "levels": levels, "n_blocks": n_blocks,
-                "layers": [l.name for l in layers], "block_of": {l.name: l.block for l in layers},
-                "errors": {l.name: {str(KEPT): 0.0} for l in layers}, "blocks_done": [],
-                "block_seconds": 0.0, "hessian_seconds": 0.0}
+        meta = _new_meta(settings, levels, layers, n_blocks)
     if len(meta["blocks_done"]) == n_blocks:
         return meta
     folder.mkdir(parents=True, exist_ok=True)
+    todo = [b for b in range(n_blocks) if b not in meta["blocks_done"]]
+
+    def save_block(block: int, variants: dict, errors: dict, seconds: float) -> None:
+        _save_block(folder, meta, block, variants, errors, seconds)
+        if emit_layer is not None:
+            for name, per_level in errors.items():
+                for bits, err in per_level.items():
+                    emit_layer(name, bits=bits, rel_error=err, seconds=round(seconds / len(errors) / len(levels), 4),
+                               group_size=variants[name][bits].group_size)
+        if on_progress is not None:
+            on_progress("database", len(meta["blocks_done"]) - (n_blocks - len(todo)), len(todo))
+
+    if settings.propagate_bits is not None:
+        from .propagated import build_propagated
+
+        done = VariantDatabase(folder, meta)
+        done_blocks = {b: {name: done.quantized(name, settings.propagate_bits)
+                           for name in meta["layers"] if done.block_of[name] == b} for b in meta["blocks_done"]}
+        build_propagated(model, settings, levels, layers, calib_windows(), done_blocks, save_block, check)
+        return meta
 
     started = time.time()
-    windows = calib_windows()
-    hessians, owner = collect_hessians(model, layers, windows, check=check,
+    hessians, owner = collect_hessians(model, layers, calib_windows(), check=check,
                                        on_batch=(lambda d, t: on_progress("hessians", d, t)) if on_progress else None)
     meta["hessian_seconds"] += time.time() - started
     modules = dict(model.named_modules())
-    todo = [b for b in range(n_blocks) if b not in meta["blocks_done"]]
-    for done, block in enumerate(todo):
+    for block in todo:
         if check is not None:
             check()
         t_block = time.time()
-        tensors: dict[str, torch.Tensor] = {}
+        variants: dict[str, dict[int, QuantizedWeight]] = {}
+        errors: dict[str, dict[int, float]] = {}
         in_block = [l for l in layers if l.block == block]
         for head in [l for l in in_block if owner[l.name] == l.name]:
             group = [l for l in in_block if owner[l.name] == head.name]
             H = hessians[head.name]
             g = resolve_group_size(head.d_in, settings.group_size)
             weights = [linear_weight(modules[l.name]).detach().float() for l in group]
-            t0 = time.time()
-            variants = gptq_multi(weights, H, levels, g, settings.sym, settings.act_order,
-                                  settings.static_groups, settings.damp, clip=settings.clip)
-            seconds = (time.time() - t0) / (len(group) * len(levels))
-            for l, W, per_level in zip(group, weights, variants):
-                for bits, qw in zip(levels, per_level):
-                    err = rel_error(W, qw.dequantize(), H)
-                    meta["errors"][l.name][str(bits)] = err
-                    tensors[f"{l.name}.{bits}.codes"] = qw.codes
-                    tensors[f"{l.name}.{bits}.scales"] = qw.scales
-                    tensors[f"{l.name}.{bits}.zeros"] = qw.zeros
-                    if emit_layer is not None:
-                        emit_layer(l.name, bits=bits, rel_error=err, seconds=round(seconds, 4), group_size=g)
-        with atomic.staged_file(_block_file(folder, block)) as tmp:
-            save_file(tensors, str(tmp))
-        meta["blocks_done"] = sorted(meta["blocks_done"] + [block])
-        meta["block_seconds"] += time.time() - t_block
-        atomic.write_json(folder / "meta.json", meta)
-        if on_progress is not None:
-            on_progress("database", done + 1, len(todo))
+            per_layer = gptq_multi(weights, H, levels, g, settings.sym, settings.act_order,
+                                   settings.static_groups, settings.damp, clip=settings.clip)
+            for l, W, per_level in zip(group, weights, per_layer):
+                variants[l.name] = dict(zip(levels, per_level))
+                errors[l.name] = {bits: rel_error(W, qw.dequantize(), H) for bits, qw in variants[l.name].items()}
+        save_block(block, variants, errors, time.time() - t_block)
     return meta
 
 

@@ -70,10 +70,14 @@ def _hash(doc: Any) -> str:
 # --- the variant database ----------------------------------------------------------------
 
 def database_settings(setup: Setup) -> DatabaseSettings:
+    from .propagated import propagation_level
+
     spec = setup.spec
+    levels = [b for b in spec.levels if b != 16]
+    propagate = propagation_level(levels, spec.target_bits) if spec.database_inputs == "propagated" else None
     return DatabaseSettings(model=model_fingerprint(setup.model), calib=spec.calib,
                             windows=setup.preset.windows, seqlen=spec.seqlen, seed=spec.seed,
-                            group_size=spec.group_size, sym=spec.sym)
+                            group_size=spec.group_size, sym=spec.sym, propagate_bits=propagate)
 
 
 def ensure_database(setup: Setup) -> VariantDatabase:

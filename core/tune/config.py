@@ -36,6 +36,7 @@ class TuneSpec:
     code_precondition: bool = False   # scale the V step per input column by E[x_j²]^(-1/2) (core/tune/vstep.py)
     code_lr_in_grid_steps: bool = False   # code_lr in units of each group's scale (core/tune/vstep.py)
     check_codes: bool = True          # keep a V step only if it lowers the next batch's loss (2 more forwards)
+    check_z: float = 0.0              # … by more than z standard errors of the per-token loss change
     tau: float = 0.01                 # fraction of each layer's weights re-rounded per step (pv)
     delta_decay: float = 0.0          # 0 keeps R across steps, 1 resets it to W_hat each step
     rank: int = 32                    # eora: adapter rank
@@ -74,6 +75,8 @@ class TuneSpec:
                 raise BadInput(f"{name} {getattr(self, name)} must be positive", f"use e.g. the default {name}")
         if not 0 <= self.code_beta1 < 1:
             raise BadInput(f"code_beta1 {self.code_beta1} must be in [0, 1)", "use 0 (the reference) or e.g. 0.9")
+        if self.check_z < 0:
+            raise BadInput(f"check_z {self.check_z} must be 0 or more", "use 0 (any decrease) or e.g. 2")
         if not 0 < self.tau <= 1:
             raise BadInput(f"tau {self.tau} must be in (0, 1]", "use e.g. --tau 0.01")
         if not 0 <= self.delta_decay <= 1:

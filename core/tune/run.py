@@ -187,7 +187,8 @@ def run_training(spec: TuneSpec, ctx: RunContext) -> dict:
     provenance = {"method": spec.method, "steps": spec.steps, "best_step": best["step"], "lr": spec.lr,
                   "code_lr": spec.code_lr, "code_beta1": spec.code_beta1,
                   "code_precondition": spec.code_precondition, "code_lr_in_grid_steps": spec.code_lr_in_grid_steps,
-                  "check_codes": spec.check_codes, "tau": spec.effective_tau, "delta_decay": spec.delta_decay,
+                  "check_codes": spec.check_codes,
+                  "check_z": spec.check_z, "tau": spec.effective_tau, "delta_decay": spec.delta_decay,
                   "calib": spec.calib, "windows": spec.windows, "seqlen": spec.seqlen, "seed": spec.seed}
     save_student(ctx.run_dir.quantized_dir, student, provenance)
     ctx.emitter.stage("save", "end")

@@ -96,6 +96,14 @@ def batch_rows(step: int, batch: int, n: int, seed: int) -> list[int]:
     return rows
 
 
+def code_change_helps(diff: torch.Tensor, z: float) -> bool:
+    """Whether per-token loss changes `diff` [n] (new − old, same tokens) show a decrease:
+    mean + z · standard error < 0. z = 0: any decrease of the mean."""
+    diff = diff.double()
+    se = diff.std() / math.sqrt(diff.numel()) if diff.numel() > 1 else torch.tensor(0.0)
+    return bool(diff.mean() + z * se < 0)
+
+
 # --- the loop ----------------------------------------------------------------------------------
 
 @dataclass
@@ -169,18 +177,23 @@ class Tuner:
         return kl_loss(logits, target).mean()
 
     @torch.no_grad()
-    def _loss_of(self, rows: list[int], micro: int) -> float:
-        total = 0.0
+    def _token_losses(self, rows: list[int], micro: int) -> torch.Tensor:
+        """KL(teacher ‖ model) of every token of windows `rows`, flattened [len(rows) · L]."""
+        parts = []
         for start in range(0, len(rows), micro):
             part = rows[start: start + micro]
+            ids = self.calib[part].to(self.device)
+            target = {k: v.to(self.device) for k, v in self.cache.batch("calib", part).items()}
             with self._autocast():
-                total += float(self._batch_loss(part)) * len(part) / len(rows)
-        return total
+                logits = self.model(input_ids=ids, use_cache=False).logits
+            parts.append(kl_loss(logits, target).reshape(-1))
+        return torch.cat(parts)
 
     def _checked_v_step(self, rows: list[int], micro: int) -> dict[str, int]:
         """The V step, kept only if the new codes lower the loss on windows `rows` (at the P
-        step's new scales); otherwise every code goes back (the straight-through buffers keep
-        their progress, so the same moves are proposed again once the evidence for them grows).
+        step's new scales) by more than `check_z` standard errors of the per-token change;
+        otherwise every code goes back (the straight-through buffers keep their progress, so
+        the same moves are proposed again once the evidence for them grows).
 
         On a 1k-token batch the codes a V step picks fit that batch's noise: checked on the
         batch that produced them, they pass and still raise the held-out KL; checked on the
@@ -191,12 +204,12 @@ class Tuner:
             return changed                  # nothing moved: nothing to judge
         after = self._codes()
         self.model.eval()
-        loss_new = self._loss_of(rows, micro)
+        loss_new = self._token_losses(rows, micro)
         self._set_codes(before)
-        loss_old = self._loss_of(rows, micro)
+        loss_old = self._token_losses(rows, micro)
         self._set_codes(after)
         self.model.train()
-        if loss_new > loss_old:
+        if not code_change_helps(loss_new - loss_old, self.spec.check_z):
             revert_codes(self.layers, self.v_opt, before)
             changed = {name: 0 for name in changed}
         return changed

@@ -76,11 +76,11 @@ def test_checked_v_step_keeps_codes_only_when_the_next_windows_improve(tmp_path)
         codes_before = {n: l.codes.clone() for n, l in tuner.layers.items()}
         result = tuner.train_step()
         next_rows = batch_rows(tuner.step, tuner.spec.batch, len(tuner.calib), tuner.spec.seed)
-        loss_new = tuner._loss_of(next_rows, tuner.spec.batch)
+        loss_new = float(tuner._token_losses(next_rows, tuner.spec.batch).mean())
         codes_after = {n: l.codes.clone() for n, l in tuner.layers.items()}
         for n, layer in tuner.layers.items():
             layer.codes.copy_(codes_before[n])
-        loss_old = tuner._loss_of(next_rows, tuner.spec.batch)
+        loss_old = float(tuner._token_losses(next_rows, tuner.spec.batch).mean())
         for n, layer in tuner.layers.items():
             layer.codes.copy_(codes_after[n])
         moved = sum(int((codes_after[n] != codes_before[n]).sum()) for n in tuner.layers)
@@ -91,3 +91,12 @@ def test_checked_v_step_keeps_codes_only_when_the_next_windows_improve(tmp_path)
         else:
             rejected += 1
     assert kept + rejected == 4
+
+
+def test_code_change_must_beat_its_standard_error():
+    from bitsmith.core.tune.trainer import code_change_helps
+
+    noisy = torch.tensor([-1.0, 1.0] * 50) - 0.05      # mean -0.05, standard error 0.1
+    assert code_change_helps(noisy, 0.0) and not code_change_helps(noisy, 2.0)
+    assert code_change_helps(torch.full((10,), -0.01) + torch.arange(10) * 1e-4, 3.0)
+    assert not code_change_helps(torch.zeros(8), 0.0)     # no change is no gain

@@ -20,6 +20,12 @@ from pathlib import Path
 
 WIKITEXT = Path(__file__).resolve().parents[3] / "shared" / "data" / "wikitext-2-raw" / "wiki.test.raw"
 REFERENCE_SECONDS = 941 + 3019      # the EvoPress reference code here: database + search
+LEVELS = [2, 3, 4, 5, 6]
+
+
+def _database_seconds(run: Path) -> float:
+    meta = json.loads(next(run.glob("database-*/meta.json")).read_text())
+    return round(meta["hessian_seconds"] + meta["block_seconds"], 1)
 
 
 class NotRun(Exception):
@@ -90,11 +96,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--pool-windows", type=int, help="override the preset's fitness pool")
     parser.add_argument("--spike-top-k", type=int, help="keep the top k spiky layers (default: threshold)")
     parser.add_argument("--database", help="a search run holding the variant database to reuse")
+    parser.add_argument("--database-inputs", choices=["dense", "propagated"], default="dense",
+                        help="the search jobs' variant database (see `bitsmith search --help`)")
     parser.add_argument("--collect", action="store_true",
                         help="run nothing: gather the finished runs in --out into one JSON")
     parser.add_argument("--json", action="store_true", help="accepted for `bitsmith bench`; the output is JSON")
     parser.add_argument("--out", default="bench-search", help="folder for the runs (reused: finished runs are read back)")
     args = parser.parse_args(argv)
+
+    from .propagated import propagation_level
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -103,7 +113,8 @@ def main(argv: list[str] | None = None) -> int:
     from ..jobs import ModelSpec
 
     common = dict(model=ModelSpec(args.model), group_size=args.group_size, preset=args.preset,
-                  eval_data=args.eval_data, eval_windows=args.eval_windows, threads=args.threads)
+                  eval_data=args.eval_data, eval_windows=args.eval_windows, threads=args.threads,
+                  database_inputs=args.database_inputs)
     for name in ("generations", "offspring", "pool_windows"):
         if getattr(args, name):
             common[name] = getattr(args, name)
@@ -112,16 +123,28 @@ def main(argv: list[str] | None = None) -> int:
             common[name] = [int(x) for x in getattr(args, name).split(",")]
     results: dict = {"model": args.model, "group_size": args.group_size, "preset": args.preset,
                      "eval": {"data": args.eval_data, "windows": args.eval_windows, "seqlen": 512}, "targets": {}}
-    # the database: another run's (--database), or built by this bench's first job
-    db_run = Path(args.database) if args.database else out / "sensitivity-3.0"
-    first = None if args.database else _run_job(db_run, False, **common, method="sensitivity", target_bits=3.0)
-    meta = json.loads(next(db_run.glob("database-*/meta.json")).read_text())
-    results["database_seconds"] = round(meta["hessian_seconds"] + meta["block_seconds"], 1)
-    results["database"] = str(db_run)
+    # the databases: another run's (--database), or built by the first job that needs one;
+    # a propagated database depends on the target's propagation level, so one per level
+    db_runs: dict[int | None, Path] = {}
+    if args.database:
+        meta = json.loads(next(Path(args.database).glob("database-*/meta.json")).read_text())
+        db_runs[meta["settings"].get("propagate_bits")] = Path(args.database)
+
+    def level_of(target: float) -> int | None:
+        return None if args.database_inputs == "dense" else propagation_level(LEVELS, target)
 
     def record(target: float, method: str, value: dict) -> None:
         results["targets"].setdefault(str(target), {})[method] = value
         print(json.dumps({"target": target, "method": method, **value}), file=sys.stderr, flush=True)
+
+    def database_run(target: float) -> Path:
+        """The run holding the target's database, built by a sensitivity search if none does."""
+        level = level_of(target)
+        if level not in db_runs:
+            path = out / f"sensitivity-{target}"
+            _run_job(path, False, args.collect, **common, method="sensitivity", target_bits=target)
+            db_runs[level] = path
+        return db_runs[level]
 
     for target in targets:
         if "uniform" in methods and float(target).is_integer():
@@ -129,16 +152,16 @@ def main(argv: list[str] | None = None) -> int:
             if cached.is_file():
                 record(target, "uniform", json.loads(cached.read_text()))
             elif not args.collect:
-                value = _uniform_ppl(args.model, db_run, int(target), common)
+                value = _uniform_ppl(args.model, database_run(target), int(target), common)
                 cached.write_text(json.dumps(value))
                 record(target, "uniform", value)
         for method in [m for m in methods if m != "uniform"]:
             path = out / f"{method}-{target}"
             extra = {"spike_top_k": args.spike_top_k} if method == "spike" and args.spike_top_k else {}
             try:
-                report = first if path == db_run and first else _run_job(
-                    path, False, args.collect, **common, method=method, target_bits=target,
-                    database=str(db_run), **extra)
+                db_run = database_run(target)
+                report = _run_job(path, False, args.collect, **common, method=method, target_bits=target,
+                                  **({} if path == db_run else {"database": str(db_run)}), **extra)
             except NotRun:
                 continue
             value = {"ppl": report.get("ppl"), "threads": report.get("threads"), "avg_code_bits": report["avg_code_bits"],
@@ -154,6 +177,8 @@ def main(argv: list[str] | None = None) -> int:
             if "spike" in report:
                 value.update({"kept": report["spike"]["kept"], "top_scores": report["spike"]["top_scores"]})
             record(target, method, value)
+    results["database_seconds"] = {str(level): _database_seconds(run) for level, run in db_runs.items()}
+    results["database"] = {str(level): str(run) for level, run in db_runs.items()}
     results["bar"] = _bar(results)
     print(json.dumps(results, indent=2))
     return 0
@@ -172,13 +197,14 @@ def _bar(results: dict) -> dict:
     evo = [v for tv in t.values() for m, v in tv.items() if m == "evopress"]
     # a search's whole job (model load, dense logits, search) less its final perplexity
     slowest = max((v["search_total_seconds"] - (v.get("eval_seconds") or 0) for v in evo), default=None)
+    database = max(results["database_seconds"].values(), default=0.0)     # the slowest database
     return {
         "evopress_3.0_le_0.85_uniform_3": ok(lambda: e3 <= 0.85 * u3, e3, u3),
         "evopress_3.0_below_sensitivity": ok(lambda: e3 < s3, e3, s3),
         "spike_3.0_below_uniform_3": ok(lambda: k3 < u3, k3, u3),
         "evopress_2.5_below_uniform_3": ok(lambda: e25 < u3, e25, u3),
-        "database_plus_slowest_search_seconds": None if slowest is None else round(results["database_seconds"] + slowest, 1),
-        "faster_than_reference_3960s": ok(lambda: results["database_seconds"] + slowest < REFERENCE_SECONDS, slowest),
+        "database_plus_slowest_search_seconds": None if slowest is None else round(database + slowest, 1),
+        "faster_than_reference_3960s": ok(lambda: database + slowest < REFERENCE_SECONDS, slowest),
     }
 
 

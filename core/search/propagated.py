@@ -29,7 +29,7 @@ import torch
 from torch import nn
 
 from ..capture import BlockInputs, iterate_blocks
-from ..inventory import LayerInfo, linear_weight
+from ..inventory import LayerInfo, find_blocks, linear_weight
 from ..pipeline import BlockQuantizer, QuantizeOptions, write_weight
 from ..plan import plan_from_bits
 from ..quant.gptq import rel_error
@@ -103,12 +103,9 @@ def build_propagated(model: nn.Module, settings: "DatabaseSettings", levels: Seq
                      check: Callable[[], None] | None = None) -> None:
     """One pipeline pass over `model` (left dense at the end); `save_block(block, variants,
     errors, seconds)` is called as each unfinished block is done."""
-    from ..inventory import find_blocks
-
-    prefix, _ = find_blocks(model)
+    prefix, blocks = find_blocks(model)
     quantizer = VariantBlockQuantizer(prefix, settings, levels, layers, done_blocks, check)
     started = {"t": time.time()}
-    blocks = dict(enumerate(find_blocks(model)[1]))
 
     def on_outputs(index: int, _outputs: BlockInputs) -> None:
         quantizer.restore(blocks[index])

@@ -57,7 +57,7 @@ class Bench:
         self.result.update({"benchmark": "tune", "model": args.model, "group_size": args.group_size,
                             "eval": {"data": f"file:{args.wikitext}", "seqlen": 512, "windows": args.eval_windows},
                             "tuning": {"steps": args.steps, "windows": args.windows, "seqlen": args.seqlen,
-                                       "batch": args.batch, "calib": "builtin", "select_on": "builtin-eval",
+                                       "batch": args.batch, "check_z": args.check_z, "calib": "builtin", "select_on": "builtin-eval",
                                        "eval_windows": args.tune_eval_windows, "eval_every": args.eval_every}})
         self.result.setdefault("rows", {})
         self.teacher: Path | None = None
@@ -118,6 +118,8 @@ class Bench:
                           eval_windows=args.tune_eval_windows, checkpoint_every=0, seed=0)
             if rank:
                 fields.update(rank=rank, windows=args.eora_windows)
+            if method in ("pv", "ste"):
+                fields.update(check_z=args.check_z)
             job = make_job("tune", **fields).to_dict()
             run_dir = self.out / f"tune-{key.replace('@', '-')}"
             resume = self._share_teacher(run_dir, job, method)
@@ -202,6 +204,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--seqlen", type=int, default=256)
     p.add_argument("--batch", type=int, default=4)
     p.add_argument("--eval-every", type=int, default=10)
+    p.add_argument("--check-z", type=float, default=0.0, help="pv/ste: a V step is kept only if its gain on the next "
+                   "windows exceeds this many standard errors")
     p.add_argument("--tune-eval-windows", type=int, default=4, help="held-out builtin-eval windows for best-state")
     p.add_argument("--eval-windows", type=int, default=16, help="WikiText-2 test windows of 512 tokens")
     p.add_argument("--wikitext", default=str(WIKITEXT))

@@ -6,7 +6,7 @@ from bitsmith.core.search.bench import _bar
 
 
 def test_bar_checks_each_claim_and_leaves_missing_ones_open():
-    results = {"database_seconds": 900.0, "targets": {
+    results = {"database_seconds": {"None": 900.0}, "targets": {
         "3.0": {"uniform": {"ppl": 100.0}, "sensitivity": {"ppl": 90.0}, "spike": {"ppl": 99.0},
                 "evopress": {"ppl": 84.0, "search_total_seconds": 1000.0, "eval_seconds": 100.0}},
         "2.5": {"evopress": {"ppl": 120.0, "search_total_seconds": 1500.0, "eval_seconds": 100.0}}}}

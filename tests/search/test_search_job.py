@@ -141,3 +141,18 @@ def test_evopress_exchange_mutation_keeps_the_budget(db_run, tiny_llama, tmp_pat
     report = json.loads(run.report_file.read_text())
     assert report["evopress"]["config"]["mutation"] == "exchange"
     assert report["avg_code_bits"] == pytest.approx(3.0)         # budget-neutral from the uniform start
+
+
+def test_propagated_database_search_and_its_guard(db_run, tiny_llama, tmp_path):
+    """--database-inputs propagated: the job builds a database through the model quantized at
+    the target's level; a dense database is not taken for it."""
+    code, run, events = run_search(tmp_path / "prop", model=ModelSpec(str(tiny_llama)), method="sensitivity",
+                                   target_bits=2.5, database_inputs="propagated")
+    assert code == 0, [e for e in events if e["type"] == "error"]
+    meta = json.loads(next(run.path.glob("database-*/meta.json")).read_text())
+    assert meta["settings"]["propagate_bits"] == 3 and len(meta["blocks_done"]) == 2
+    assert load_plan_file(run.path / "plan.json").budget().avg_code_bits <= 2.5 + 1e-9
+    code, _, events = run_search(tmp_path / "mixed", model=ModelSpec(str(tiny_llama)), method="sensitivity",
+                                 target_bits=2.5, database_inputs="propagated", database=str(db_run))
+    errors = [e for e in events if e["type"] == "error"]
+    assert code == 2 and "propagate_bits differ" in errors[0]["message"]

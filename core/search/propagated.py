@@ -40,6 +40,9 @@ from .multigptq import gptq_multi
 if TYPE_CHECKING:
     from .database import DatabaseSettings
 
+# save_block(block, {layer: {bits: variant}}, {layer: {bits: rel_error}}, seconds)
+SaveBlock = Callable[[int, dict[str, dict[int, QuantizedWeight]], dict[str, dict[int, float]], float], None]
+
 
 def propagation_level(levels: Sequence[int], target_bits: float) -> int:
     """The level the inputs propagate through: the smallest level >= the target."""
@@ -99,7 +102,7 @@ class VariantBlockQuantizer(BlockQuantizer):
 def build_propagated(model: nn.Module, settings: "DatabaseSettings", levels: Sequence[int],
                      layers: Sequence[LayerInfo], windows: torch.Tensor,
                      done_blocks: dict[int, dict[str, QuantizedWeight]],
-                     save_block: Callable[[int, dict[str, dict[int, QuantizedWeight]], dict[str, dict[int, float]], float], None],
+                     save_block: SaveBlock,
                      check: Callable[[], None] | None = None) -> None:
     """One pipeline pass over `model` (left dense at the end); `save_block(block, variants,
     errors, seconds)` is called as each unfinished block is done."""

@@ -57,7 +57,9 @@ class Bench:
         self.result.update({"benchmark": "tune", "model": args.model, "group_size": args.group_size,
                             "eval": {"data": f"file:{args.wikitext}", "seqlen": 512, "windows": args.eval_windows},
                             "tuning": {"steps": args.steps, "windows": args.windows, "seqlen": args.seqlen,
-                                       "batch": args.batch, "check_z": args.check_z, "calib": "builtin", "select_on": "builtin-eval",
+                                       "batch": args.batch, "calib": "builtin", "select_on": "builtin-eval",
+                                       "code_lr": args.code_lr, "code_lr_in_grid_steps": args.code_lr_in_grid_steps,
+                                       "check_z": args.check_z,
                                        "eval_windows": args.tune_eval_windows, "eval_every": args.eval_every}})
         self.result.setdefault("rows", {})
         self.teacher: Path | None = None
@@ -119,7 +121,8 @@ class Bench:
             if rank:
                 fields.update(rank=rank, windows=args.eora_windows)
             if method in ("pv", "ste"):
-                fields.update(check_z=args.check_z)
+                fields.update(check_z=args.check_z, code_lr=args.code_lr,
+                              code_lr_in_grid_steps=args.code_lr_in_grid_steps)
             job = make_job("tune", **fields).to_dict()
             run_dir = self.out / f"tune-{key.replace('@', '-')}"
             resume = self._share_teacher(run_dir, job, method)
@@ -204,6 +207,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--seqlen", type=int, default=256)
     p.add_argument("--batch", type=int, default=4)
     p.add_argument("--eval-every", type=int, default=10)
+    p.add_argument("--code-lr", type=float, default=1e-2, help="pv/ste: Adam lr of the straight-through buffers")
+    p.add_argument("--code-lr-in-grid-steps", action="store_true", help="pv/ste: --code-lr in grid steps")
     p.add_argument("--check-z", type=float, default=0.0, help="pv/ste: a V step is kept only if its gain on the next "
                    "windows exceeds this many standard errors")
     p.add_argument("--tune-eval-windows", type=int, default=4, help="held-out builtin-eval windows for best-state")

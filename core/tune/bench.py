@@ -57,7 +57,7 @@ class Bench:
         self.result.update({"benchmark": "tune", "model": args.model, "group_size": args.group_size,
                             "eval": {"data": f"file:{args.wikitext}", "seqlen": 512, "windows": args.eval_windows},
                             "tuning": {"steps": args.steps, "windows": args.windows, "seqlen": args.seqlen,
-                                       "batch": args.batch, "calib": "builtin", "select_on": "builtin-eval",
+                                       "batch": args.batch, "calib": args.calib, "select_on": "builtin-eval",
                                        "code_lr": args.code_lr, "code_lr_in_grid_steps": args.code_lr_in_grid_steps,
                                        "check_z": args.check_z,
                                        "eval_windows": args.tune_eval_windows, "eval_every": args.eval_every}})
@@ -116,6 +116,7 @@ class Bench:
 
         def measure() -> dict:
             fields = dict(model={"source": checkpoint}, method=method, steps=args.steps, windows=args.windows,
+                          calib=args.calib,
                           seqlen=args.seqlen, batch=args.batch, eval_every=args.eval_every,
                           eval_windows=args.tune_eval_windows, checkpoint_every=0, seed=0)
             if rank:
@@ -204,6 +205,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--steps", type=int, default=30)
     p.add_argument("--windows", type=int, default=64, help="tuning calibration windows")
     p.add_argument("--eora-windows", type=int, default=32, help="EoRA covariance windows")
+    p.add_argument("--calib", default="builtin", help="tuning (and EoRA covariance) text, e.g. builtin or selfgen")
     p.add_argument("--seqlen", type=int, default=256)
     p.add_argument("--batch", type=int, default=4)
     p.add_argument("--eval-every", type=int, default=10)

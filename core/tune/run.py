@@ -48,7 +48,8 @@ def autocast_dtype(spec: TuneSpec, device: torch.device) -> torch.dtype | None:
 
 def ensure_teacher_cache(spec: TuneSpec, ctx: RunContext, student: Student, splits: tuple[str, ...]) -> TeacherCache:
     """Reuse the cache of a resumed run; otherwise run the teacher once and write it."""
-    from ..data import calibration_windows, eval_windows
+    from ..data import eval_windows
+    from ..pipeline import draw_calibration
 
     cache = open_teacher_cache(ctx.run_dir.path) if ctx.resume else None
     if cache is not None:
@@ -65,7 +66,9 @@ def ensure_teacher_cache(spec: TuneSpec, ctx: RunContext, student: Student, spli
     tokenizer = student.loaded.tokenizer
     windows = {}
     if "calib" in splits:
-        windows["calib"] = calibration_windows(spec.calib, tokenizer, spec.windows, spec.seqlen, spec.seed)
+        # selfgen samples the dense teacher; "a+b" mixes sources, as in quantize and search
+        windows["calib"] = draw_calibration(spec.calib, tokenizer, spec.windows, spec.seqlen, spec.seed,
+                                            model=teacher.model)
     windows["eval"] = eval_windows(spec.eval_data, tokenizer, spec.eval_seqlen or spec.seqlen, spec.eval_windows)
     dense = {f"dense.{n}": w.to(torch.float16) for n, w in dense_weights(teacher.model, list(student.layers)).items()}
     micro = spec.micro_batch or spec.batch

@@ -142,3 +142,12 @@ def test_bad_input_is_one_line(tiny_quant, tmp_path):
     assert _run(tmp_path / "run", job) == 2
     errors = [e for e in read_events(tmp_path / "run" / "events.jsonl") if e["type"] == "error"]
     assert errors and "quantized checkpoint" in errors[0]["message"]
+
+
+def test_tuning_on_text_sampled_from_the_teacher(tiny_quant, calib_file, tmp_path, monkeypatch):
+    """--calib selfgen: the windows are sampled from the dense teacher (and cached)."""
+    monkeypatch.setenv("BITSMITH_CACHE", str(tmp_path / "cache"))
+    job = _job(tiny_quant, "selfgen", eval_data=calib_file, steps=1, windows=2, eval_every=0)
+    code = _run(tmp_path / "run", job)
+    assert code == 0
+    assert len(list((tmp_path / "cache" / "selfgen").glob("*.safetensors"))) == 1

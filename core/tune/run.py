@@ -243,7 +243,7 @@ def run_eora(spec: TuneSpec, ctx: RunContext) -> dict:
     """Training-free low-rank compensation; RUN_DIR/quantized/ holds the adapters."""
     import contextlib
 
-    from ..data import calibration_windows
+    from ..pipeline import draw_calibration
     from .eora import eora_adapters
     from .trainer import evaluate_model
 
@@ -263,7 +263,13 @@ def run_eora(spec: TuneSpec, ctx: RunContext) -> dict:
     ctx.emitter.metric("ppl", without["ppl"], step=0, split="eval", adapters=False)
     ctx.emitter.stage("evaluate", "end")
 
-    windows = calibration_windows(spec.calib, student.loaded.tokenizer, spec.windows, spec.seqlen, spec.seed)
+    sampler = None                       # selfgen samples the dense teacher, as for training
+    if "selfgen" in spec.calib:
+        sampler = open_teacher(teacher_source(spec.teacher, student.manifest), spec.model).model
+    windows = draw_calibration(spec.calib, student.loaded.tokenizer, spec.windows, spec.seqlen, spec.seed,
+                               model=sampler)
+    del sampler
+    _free_memory()
     ctx.emitter.stage("covariance", "start")
     accs = capture_covariances(student, windows, micro, ctx, autocast)
     ctx.emitter.stage("covariance", "end")

@@ -148,6 +148,9 @@ def test_tuning_on_text_sampled_from_the_teacher(tiny_quant, calib_file, tmp_pat
     """--calib selfgen: the windows are sampled from the dense teacher (and cached)."""
     monkeypatch.setenv("BITSMITH_CACHE", str(tmp_path / "cache"))
     job = _job(tiny_quant, "selfgen", eval_data=calib_file, steps=1, windows=2, eval_every=0)
-    code = _run(tmp_path / "run", job)
-    assert code == 0
+    assert _run(tmp_path / "run", job) == 0
+    assert len(list((tmp_path / "cache" / "selfgen").glob("*.safetensors"))) == 1
+    # EoRA's covariance windows: the same sample, from the cache
+    eora = _job(tiny_quant, "selfgen", eval_data=calib_file, method="eora", rank=2, windows=2)
+    assert _run(tmp_path / "eora", eora) == 0
     assert len(list((tmp_path / "cache" / "selfgen").glob("*.safetensors"))) == 1

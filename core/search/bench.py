@@ -20,7 +20,6 @@ from pathlib import Path
 
 WIKITEXT = Path(__file__).resolve().parents[3] / "shared" / "data" / "wikitext-2-raw" / "wiki.test.raw"
 REFERENCE_SECONDS = 941 + 3019      # the EvoPress reference code here: database + search
-LEVELS = [2, 3, 4, 5, 6]
 
 
 def _database_seconds(run: Path) -> float:
@@ -104,8 +103,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default="bench-search", help="folder for the runs (reused: finished runs are read back)")
     args = parser.parse_args(argv)
 
+    from ..jobkinds.search import SearchSpec
     from .propagated import propagation_level
 
+    levels = SearchSpec().levels           # the search jobs run with the default levels
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     targets = [float(t) for t in args.targets.split(",")]
@@ -131,7 +132,7 @@ def main(argv: list[str] | None = None) -> int:
         db_runs[meta["settings"].get("propagate_bits")] = Path(args.database)
 
     def level_of(target: float) -> int | None:
-        return None if args.database_inputs == "dense" else propagation_level(LEVELS, target)
+        return None if args.database_inputs == "dense" else propagation_level(levels, target)
 
     def record(target: float, method: str, value: dict) -> None:
         results["targets"].setdefault(str(target), {})[method] = value

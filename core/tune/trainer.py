@@ -155,7 +155,7 @@ class Tuner:
         for start in range(0, len(rows), micro):
             part = rows[start: start + micro]
             with self._autocast():
-                loss = self._batch_loss(part) * (len(part) / len(rows))   # mean over all tokens
+                loss = self._token_kl(part).mean() * (len(part) / len(rows))   # mean over all tokens
             loss.backward()
             total += float(loss.detach())
         if self.p_opt is not None:
@@ -169,24 +169,20 @@ class Tuner:
         self.step += 1
         return StepResult(total, sum(changed.values()), self.codes_total, changed)
 
-    def _batch_loss(self, rows: list[int]) -> torch.Tensor:
-        """Mean KL(teacher ‖ model) per token over calibration windows `rows`."""
+    def _token_kl(self, rows: list[int]) -> torch.Tensor:
+        """KL(teacher ‖ model) per token [len(rows), L] over calibration windows `rows`."""
         ids = self.calib[rows].to(self.device)
         target = {k: v.to(self.device) for k, v in self.cache.batch("calib", rows).items()}
         logits = self.model(input_ids=ids, use_cache=False).logits
-        return kl_loss(logits, target).mean()
+        return kl_loss(logits, target)
 
     @torch.no_grad()
     def _token_losses(self, rows: list[int], micro: int) -> torch.Tensor:
         """KL(teacher ‖ model) of every token of windows `rows`, flattened [len(rows) · L]."""
         parts = []
         for start in range(0, len(rows), micro):
-            part = rows[start: start + micro]
-            ids = self.calib[part].to(self.device)
-            target = {k: v.to(self.device) for k, v in self.cache.batch("calib", part).items()}
             with self._autocast():
-                logits = self.model(input_ids=ids, use_cache=False).logits
-            parts.append(kl_loss(logits, target).reshape(-1))
+                parts.append(self._token_kl(rows[start: start + micro]).reshape(-1))
         return torch.cat(parts)
 
     def _checked_v_step(self, rows: list[int], micro: int) -> dict[str, int]:

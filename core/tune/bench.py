@@ -8,8 +8,8 @@ Tuning selects its best state on `builtin-eval` (held out from the `builtin` cal
 text), never on WikiText.
 
 Each job runs in its own worker process (wall time and peak memory are that process's).
-The teacher targets are computed once and shared by every tuning run (they depend only on
-the dense model and the windows). Results are appended to OUT/bench.json as they arrive,
+The teacher targets are computed once per seed and shared by that seed's tuning runs (they
+depend only on the dense model and the windows, which the seed draws). Results are appended to OUT/bench.json as they arrive,
 so a benchmark cut short still reports what it measured; a re-run with the same --out
 skips the rows already measured.
 
@@ -17,6 +17,9 @@ skips the rows already measured.
 
 `--checkpoint 3=PATH` tunes an existing checkpoint instead of running GPTQ here;
 `--dense-ppl X` skips the dense evaluation (X must come from the same WikiText windows).
+`--seeds 0 1 2` trains every method once per seed (the order of the calibration windows);
+the summary then compares the methods' mean perplexities and gives each one's spread, so
+a difference between methods can be read against the noise of the data order.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import subprocess
 import sys
 import time
@@ -59,10 +63,10 @@ class Bench:
                             "tuning": {"steps": args.steps, "windows": args.windows, "seqlen": args.seqlen,
                                        "batch": args.batch, "calib": args.calib, "select_on": "builtin-eval",
                                        "code_lr": args.code_lr, "code_lr_in_grid_steps": args.code_lr_in_grid_steps,
-                                       "check_z": args.check_z,
+                                       "check_z": args.check_z, "seeds": args.seeds,
                                        "eval_windows": args.tune_eval_windows, "eval_every": args.eval_every}})
         self.result.setdefault("rows", {})
-        self.teacher: Path | None = None
+        self.teachers: dict[int, Path] = {}   # seed: the first training run's folder (its teacher targets)
 
     def save(self) -> None:
         from .. import atomic
@@ -110,26 +114,26 @@ class Bench:
             return row
         return self.row(f"gptq{bits}", measure)
 
-    def tune(self, bits: int, checkpoint: str, method: str, rank: int | None = None) -> dict:
+    def tune(self, bits: int, checkpoint: str, method: str, rank: int | None = None, seed: int = 0) -> dict:
         args = self.args
-        key = f"{method}{rank}@{bits}" if rank else f"{method}@{bits}"
+        key = row_key(f"{method}{rank or ''}", bits, seed)
 
         def measure() -> dict:
             fields = dict(model={"source": checkpoint}, method=method, steps=args.steps, windows=args.windows,
                           calib=args.calib,
                           seqlen=args.seqlen, batch=args.batch, eval_every=args.eval_every,
-                          eval_windows=args.tune_eval_windows, checkpoint_every=0, seed=0)
+                          eval_windows=args.tune_eval_windows, checkpoint_every=0, seed=seed)
             if rank:
                 fields.update(rank=rank, windows=args.eora_windows)
             if method in ("pv", "ste"):
                 fields.update(check_z=args.check_z, code_lr=args.code_lr,
                               code_lr_in_grid_steps=args.code_lr_in_grid_steps)
             job = make_job("tune", **fields).to_dict()
-            run_dir = self.out / f"tune-{key.replace('@', '-')}"
-            resume = self._share_teacher(run_dir, job, method)
+            run_dir = self.out / f"tune-{key.replace('@', '-').replace('#', '-seed')}"
+            resume = self._share_teacher(run_dir, job, method, seed)
             code, wall, report, err = _worker(run_dir, job, resume=resume)
-            if method != "eora" and self.teacher is None and (run_dir / TEACHER_FILE).is_file():
-                self.teacher = run_dir
+            if method != "eora" and seed not in self.teachers and (run_dir / TEACHER_FILE).is_file():
+                self.teachers[seed] = run_dir
             row: dict = {"tune_seconds": wall, "error": err or None}
             if code != 0 or report is None:
                 row["ppl"] = None
@@ -142,18 +146,20 @@ class Bench:
                 row["heldout"] = {"before": report["before"], "best": report["best"], "last": report["last"]}
                 row["best_step"] = report["best_step"]
                 row["codes_changed_total"] = report["codes_changed_total"]
-            row.update(self.ppl(report["quantized"], key.replace("@", "-")))
+            row.update(self.ppl(report["quantized"], key.replace("@", "-").replace("#", "-seed")))
             return row
         return self.row(key, measure)
 
-    def _share_teacher(self, run_dir: Path, job: dict, method: str) -> bool:
-        """Hard-link the first run's teacher targets into a new training run (same windows);
-        the run then starts with --resume, which reuses them and finds no checkpoint."""
-        if method == "eora" or self.teacher is None or run_dir.exists():
+    def _share_teacher(self, run_dir: Path, job: dict, method: str, seed: int) -> bool:
+        """Hard-link the teacher targets of the seed's first run into a new training run (the
+        seed draws the calibration windows, so only runs of one seed share them); the run
+        then starts with --resume, which reuses them and finds no checkpoint."""
+        teacher = self.teachers.get(seed)
+        if method == "eora" or teacher is None or run_dir.exists():
             return run_dir.exists()
         RunDir.create(run_dir, job)
         for name in (TEACHER_FILE, TEACHER_META):
-            os.link(self.teacher / name, run_dir / name)
+            os.link(teacher / name, run_dir / name)
         return True
 
     def run(self) -> dict:
@@ -164,30 +170,45 @@ class Bench:
             base = self.quantize(bits)
             if base.get("ppl") is None:
                 continue
-            for method in args.methods:
-                self.tune(bits, base["checkpoint"], method)
+            for seed in args.seeds:
+                for method in args.methods:
+                    self.tune(bits, base["checkpoint"], method, seed=seed)
             for rank in args.ranks:
                 self.tune(bits, base["checkpoint"], "eora", rank)
-            self.result[f"summary@{bits}"] = self.summary(bits, dense)
+            self.result[f"summary@{bits}"] = summarize(self.result["rows"], bits, dense)
             self.save()
         return self.result
 
-    def summary(self, bits: int, dense: float | None) -> dict:
-        rows = self.result["rows"]
-        before = rows[f"gptq{bits}"]["ppl"]
-        out: dict = {"gptq_ppl": before, "dense_ppl": dense}
-        for key, row in rows.items():
-            if key.endswith(f"@{bits}") and row.get("ppl") is not None:
-                name = key.split("@")[0]
-                out[f"{name}_ppl"] = row["ppl"]
-                if dense is not None and before is not None and before > dense:
-                    out[f"{name}_gap_closed"] = round((before - row["ppl"]) / (before - dense), 4)
-        pv, ste, cont = out.get("pv_ppl"), out.get("ste_ppl"), out.get("continuous_ppl")
-        if pv is not None:
-            out["bar"] = {"pv_closes_30pct": out.get("pv_gap_closed", 0) >= 0.30,
-                          "pv_beats_ste": ste is not None and pv < ste,
-                          "pv_beats_continuous": cont is not None and pv < cont}
-        return out
+
+def row_key(name: str, bits: int, seed: int = 0) -> str:
+    """"pv@3" for seed 0 (the key of a single-seed bench), "pv#1@3" for seed 1."""
+    return f"{name}#{seed}@{bits}" if seed else f"{name}@{bits}"
+
+
+def summarize(rows: dict, bits: int, dense: float | None) -> dict:
+    """The rows of one bit-width: each method's perplexity (the mean over its seeds, with
+    the seeds' values and standard deviation beside it when there are several), the share
+    of the GPTQ-to-dense gap it closes, and the issue's bar on the means."""
+    before = rows[f"gptq{bits}"]["ppl"]
+    out: dict = {"gptq_ppl": before, "dense_ppl": dense}
+    by_method: dict[str, list[float]] = {}
+    for key, row in rows.items():
+        if key.endswith(f"@{bits}") and row.get("ppl") is not None:
+            by_method.setdefault(key.split("@")[0].split("#")[0], []).append(row["ppl"])
+    for name, values in by_method.items():
+        mean = statistics.fmean(values)
+        out[f"{name}_ppl"] = mean
+        if len(values) > 1:
+            out[f"{name}_ppl_seeds"] = values
+            out[f"{name}_ppl_std"] = statistics.stdev(values)
+        if dense is not None and before is not None and before > dense:
+            out[f"{name}_gap_closed"] = round((before - mean) / (before - dense), 4)
+    pv, ste, cont = out.get("pv_ppl"), out.get("ste_ppl"), out.get("continuous_ppl")
+    if pv is not None:
+        out["bar"] = {"pv_closes_30pct": out.get("pv_gap_closed", 0) >= 0.30,
+                      "pv_beats_ste": ste is not None and pv < ste,
+                      "pv_beats_continuous": cont is not None and pv < cont}
+    return out
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -203,6 +224,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--methods", nargs="*", default=["pv", "ste", "continuous"])
     p.add_argument("--ranks", type=int, nargs="*", default=[16, 64], help="EoRA ranks")
     p.add_argument("--steps", type=int, default=30)
+    p.add_argument("--seeds", type=int, nargs="+", default=[0],
+                   help="train every method once per seed (window order); the summary compares means")
     p.add_argument("--windows", type=int, default=64, help="tuning calibration windows")
     p.add_argument("--eora-windows", type=int, default=32, help="EoRA covariance windows")
     p.add_argument("--calib", default="builtin", help="tuning (and EoRA covariance) text, e.g. builtin or selfgen")

@@ -78,7 +78,7 @@ def _uniform_ppl(model_source: str, db_run: Path, bits: int, common: dict) -> di
     return {"ppl": ppl, "eval_seconds": round(time.time() - started, 1)}
 
 
-def main(argv: list[str] | None = None) -> int:
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m bitsmith.core.search.bench", description=__doc__)
     parser.add_argument("--model", default="default")
     parser.add_argument("--targets", default="2.5,3.0,3.5")
@@ -101,16 +101,11 @@ def main(argv: list[str] | None = None) -> int:
                         help="run nothing: gather the finished runs in --out into one JSON")
     parser.add_argument("--json", action="store_true", help="accepted for `bitsmith bench`; the output is JSON")
     parser.add_argument("--out", default="bench-search", help="folder for the runs (reused: finished runs are read back)")
-    args = parser.parse_args(argv)
+    return parser.parse_args(argv)
 
-    from ..jobkinds.search import SearchSpec
-    from .propagated import propagation_level
 
-    levels = SearchSpec().levels           # the search jobs run with the default levels
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    targets = [float(t) for t in args.targets.split(",")]
-    methods = [m.strip() for m in args.methods.split(",")]
+def _common_fields(args: argparse.Namespace) -> dict:
+    """The search-job fields every cell shares (the preset's overrides included)."""
     from ..jobs import ModelSpec
 
     common = dict(model=ModelSpec(args.model), group_size=args.group_size, preset=args.preset,
@@ -122,66 +117,97 @@ def main(argv: list[str] | None = None) -> int:
     for name in ("survivors", "tokens"):
         if getattr(args, name):
             common[name] = [int(x) for x in getattr(args, name).split(",")]
-    results: dict = {"model": args.model, "group_size": args.group_size, "preset": args.preset,
-                     "eval": {"data": args.eval_data, "windows": args.eval_windows, "seqlen": 512}, "targets": {}}
-    # the databases: another run's (--database), or built by the first job that needs one;
-    # a propagated database depends on the target's propagation level, so one per level
-    db_runs: dict[int | None, Path] = {}
-    if args.database:
-        meta = json.loads(next(Path(args.database).glob("database-*/meta.json")).read_text())
-        db_runs[meta["settings"].get("propagate_bits")] = Path(args.database)
+    return common
 
-    def level_of(target: float) -> int | None:
-        return None if args.database_inputs == "dense" else propagation_level(levels, target)
 
-    def record(target: float, method: str, value: dict) -> None:
-        results["targets"].setdefault(str(target), {})[method] = value
+def _cell(report: dict) -> dict:
+    """What the benchmark keeps of one search job's report."""
+    value = {"ppl": report.get("ppl"), "threads": report.get("threads"), "avg_code_bits": report["avg_code_bits"],
+             "effective_bits": report["effective_bits"], "search_total_seconds": report["search_total_seconds"],
+             "eval_seconds": report.get("eval_seconds"), "histogram": report["budget"]["bits_histogram"]}
+    if "evopress" in report:
+        e = report["evopress"]
+        value.update({"search_seconds": e["search_seconds"], "forward_tokens": e["forward_tokens"],
+                      "candidate_tokens": e["candidate_tokens"], "prefix_saving": e["prefix_saving"],
+                      "kl": e["fitness"], "generations": e["generations"],
+                      "kl_vs_tokens": [(h["forward_tokens"], h["fitness"]) for h in e["history"]]})
+    if "spike" in report:
+        value.update({"kept": report["spike"]["kept"], "top_scores": report["spike"]["top_scores"]})
+    return value
+
+
+class SearchBench:
+    """One search job per (method, target) cell in OUT/<method>-<target>/, sharing databases."""
+
+    def __init__(self, args: argparse.Namespace) -> None:
+        from ..jobkinds.search import SearchSpec
+
+        self.args = args
+        self.levels = SearchSpec().levels          # the search jobs run with the default levels
+        self.out = Path(args.out)
+        self.out.mkdir(parents=True, exist_ok=True)
+        self.common = _common_fields(args)
+        self.results: dict = {"model": args.model, "group_size": args.group_size, "preset": args.preset,
+                              "eval": {"data": args.eval_data, "windows": args.eval_windows, "seqlen": 512},
+                              "targets": {}}
+        # the databases: another run's (--database), or built by the first job that needs one;
+        # a propagated database depends on the target's propagation level, so one per level
+        self.db_runs: dict[int | None, Path] = {}
+        if args.database:
+            meta = json.loads(next(Path(args.database).glob("database-*/meta.json")).read_text())
+            self.db_runs[meta["settings"].get("propagate_bits")] = Path(args.database)
+
+    def record(self, target: float, method: str, value: dict) -> None:
+        self.results["targets"].setdefault(str(target), {})[method] = value
         print(json.dumps({"target": target, "method": method, **value}), file=sys.stderr, flush=True)
 
-    def database_run(target: float) -> Path:
+    def database_run(self, target: float) -> Path:
         """The run holding the target's database, built by a sensitivity search if none does."""
-        level = level_of(target)
-        if level not in db_runs:
-            path = out / f"sensitivity-{target}"
-            _run_job(path, False, args.collect, **common, method="sensitivity", target_bits=target)
-            db_runs[level] = path
-        return db_runs[level]
+        from .propagated import propagation_level
 
-    for target in targets:
-        if "uniform" in methods and float(target).is_integer():
-            cached = out / f"uniform-{int(target)}.json"      # measured once, read back after
-            if cached.is_file():
-                record(target, "uniform", json.loads(cached.read_text()))
-            elif not args.collect:
-                value = _uniform_ppl(args.model, database_run(target), int(target), common)
-                cached.write_text(json.dumps(value))
-                record(target, "uniform", value)
-        for method in [m for m in methods if m != "uniform"]:
-            path = out / f"{method}-{target}"
-            extra = {"spike_top_k": args.spike_top_k} if method == "spike" and args.spike_top_k else {}
-            try:
-                db_run = database_run(target)
-                report = _run_job(path, False, args.collect, **common, method=method, target_bits=target,
-                                  **({} if path == db_run else {"database": str(db_run)}), **extra)
-            except NotRun:
-                continue
-            value = {"ppl": report.get("ppl"), "threads": report.get("threads"), "avg_code_bits": report["avg_code_bits"],
-                     "effective_bits": report["effective_bits"], "search_total_seconds": report["search_total_seconds"],
-                     "eval_seconds": report.get("eval_seconds"),
-                     "histogram": report["budget"]["bits_histogram"]}
-            if "evopress" in report:
-                e = report["evopress"]
-                value.update({"search_seconds": e["search_seconds"], "forward_tokens": e["forward_tokens"],
-                              "candidate_tokens": e["candidate_tokens"], "prefix_saving": e["prefix_saving"],
-                              "kl": e["fitness"], "generations": e["generations"],
-                              "kl_vs_tokens": [(h["forward_tokens"], h["fitness"]) for h in e["history"]]})
-            if "spike" in report:
-                value.update({"kept": report["spike"]["kept"], "top_scores": report["spike"]["top_scores"]})
-            record(target, method, value)
-    results["database_seconds"] = {str(level): _database_seconds(run) for level, run in db_runs.items()}
-    results["database"] = {str(level): str(run) for level, run in db_runs.items()}
-    results["bar"] = _bar(results)
-    print(json.dumps(results, indent=2))
+        level = None if self.args.database_inputs == "dense" else propagation_level(self.levels, target)
+        if level not in self.db_runs:
+            path = self.out / f"sensitivity-{target}"
+            _run_job(path, False, self.args.collect, **self.common, method="sensitivity", target_bits=target)
+            self.db_runs[level] = path
+        return self.db_runs[level]
+
+    def uniform(self, target: float) -> None:
+        """The uniform plan's perplexity at an integer target, measured once and read back after."""
+        cached = self.out / f"uniform-{int(target)}.json"
+        if cached.is_file():
+            self.record(target, "uniform", json.loads(cached.read_text()))
+        elif not self.args.collect:
+            value = _uniform_ppl(self.args.model, self.database_run(target), int(target), self.common)
+            cached.write_text(json.dumps(value))
+            self.record(target, "uniform", value)
+
+    def search(self, target: float, method: str) -> None:
+        path = self.out / f"{method}-{target}"
+        extra = {"spike_top_k": self.args.spike_top_k} if method == "spike" and self.args.spike_top_k else {}
+        try:
+            db_run = self.database_run(target)
+            report = _run_job(path, False, self.args.collect, **self.common, method=method, target_bits=target,
+                              **({} if path == db_run else {"database": str(db_run)}), **extra)
+        except NotRun:
+            return
+        self.record(target, method, _cell(report))
+
+    def run(self) -> dict:
+        methods = [m.strip() for m in self.args.methods.split(",")]
+        for target in [float(t) for t in self.args.targets.split(",")]:
+            if "uniform" in methods and target.is_integer():
+                self.uniform(target)
+            for method in [m for m in methods if m != "uniform"]:
+                self.search(target, method)
+        self.results["database_seconds"] = {str(level): _database_seconds(run) for level, run in self.db_runs.items()}
+        self.results["database"] = {str(level): str(run) for level, run in self.db_runs.items()}
+        self.results["bar"] = _bar(self.results)
+        return self.results
+
+
+def main(argv: list[str] | None = None) -> int:
+    print(json.dumps(SearchBench(parse_args(argv)).run(), indent=2))
     return 0
 
 

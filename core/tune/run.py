@@ -24,7 +24,7 @@ from ..jobs import RunContext
 from .config import TuneSpec
 from .distill import TeacherCache, build_teacher_cache, open_teacher_cache
 from .student import Student, dense_weights, open_student, open_teacher, save_student, teacher_source
-from .trainer import Tuner, load_tuned_state, tuned_state
+from .trainer import Tuner, evaluate_model, load_tuned_state, tuned_state
 
 STATE_FILE = "state.pt"
 
@@ -239,42 +239,38 @@ def _output_error(E: torch.Tensor, W: torch.Tensor, C: torch.Tensor) -> float:
     return float(num / den)
 
 
-def run_eora(spec: TuneSpec, ctx: RunContext) -> dict:
-    """Training-free low-rank compensation; RUN_DIR/quantized/ holds the adapters."""
-    import contextlib
-
-    from ..pipeline import draw_calibration
-    from .eora import eora_adapters
-    from .trainer import evaluate_model
-
-    started = time.time()
-    ctx.emitter.stage("load", "start")
-    student = open_student(spec.model, spec.train_zeros)
-    ctx.emitter.stage("load", "end")
-    device = student.loaded.device
-    cache = ensure_teacher_cache(spec, ctx, student, ("eval",))
-    dtype = autocast_dtype(spec, device)
-    autocast = (lambda: torch.autocast(device.type, dtype=dtype)) if dtype else contextlib.nullcontext
-    micro = spec.micro_batch or spec.batch
-
+def _evaluate_stage(ctx: RunContext, student: Student, cache: TeacherCache, micro: int, autocast: Any,
+                    adapters: bool) -> dict[str, Any]:
+    """Held-out KL and perplexity, emitted as step 0 (without adapters) or 1 (with them)."""
     ctx.emitter.stage("evaluate", "start")
-    without = evaluate_model(student.model, student.layers, cache, micro, device, autocast)
-    ctx.emitter.metric("kl", without["kl"], step=0, split="eval", adapters=False)
-    ctx.emitter.metric("ppl", without["ppl"], step=0, split="eval", adapters=False)
+    record = evaluate_model(student.model, student.layers, cache, micro, student.loaded.device, autocast)
+    for metric in ("kl", "ppl"):
+        ctx.emitter.metric(metric, record[metric], step=int(adapters), split="eval", adapters=adapters)
     ctx.emitter.stage("evaluate", "end")
+    return record
 
-    sampler = None                       # selfgen samples the dense teacher, as for training
+
+def _covariance_windows(spec: TuneSpec, student: Student) -> torch.Tensor:
+    """EoRA's calibration windows [n, L]; selfgen samples the dense teacher, as for training."""
+    from ..pipeline import draw_calibration
+
+    sampler = None
     if "selfgen" in spec.calib:
         sampler = open_teacher(teacher_source(spec.teacher, student.manifest), spec.model).model
     windows = draw_calibration(spec.calib, student.loaded.tokenizer, spec.windows, spec.seqlen, spec.seed,
                                model=sampler)
     del sampler
     _free_memory()
-    ctx.emitter.stage("covariance", "start")
-    accs = capture_covariances(student, windows, micro, ctx, autocast)
-    ctx.emitter.stage("covariance", "end")
+    return windows
 
-    ctx.emitter.stage("eora", "start")
+
+def _fit_adapters(spec: TuneSpec, ctx: RunContext, student: Student, cache: TeacherCache,
+                  accs: dict[str, Any]) -> tuple[dict, dict]:
+    """Rank-r adapters of every layer, set on the layers; ({name: (A, B) on the CPU},
+    {name: (relative output error before, after)})."""
+    from .eora import eora_adapters
+
+    device = student.loaded.device
     progress = Progress(ctx.emitter, "eora", len(student.layers))
     adapters, errors = {}, {}
     for name, layer in student.layers.items():
@@ -291,13 +287,32 @@ def run_eora(spec: TuneSpec, ctx: RunContext) -> dict:
         ctx.emitter.layer(name, bits=layer.bits, rel_error=after, rel_error_before=before, rank=A.shape[0],
                           seconds=round(time.time() - t0, 3))
         progress.advance()
-    ctx.emitter.stage("eora", "end")
+    return adapters, errors
 
-    ctx.emitter.stage("evaluate", "start")
-    with_adapters = evaluate_model(student.model, student.layers, cache, micro, device, autocast)
-    ctx.emitter.metric("kl", with_adapters["kl"], step=1, split="eval", adapters=True)
-    ctx.emitter.metric("ppl", with_adapters["ppl"], step=1, split="eval", adapters=True)
-    ctx.emitter.stage("evaluate", "end")
+
+def run_eora(spec: TuneSpec, ctx: RunContext) -> dict:
+    """Training-free low-rank compensation; RUN_DIR/quantized/ holds the adapters."""
+    import contextlib
+
+    started = time.time()
+    ctx.emitter.stage("load", "start")
+    student = open_student(spec.model, spec.train_zeros)
+    ctx.emitter.stage("load", "end")
+    device = student.loaded.device
+    cache = ensure_teacher_cache(spec, ctx, student, ("eval",))
+    dtype = autocast_dtype(spec, device)
+    autocast = (lambda: torch.autocast(device.type, dtype=dtype)) if dtype else contextlib.nullcontext
+    micro = spec.micro_batch or spec.batch
+
+    without = _evaluate_stage(ctx, student, cache, micro, autocast, adapters=False)
+    windows = _covariance_windows(spec, student)
+    ctx.emitter.stage("covariance", "start")
+    accs = capture_covariances(student, windows, micro, ctx, autocast)
+    ctx.emitter.stage("covariance", "end")
+    ctx.emitter.stage("eora", "start")
+    adapters, errors = _fit_adapters(spec, ctx, student, cache, accs)
+    ctx.emitter.stage("eora", "end")
+    with_adapters = _evaluate_stage(ctx, student, cache, micro, autocast, adapters=True)
 
     ctx.emitter.stage("save", "start")
     provenance = {"method": "eora", "rank": spec.rank, "calib": spec.calib, "windows": spec.windows,

@@ -133,15 +133,8 @@ def _summary(record: dict) -> dict:
             "mean_rel_error": (sum(record["layers"].values()) / len(record["layers"])) if record["layers"] else None}
 
 
-def run_training(spec: TuneSpec, ctx: RunContext) -> dict:
-    """pv | ste | continuous: the tuning loop, then RUN_DIR/quantized/."""
-    started = time.time()
-    ctx.emitter.stage("load", "start")
-    student = open_student(spec.model, spec.train_zeros)
-    ctx.emitter.stage("load", "end")
-    if student.adapters:
-        raise BadInput(f"{spec.model.source} carries low-rank adapters; tuning would invalidate them",
-                       "tune the checkpoint without adapters, then run --method eora on the result")
+def _open_tuner(spec: TuneSpec, ctx: RunContext, student: Student) -> Tuner:
+    """The teacher targets (computed or reused) and a Tuner over the student, memory settings on."""
     device = student.loaded.device
     cache = ensure_teacher_cache(spec, ctx, student, ("calib", "eval"))
     tuner = Tuner(student.model, student.layers, cache, spec, device, autocast_dtype(spec, device))
@@ -150,19 +143,34 @@ def run_training(spec: TuneSpec, ctx: RunContext) -> dict:
         enable_block_checkpointing(student.model)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
+    return tuner
 
+
+def _evaluate(ctx: RunContext, tuner: Tuner, student: Student, best: dict | None, history: list[dict]) -> dict:
+    """Evaluate on the held-out windows, append to `history`; the best state so far."""
+    record = tuner.evaluate()
+    _emit_eval(ctx, record, student)
+    history.append(_summary(record))
+    metric = record[tuner.spec.select_by]
+    if best is None or metric < best["metric"]:
+        best = {"metric": metric, "step": record["step"], "state": tuned_state(student.model, student.layers)}
+    return best
+
+
+def _start(ctx: RunContext, tuner: Tuner, student: Student) -> tuple[dict, list[dict], dict]:
+    """(best, history, totals): from the run's checkpoint, or a fresh evaluation at step 0."""
     state = load_checkpoint(ctx)
-    if state is not None:
-        tuner.load_state_dict(state["tuner"])
-        best, history, totals = state["best"], state["history"], state["totals"]
-        ctx.emitter.log(f"resumed from the checkpoint at step {tuner.step}")
-    else:
-        totals = {"codes_changed": 0}
-        record = tuner.evaluate()
-        _emit_eval(ctx, record, student)
-        history = [_summary(record)]
-        best = {"metric": record[spec.select_by], "step": 0, "state": tuned_state(student.model, student.layers)}
+    if state is None:
+        history: list[dict] = []
+        return _evaluate(ctx, tuner, student, None, history), history, {"codes_changed": 0}
+    tuner.load_state_dict(state["tuner"])
+    ctx.emitter.log(f"resumed from the checkpoint at step {tuner.step}")
+    return state["best"], state["history"], state["totals"]
 
+
+def _train(ctx: RunContext, tuner: Tuner, student: Student, best: dict, history: list[dict], totals: dict) -> dict:
+    """Steps until spec.steps: events every step, evaluations and checkpoints on schedule; the best state."""
+    spec = tuner.spec
     ctx.emitter.stage("tune", "start")
     progress = Progress(ctx.emitter, "tune", spec.steps, done=tuner.step)
     while tuner.step < spec.steps:
@@ -174,30 +182,44 @@ def run_training(spec: TuneSpec, ctx: RunContext) -> dict:
         ctx.emitter.metric("codes_changed", result.fraction, step=step, split="train")
         progress.advance()
         if step == spec.steps or (spec.eval_every and step % spec.eval_every == 0):
-            record = tuner.evaluate()
-            _emit_eval(ctx, record, student)
-            history.append(_summary(record))
-            if record[spec.select_by] < best["metric"]:
-                best = {"metric": record[spec.select_by], "step": step,
-                        "state": tuned_state(student.model, student.layers)}
+            best = _evaluate(ctx, tuner, student, best, history)
         if spec.checkpoint_every and step % spec.checkpoint_every == 0 and step < spec.steps:
             save_checkpoint(ctx, tuner, best, history, totals)
     ctx.emitter.stage("tune", "end")
+    return best
 
-    last = history[-1]
+
+def _provenance(spec: TuneSpec, best_step: int) -> dict:
+    """The tuning settings written into the checkpoint's manifest."""
+    return {"method": spec.method, "steps": spec.steps, "best_step": best_step, "lr": spec.lr,
+            "code_lr": spec.code_lr, "code_beta1": spec.code_beta1,
+            "code_precondition": spec.code_precondition, "code_lr_in_grid_steps": spec.code_lr_in_grid_steps,
+            "check_codes": spec.check_codes,
+            "check_z": spec.check_z, "tau": spec.effective_tau, "delta_decay": spec.delta_decay,
+            "calib": spec.calib, "windows": spec.windows, "seqlen": spec.seqlen, "seed": spec.seed}
+
+
+def run_training(spec: TuneSpec, ctx: RunContext) -> dict:
+    """pv | ste | continuous: the tuning loop, then RUN_DIR/quantized/."""
+    started = time.time()
+    ctx.emitter.stage("load", "start")
+    student = open_student(spec.model, spec.train_zeros)
+    ctx.emitter.stage("load", "end")
+    if student.adapters:
+        raise BadInput(f"{spec.model.source} carries low-rank adapters; tuning would invalidate them",
+                       "tune the checkpoint without adapters, then run --method eora on the result")
+    tuner = _open_tuner(spec, ctx, student)
+    best, history, totals = _start(ctx, tuner, student)
+    best = _train(ctx, tuner, student, best, history, totals)
+
     load_tuned_state(student.model, best["state"])
     ctx.emitter.stage("save", "start")
-    provenance = {"method": spec.method, "steps": spec.steps, "best_step": best["step"], "lr": spec.lr,
-                  "code_lr": spec.code_lr, "code_beta1": spec.code_beta1,
-                  "code_precondition": spec.code_precondition, "code_lr_in_grid_steps": spec.code_lr_in_grid_steps,
-                  "check_codes": spec.check_codes,
-                  "check_z": spec.check_z, "tau": spec.effective_tau, "delta_decay": spec.delta_decay,
-                  "calib": spec.calib, "windows": spec.windows, "seqlen": spec.seqlen, "seed": spec.seed}
-    save_student(ctx.run_dir.quantized_dir, student, provenance)
+    save_student(ctx.run_dir.quantized_dir, student, _provenance(spec, best["step"]))
     ctx.emitter.stage("save", "end")
+    device = student.loaded.device
     return {"method": spec.method, "source": spec.model.source, "quantized": str(ctx.run_dir.quantized_dir),
             "steps": spec.steps, "best_step": best["step"], "select_by": spec.select_by,
-            "before": history[0], "best": next(h for h in history if h["step"] == best["step"]), "last": last,
+            "before": history[0], "best": next(h for h in history if h["step"] == best["step"]), "last": history[-1],
             "history": history, "codes_changed_total": totals["codes_changed"],
             "codes_total": tuner.codes_total, "device": str(device),
             "peak_memory_bytes": peak_memory_bytes(device), "train_seconds": round(time.time() - started, 1)}

@@ -154,3 +154,35 @@ def test_tuning_on_text_sampled_from_the_teacher(tiny_quant, calib_file, tmp_pat
     eora = _job(tiny_quant, "selfgen", eval_data=calib_file, method="eora", rank=2, windows=2)
     assert _run(tmp_path / "eora", eora) == 0
     assert len(list((tmp_path / "cache" / "selfgen").glob("*.safetensors"))) == 1
+
+
+def test_sigkilled_worker_resumes_to_the_uninterrupted_result(tiny_quant, calib_file, tmp_path):
+    """A worker killed with SIGKILL after its step-2 checkpoint: the run directory stays
+    valid, and resuming it finishes with the weights of a run that was never killed."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    job = _job(tiny_quant, calib_file, steps=5, checkpoint_every=2, eval_every=2)
+    assert _run(tmp_path / "straight", job) == 0
+    killed = tmp_path / "killed"
+    RunDir.create(killed, job.to_dict())
+    proc = subprocess.Popen([sys.executable, "-m", "bitsmith.core.worker", str(killed)],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    for line in proc.stdout:
+        event = json.loads(line)
+        if event["type"] == "metric" and event["name"] == "loss" and event["step"] == 3:
+            os.kill(proc.pid, signal.SIGKILL)
+            break
+    proc.wait(timeout=60)
+    assert proc.returncode == -signal.SIGKILL
+    run = RunDir(killed)
+    assert run.read_state()["state"] == "interrupted" and not run.quantized_dir.exists()
+    assert json.loads((run.checkpoint_dir / "meta.json").read_text())["step"] == 2
+
+    assert _run(killed, job, resume=True) == 0
+    a, b = _weights(tmp_path / "straight"), _weights(killed)
+    assert set(a) == set(b)
+    for key in a:
+        assert torch.equal(a[key], b[key]), key

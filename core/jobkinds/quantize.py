@@ -71,22 +71,57 @@ class QuantizeSpec:
 
 @register_job("quantize", QuantizeSpec, "quantize a model per a bit plan with GPTQ or RTN")
 def run_quantize(spec: QuantizeSpec, ctx: RunContext) -> dict:
-    from ..inventory import inventory_summary, layer_inventory
+    from ..inventory import layer_inventory
     from ..model import resolve_device
-    from ..pipeline import apply_done_blocks, quantize_model
-    from ..plan import load_plan_file, plan_for_model, save_plan
-    from .common import open_model
-    from ..quant.resume import BlockStore, load_windows_or_draw
+    from ..quant.resume import BlockStore
 
     started = time.monotonic()
     work_device = resolve_device(spec.model.device)
-    # The model stays on the CPU; one block at a time goes to the work device.
+    loaded = _open_dense(spec, ctx, work_device)
+    layers = layer_inventory(loaded.model)
+    plan = _resolve_plan(spec, ctx, layers)
+    store = BlockStore(ctx.run_dir.checkpoint_dir)
+    windows, done, start_block = _calibrate_or_resume(spec, ctx, store, loaded, plan)
+    results = dict(store.layer_results)          # {layer name: its `layer` event fields}
+
+    ctx.emitter.stage("quantize", "start")
+    quantize_started = time.monotonic()
+    quantized = _quantize_blocks(spec, ctx, store, loaded.model, plan, layers, windows, results,
+                                 work_device, start_block)
+    quantized = {**done, **quantized}
+    quantize_seconds = time.monotonic() - quantize_started
+    ctx.emitter.stage("quantize", "end")
+
+    ctx.emitter.stage("save", "start")
+    from ..quant.checkpoint import save_quantized
+
+    save_quantized(ctx.run_dir.quantized_dir, loaded.model, loaded.tokenizer, quantized, plan,
+                   extra={"base_model": {"source": loaded.source, "location": loaded.location},
+                          "provenance": _provenance(spec, windows)})
+    ctx.emitter.stage("save", "end")
+    return _report(spec, ctx, loaded, layers, plan.budget(), windows, results,
+                   {"quantize_seconds": round(quantize_seconds, 2),
+                    "total_seconds": round(time.monotonic() - started, 2),
+                    "peak_memory_mb": _peak_memory_mb(work_device),
+                    "resumed_at_block": start_block if ctx.resume else None})
+
+
+def _open_dense(spec: QuantizeSpec, ctx: RunContext, work_device: torch.device):
+    """The model to quantize, on the CPU (one block at a time goes to the work device)."""
+    from .common import open_model
+
     load_spec = ModelSpec(spec.model.source, "cpu", _dtype_name(spec.model.dtype, work_device),
                           spec.model.trust_remote_code)
     loaded = open_model(load_spec, ctx)
     if loaded.quantized is not None:
         raise BadInput(f"{spec.model.source} is already quantized", "quantize the original model instead")
-    layers = layer_inventory(loaded.model)
+    return loaded
+
+
+def _resolve_plan(spec: QuantizeSpec, ctx: RunContext, layers: list):
+    """The plan resolved against the model's layers, saved to RUN_DIR/plan.json and emitted."""
+    from ..plan import load_plan_file, plan_for_model, save_plan
+
     source = load_plan_file(spec.plan) if isinstance(spec.plan, str) else spec.plan
     plan = plan_for_model(source, layers)
     budget = plan.budget()
@@ -94,8 +129,17 @@ def run_quantize(spec: QuantizeSpec, ctx: RunContext) -> dict:
     ctx.emitter.plan(plan.bits_map(), budget=budget.to_dict(),
                      group_sizes={n: e.group_size for n, e in plan.entries.items()})
     ctx.emitter.log(f"plan: {budget.summary()}")
+    return plan
 
-    store = BlockStore(ctx.run_dir.checkpoint_dir)
+
+def _calibrate_or_resume(spec: QuantizeSpec, ctx: RunContext, store, loaded, plan):
+    """(windows [n, seqlen] or None, {layer: quantized} of finished blocks, first block to do).
+
+    A resumed run reads back its saved windows and finished blocks and applies those blocks
+    to the model, so the next block sees the activations an uninterrupted run would."""
+    from ..pipeline import apply_done_blocks
+    from ..quant.resume import load_windows_or_draw
+
     windows = None
     if spec.calib_windows > 0:
         ctx.emitter.stage("calibrate", "start")
@@ -108,10 +152,15 @@ def run_quantize(spec: QuantizeSpec, ctx: RunContext) -> dict:
     if start_block:
         apply_done_blocks(loaded.model, plan, done, start_block)
         ctx.emitter.log(f"resuming at block {start_block}: {len(store.layer_results)} layers were done")
-    results = dict(store.layer_results)
-    ctx.emitter.stage("quantize", "start")
+    return windows, done, start_block
+
+
+def _quantize_blocks(spec: QuantizeSpec, ctx: RunContext, store, model, plan, layers: list, windows,
+                     results: dict, work_device: torch.device, start_block: int) -> dict:
+    """GPTQ/RTN from `start_block` on: a `layer` event per layer, each finished block saved."""
+    from ..pipeline import quantize_model
+
     progress = _progress(ctx, len(layers), len(results))
-    quantize_started = time.monotonic()
 
     def on_layer(result) -> None:
         fields = result.event_fields()
@@ -123,23 +172,18 @@ def run_quantize(spec: QuantizeSpec, ctx: RunContext) -> dict:
         store.save_block(index, quantized, {n: results[n] for n in results if _in_block(n, layers, index)})
 
     try:
-        quantized = quantize_model(loaded.model, plan, windows, _options(spec), device=work_device,
-                                   on_layer=on_layer, on_block_done=on_block_done, check=ctx.cancel.check,
-                                   start_block=start_block)
+        return quantize_model(model, plan, windows, _options(spec), device=work_device,
+                              on_layer=on_layer, on_block_done=on_block_done, check=ctx.cancel.check,
+                              start_block=start_block)
     except Cancelled:
         raise Cancelled(f"cancelled after {store.layers_done()} of {len(layers)} layers "
                         f"(blocks before {store.next_block()} are saved in checkpoint/)")
-    quantized = {**done, **quantized}
-    quantize_seconds = time.monotonic() - quantize_started
-    ctx.emitter.stage("quantize", "end")
 
-    ctx.emitter.stage("save", "start")
-    from ..quant.checkpoint import save_quantized
 
-    save_quantized(ctx.run_dir.quantized_dir, loaded.model, loaded.tokenizer, quantized, plan,
-                   extra={"base_model": {"source": loaded.source, "location": loaded.location},
-                          "provenance": _provenance(spec, windows)})
-    ctx.emitter.stage("save", "end")
+def _report(spec: QuantizeSpec, ctx: RunContext, loaded, layers: list, budget, windows, results: dict,
+            timing: dict) -> dict:
+    from ..inventory import inventory_summary
+
     errors = [r["rel_error"] for r in results.values() if r.get("rel_error") is not None and not r.get("keep")]
     return {"model": loaded.summary(), "inventory": inventory_summary(layers), "method": spec.method,
             "avg_code_bits": budget.avg_code_bits, "effective_bits": budget.effective_bits,
@@ -148,8 +192,7 @@ def run_quantize(spec: QuantizeSpec, ctx: RunContext) -> dict:
                             "tokens": int(windows.numel()) if windows is not None else 0},
             "mean_rel_error": sum(errors) / len(errors) if errors else None,
             "max_rel_error": max(errors) if errors else None,
-            "quantize_seconds": round(quantize_seconds, 2), "total_seconds": round(time.monotonic() - started, 2),
-            "peak_memory_mb": _peak_memory_mb(work_device), "resumed_at_block": start_block if ctx.resume else None,
+            **timing,
             "quantized_dir": str(ctx.run_dir.quantized_dir), "plan_file": str(ctx.run_dir.plan_file),
             "layers": results}
 

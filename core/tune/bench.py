@@ -4,8 +4,8 @@ For each bit-width (default 3 and 2, group 64): quantize the model with GPTQ (th
 `quantize` job), then tune that checkpoint with each method at equal steps and data, and
 add EoRA adapters at each rank. Every checkpoint is scored by the `eval` job on WikiText-2
 test (16 × 512 by default): before tuning, after each method, and the dense model itself.
-Tuning selects its best state on `builtin-eval` (held out from the `builtin` calibration
-text), never on WikiText.
+Tuning selects its best state on `builtin-eval` (held-out Python documentation), never on
+WikiText.
 
 Each job runs in its own worker process (wall time and peak memory are that process's).
 The teacher targets are computed once per seed and shared by that seed's tuning runs (they
@@ -35,6 +35,7 @@ from pathlib import Path
 
 from ..jobs import make_job
 from ..rundir import RunDir
+from .config import TuneSpec
 from .distill import TEACHER_FILE, TEACHER_META
 
 WIKITEXT = Path(__file__).resolve().parents[3] / "shared" / "data" / "wikitext-2-raw" / "wiki.test.raw"
@@ -228,7 +229,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="train every method once per seed (window order); the summary compares means")
     p.add_argument("--windows", type=int, default=64, help="tuning calibration windows")
     p.add_argument("--eora-windows", type=int, default=32, help="EoRA covariance windows")
-    p.add_argument("--calib", default="builtin", help="tuning (and EoRA covariance) text, e.g. builtin or selfgen")
+    p.add_argument("--calib", default=TuneSpec().calib,
+                   help="tuning (and EoRA covariance) text, e.g. selfgen (the tune job's default) or builtin")
     p.add_argument("--seqlen", type=int, default=256)
     p.add_argument("--batch", type=int, default=4)
     p.add_argument("--eval-every", type=int, default=10)

@@ -11,6 +11,11 @@ of 256 tokens) the reference V step (code lr 1e-2, β1 0, τ 0.01) re-rounds cod
 the batch's noise: on SmolLM2 3-bit its held-out KL went 0.40 → 0.36 at step 4 and 1.67 at
 step 8, while continuous-only went to 0.28 and 0.25. With the check, a V step stays only if
 it lowers the loss of the next step's windows. `--no-check-codes` is the reference.
+
+Calibration defaults to `selfgen` (text sampled from the dense teacher, as `quantize` and
+`search` calibrate): tuning on one domain fits that domain. On the default model, WikiText-2
+after 30 steps with `builtin` against `selfgen`: 2-bit continuous 224.7 → 183.6, PV
+243.0 → 187.2, STE 223.4 → 184.5, EoRA rank 64 170.9 → 151.7; 3-bit continuous 53.25 → 52.93.
 """
 
 from __future__ import annotations
@@ -40,7 +45,7 @@ class TuneSpec:
     tau: float = 0.01                 # fraction of each layer's weights re-rounded per step (pv)
     delta_decay: float = 0.0          # 0 keeps R across steps, 1 resets it to W_hat each step
     rank: int = 32                    # eora: adapter rank
-    calib: str = "builtin"            # calibration text source (core/data.py); never the eval text
+    calib: str = "selfgen"            # calibration text source (core/data.py); never the eval text
     windows: int = 64                 # calibration windows (tuning data, or EoRA's covariance)
     seqlen: int = 256
     batch: int = 4                    # windows per optimizer step

@@ -16,6 +16,7 @@ first N only.
 
 from __future__ import annotations
 
+import inspect
 import json
 from pathlib import Path
 from typing import Any, Literal
@@ -237,12 +238,14 @@ def _sample_continuations(model: torch.nn.Module, first: torch.Tensor, seqlen: i
                           gen: torch.Generator) -> torch.Tensor:
     """[b, seqlen] sequences starting at `first` [b], sampled with a KV cache."""
     ids = first[:, None]
+    # transformers 5.x names the KV-cache argument `cache` (`past_key_values` is deprecated)
+    cache_arg = "cache" if "cache" in inspect.signature(type(model).forward).parameters else "past_key_values"
     out = model(input_ids=ids, use_cache=True)
     past, tokens = out.past_key_values, [ids]
     for _ in range(seqlen - 1):
         probs = torch.softmax(out.logits[:, -1].float(), dim=-1).cpu()
         nxt = torch.multinomial(probs, 1, generator=gen).to(ids.device)
         tokens.append(nxt)
-        out = model(input_ids=nxt, past_key_values=past, use_cache=True)
+        out = model(input_ids=nxt, use_cache=True, **{cache_arg: past})
         past = out.past_key_values
     return torch.cat(tokens, dim=1)

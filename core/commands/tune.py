@@ -33,7 +33,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--tau", type=float, default=_DEFAULTS.tau, help="fraction of weights re-rounded per step (pv)")
     parser.add_argument("--delta-decay", type=float, default=_DEFAULTS.delta_decay)
     parser.add_argument("--rank", type=int, default=_DEFAULTS.rank, help="EoRA adapter rank")
-    parser.add_argument("--calib", default=_DEFAULTS.calib, help=f"calibration text source (default {_DEFAULTS.calib}: sampled from the dense model)")
+    parser.add_argument("--calib", default=_DEFAULTS.calib,
+                        help=f"calibration text source (default {_DEFAULTS.calib}: sampled from the dense model)")
     parser.add_argument("--windows", type=int, default=_DEFAULTS.windows, help="calibration windows")
     parser.add_argument("--seqlen", type=int, default=_DEFAULTS.seqlen)
     parser.add_argument("--batch", type=int, default=_DEFAULTS.batch, help="windows per step")

@@ -9,15 +9,15 @@ WikiText.
 
 Each job runs in its own worker process (wall time and peak memory are that process's).
 The teacher targets are computed once per seed and shared by that seed's tuning runs (they
-depend only on the dense model and the windows, which the seed draws). Results are appended to OUT/bench.json as they arrive,
-so a benchmark cut short still reports what it measured; a re-run with the same --out
-skips the rows already measured.
+depend only on the dense model and the windows, which the seed draws). Results are appended
+to OUT/bench.json as they arrive, so a benchmark cut short still reports what it measured;
+a re-run with the same --out skips the rows already measured.
 
     python -m bitsmith.core.tune.bench --steps 30 --out /tmp/tune-bench --json
 
 `--checkpoint 3=PATH` tunes an existing checkpoint instead of running GPTQ here;
 `--dense-ppl X` skips the dense evaluation (X must come from the same WikiText windows).
-`--seeds 0 1 2` trains every method once per seed (the order of the calibration windows);
+`--seeds 0 1 2` trains every method once per seed (the calibration windows and their order);
 the summary then compares the methods' mean perplexities and gives each one's spread, so
 a difference between methods can be read against the noise of the data order.
 """
@@ -118,6 +118,7 @@ class Bench:
     def tune(self, bits: int, checkpoint: str, method: str, rank: int | None = None, seed: int = 0) -> dict:
         args = self.args
         key = row_key(f"{method}{rank or ''}", bits, seed)
+        tag = key.replace("@", "-").replace("#", "-seed")      # for folder names: "pv-seed1-3"
 
         def measure() -> dict:
             fields = dict(model={"source": checkpoint}, method=method, steps=args.steps, windows=args.windows,
@@ -130,7 +131,7 @@ class Bench:
                 fields.update(check_z=args.check_z, code_lr=args.code_lr,
                               code_lr_in_grid_steps=args.code_lr_in_grid_steps)
             job = make_job("tune", **fields).to_dict()
-            run_dir = self.out / f"tune-{key.replace('@', '-').replace('#', '-seed')}"
+            run_dir = self.out / f"tune-{tag}"
             resume = self._share_teacher(run_dir, job, method, seed)
             code, wall, report, err = _worker(run_dir, job, resume=resume)
             if method != "eora" and seed not in self.teachers and (run_dir / TEACHER_FILE).is_file():
@@ -147,7 +148,7 @@ class Bench:
                 row["heldout"] = {"before": report["before"], "best": report["best"], "last": report["last"]}
                 row["best_step"] = report["best_step"]
                 row["codes_changed_total"] = report["codes_changed_total"]
-            row.update(self.ppl(report["quantized"], key.replace("@", "-").replace("#", "-seed")))
+            row.update(self.ppl(report["quantized"], tag))
             return row
         return self.row(key, measure)
 
@@ -226,7 +227,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--ranks", type=int, nargs="*", default=[16, 64], help="EoRA ranks")
     p.add_argument("--steps", type=int, default=30)
     p.add_argument("--seeds", type=int, nargs="+", default=[0],
-                   help="train every method once per seed (window order); the summary compares means")
+                   help="train every method once per seed (calibration windows and order); the summary compares means")
     p.add_argument("--windows", type=int, default=64, help="tuning calibration windows")
     p.add_argument("--eora-windows", type=int, default=32, help="EoRA covariance windows")
     p.add_argument("--calib", default=TuneSpec().calib,

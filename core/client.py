@@ -11,13 +11,28 @@ from typing import Iterator
 from .events import decode
 
 
+def python_command(*args: str) -> list[str]:
+    """`python -P ARGS`: this interpreter with a safe `sys.path`.
+
+    `-P` keeps the working directory off `sys.path`. Without it, a process started from the
+    repository root imports our top-level `kernels/` folder in place of Hugging Face's
+    `kernels` package, which transformers (5.25 and later) imports whenever a model loads.
+    """
+    return [sys.executable, "-P", *args]
+
+
+def module_command(module: str, *args: str) -> list[str]:
+    """`python -P -m MODULE ARGS` (see `python_command`)."""
+    return python_command("-m", module, *args)
+
+
 def worker_command(run_dir: str | Path, resume: bool = False) -> list[str]:
     """The command line that runs the worker; a frozen app ships a separate worker program."""
     if getattr(sys, "frozen", False):
         exe = Path(sys.executable).with_name("bitsmith-worker" + (".exe" if sys.platform == "win32" else ""))
         cmd = [str(exe), str(run_dir)]
     else:
-        cmd = [sys.executable, "-m", "bitsmith.core.worker", str(run_dir)]
+        cmd = module_command("bitsmith.core.worker", str(run_dir))
     return cmd + (["--resume"] if resume else [])
 
 

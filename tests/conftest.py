@@ -14,7 +14,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 torch.set_num_threads(min(2, os.cpu_count() or 1))
 
-from tests.tiny import FAMILIES, save_tiny_model, tiny_tokenizer  # noqa: E402
+from bitsmith.core.synthetic import FAMILIES, save_tiny_model, tiny_tokenizer  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 WIKITEXT_TEST = REPO.parent / "shared" / "data" / "wikitext-2-raw" / "wiki.test.raw"

@@ -17,6 +17,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from ..client import worker_command
 from ..jobs import make_job
 from ..rundir import RunDir
 
@@ -26,7 +27,7 @@ WIKITEXT = Path(__file__).resolve().parents[3] / "shared" / "data" / "wikitext-2
 def _run_worker(run_dir: Path, job_doc: dict) -> tuple[int, float, dict | None, str]:
     run = RunDir.create(run_dir, job_doc)
     start = time.monotonic()
-    proc = subprocess.run([sys.executable, "-m", "bitsmith.core.worker", str(run.path)],
+    proc = subprocess.run(worker_command(run.path),
                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     wall = time.monotonic() - start
     errors = [json.loads(l)["message"] for l in proc.stdout.splitlines() if '"type":"error"' in l]

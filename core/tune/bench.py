@@ -33,6 +33,7 @@ import sys
 import time
 from pathlib import Path
 
+from ..client import worker_command
 from ..jobs import make_job
 from ..rundir import RunDir
 from .config import TuneSpec
@@ -45,8 +46,7 @@ def _worker(run_dir: Path, job_doc: dict, resume: bool = False) -> tuple[int, fl
     """Run a job in a worker process; (exit code, wall seconds, report, error messages)."""
     run = RunDir.create(run_dir, job_doc, exist_ok=resume)
     start = time.monotonic()
-    cmd = [sys.executable, "-m", "bitsmith.core.worker", str(run.path)] + (["--resume"] if resume else [])
-    proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.run(worker_command(run.path, resume), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     wall = time.monotonic() - start
     errors = [json.loads(l)["message"] for l in proc.stdout.splitlines() if '"type":"error"' in l]
     return proc.returncode, round(wall, 1), run.read_report(), "; ".join(errors)

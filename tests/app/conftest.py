@@ -32,7 +32,7 @@ def runs_root(tmp_path_factory):
         os.environ["BITSMITH_RUNS"] = old
 
 
-def wait_for(signal, start, timeout_ms: int = JOB_TIMEOUT_MS) -> tuple:
+def wait_for_signal(signal, start, timeout_ms: int = JOB_TIMEOUT_MS) -> tuple:
     """Call `start()`, then spin the event loop until `signal` fires; its arguments."""
     loop, got = QEventLoop(), []
 
@@ -52,11 +52,11 @@ def wait_for(signal, start, timeout_ms: int = JOB_TIMEOUT_MS) -> tuple:
     return got[0]
 
 
-def run_to_end(window, start) -> str:
+def run_job_to_end(window, start) -> str:
     """Start a job with `start()` and wait until the worker finishes; the outcome."""
     def go():
         assert start() is not None, window.runs.message.text()
-    return wait_for(window.client.finished, go)[0]
+    return wait_for_signal(window.client.finished, go)[0]
 
 
 @pytest.fixture(scope="session")
@@ -67,7 +67,7 @@ def shared_window(app, runs_root, tmp_path_factory, tiny_llama):
     settings = QSettings(str(tmp_path_factory.mktemp("settings") / "bitsmith.ini"), QSettings.Format.IniFormat)
     win = MainWindow(settings)
     win.show()
-    outcome = run_to_end(win, lambda: win.open_model(str(tiny_llama)))
+    outcome = run_job_to_end(win, lambda: win.open_model(str(tiny_llama)))
     assert outcome == "done", win.runs.message.text()
     yield win
     win.close()
@@ -84,3 +84,15 @@ def opened(shared_window):
     w.set_uniform(4)
     w.tabs.setCurrentIndex(0)
     return w
+
+
+# Helpers as fixtures: tests import nothing from conftest (pytest runs in importlib mode,
+# with the repository root off sys.path).
+@pytest.fixture(scope="session")
+def wait_for():
+    return wait_for_signal
+
+
+@pytest.fixture(scope="session")
+def run_to_end():
+    return run_job_to_end

@@ -5,11 +5,10 @@ from __future__ import annotations
 import pytest
 from PySide6.QtCore import QSettings
 
-from .conftest import run_to_end
 
 
 @pytest.mark.slow
-def test_open_default_model(app, runs_root, tmp_path):
+def test_open_default_model(run_to_end, app, runs_root, tmp_path):
     from bitsmith.app.main_window import MainWindow
 
     w = MainWindow(QSettings(str(tmp_path / "s.ini"), QSettings.Format.IniFormat))

@@ -14,7 +14,6 @@ from PySide6.QtWidgets import QApplication
 from bitsmith.app.heatmap import KEPT_LEVEL
 from bitsmith.app.layer_model import KEEP_BITS
 
-from .conftest import run_to_end, wait_for
 
 MAX_STALL_MS = 100
 
@@ -62,7 +61,7 @@ def _quantize(w):
     assert w.client.running, w.runs.message.text()
 
 
-def test_quantize_through_worker_fills_table_and_plots_without_stalls(opened):
+def test_quantize_through_worker_fills_table_and_plots_without_stalls(wait_for, opened):
     w = opened
     # A mixed plan: down_proj kept at 16-bit, the rest 3-bit.
     w.set_uniform(3)
@@ -105,7 +104,7 @@ def test_quantize_through_worker_fills_table_and_plots_without_stalls(opened):
     assert w.checkpoints and w.checkpoints[0][1] == str(record.run.quantized_dir)
 
 
-def test_eval_of_checkpoint_reaches_plots_pareto_history_and_compare(opened):
+def test_eval_of_checkpoint_reaches_plots_pareto_history_and_compare(wait_for, opened):
     w = opened
     assert w.checkpoints, "needs the quantize test's run"
     form = w.strategies.forms["eval"]
@@ -146,7 +145,7 @@ def test_eval_of_checkpoint_reaches_plots_pareto_history_and_compare(opened):
     export.close()
 
 
-def test_cancel_then_resume(opened):
+def test_cancel_then_resume(wait_for, opened):
     w = opened
     form = w.strategies.forms["eval"]
     form.set_value("windows", 4)
@@ -167,7 +166,7 @@ def test_cancel_then_resume(opened):
     assert run.read_state()["state"] == "done" and run.read_report()["ppl"] > 1
 
 
-def test_killed_worker_is_reported_and_run_is_resumable(opened):
+def test_killed_worker_is_reported_and_run_is_resumable(wait_for, opened):
     w = opened
     w.strategies.model_choice["eval"].setCurrentIndex(0)
 

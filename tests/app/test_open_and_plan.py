@@ -9,7 +9,6 @@ from PySide6.QtCore import Qt
 from bitsmith.app.layer_model import COL, KEEP_BITS
 from bitsmith.core.plan import LayerPlan
 
-from .conftest import run_to_end
 
 # Tiny Llama: 2 blocks × (q 64×64, k 32×64, v 32×64, o 64×64, gate 128×64, up 128×64, down 64×128).
 TINY_PARAMS_PER_BLOCK = 4096 + 2048 + 2048 + 4096 + 8192 + 8192 + 8192
@@ -94,7 +93,7 @@ def test_uniform_preset_and_sorting(opened):
     assert first == "8,192"
 
 
-def test_bad_model_path_gives_message_and_window_stays_usable(opened, tiny_llama, tmp_path):
+def test_bad_model_path_gives_message_and_window_stays_usable(run_to_end, opened, tiny_llama, tmp_path):
     w = opened
     outcome = run_to_end(w, lambda: w.open_model(str(tmp_path / "no-such-model")))
     assert outcome == "failed"

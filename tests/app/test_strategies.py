@@ -9,7 +9,6 @@ import json
 from bitsmith.core.jobs import ModelSpec
 from bitsmith.core.rundir import RunDir
 
-from .conftest import run_to_end
 
 SMALL_CALIB = {"windows": 4, "seqlen": 64, "final_eval": False, "eval_every": 0, "eval_windows": 1}
 
@@ -23,7 +22,7 @@ def _plan_bits(run: RunDir) -> dict[str, int]:
     return {name: entry["bits"] for name, entry in plan["layers"].items()}
 
 
-def test_spike_search_lands_its_plan_and_scores(opened):
+def test_spike_search_lands_its_plan_and_scores(run_to_end, opened):
     w = opened
     runs = []
     outcome = run_to_end(w, lambda: runs.append(w.start_job("search", {
@@ -34,7 +33,7 @@ def test_spike_search_lands_its_plan_and_scores(opened):
     assert _table_bits(w) == plan and list(plan.values()).count(8) == 1      # the top layer, kept at 8 bits
 
 
-def test_evopress_search_draws_fitness_and_lands_its_plan(opened):
+def test_evopress_search_draws_fitness_and_lands_its_plan(run_to_end, opened):
     w = opened
     runs = []
     outcome = run_to_end(w, lambda: runs.append(w.start_job("search", {
@@ -47,7 +46,7 @@ def test_evopress_search_draws_fitness_and_lands_its_plan(opened):
     assert _table_bits(w) == _plan_bits(runs[0])
 
 
-def test_tune_from_the_window_draws_its_loss(opened):
+def test_tune_from_the_window_draws_its_loss(run_to_end, opened):
     w = opened
     quantized = []
     outcome = run_to_end(w, lambda: quantized.append(w.start_job("quantize", {
@@ -62,7 +61,7 @@ def test_tune_from_the_window_draws_its_loss(opened):
     assert len(steps) == 2 and all(loss >= 0 for loss in losses)
 
 
-def test_export_from_the_dialog_writes_the_format(opened):
+def test_export_from_the_dialog_writes_the_format(run_to_end, opened):
     w = opened
     assert w.checkpoints, "needs a quantized checkpoint from an earlier test"
     w.open_export()

@@ -7,11 +7,13 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import WIKITEXT_TEST
+from bitsmith.core.client import module_command
+
+WIKITEXT_TEST = Path(__file__).resolve().parents[3] / "shared" / "data" / "wikitext-2-raw" / "wiki.test.raw"
 
 
 def bitsmith(*args, cwd=None, timeout=300):
-    return subprocess.run([sys.executable, "-m", "bitsmith.core.cli", *map(str, args)],
+    return subprocess.run(module_command("bitsmith.core.cli", *map(str, args)),
                           capture_output=True, text=True, timeout=timeout, cwd=cwd)
 
 

@@ -12,11 +12,12 @@ from bitsmith.core.client import WorkerProcess
 from bitsmith.core.events import decode, read_events
 from bitsmith.core.jobs import make_job
 from bitsmith.core.rundir import RunDir
+from bitsmith.core.client import module_command
 
 
 def _start(run_dir, job_doc):
     RunDir.create(run_dir, job_doc)
-    return subprocess.Popen([sys.executable, "-m", "bitsmith.core.worker", str(run_dir)],
+    return subprocess.Popen(module_command("bitsmith.core.worker", str(run_dir)),
                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
@@ -53,7 +54,7 @@ def test_events_on_stdout_match_events_file(tmp_run, tiny_llama):
 def test_bad_job_exits_2_with_an_error_event(tmp_run):
     tmp_run.mkdir()
     (tmp_run / "job.json").write_text(json.dumps({"version": 1, "kind": "eval", "model": {"source": "/no/such"}}))
-    proc = subprocess.run([sys.executable, "-m", "bitsmith.core.worker", str(tmp_run)],
+    proc = subprocess.run(module_command("bitsmith.core.worker", str(tmp_run)),
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2
     error = [decode(line) for line in proc.stdout.splitlines()][-1]
@@ -89,6 +90,6 @@ def test_sigkill_leaves_a_valid_resumable_run(tmp_run, tiny_llama):
 
 @pytest.mark.parametrize("args", [["/definitely/not/a/dir"], []])
 def test_worker_without_a_run_dir(args):
-    proc = subprocess.run([sys.executable, "-m", "bitsmith.core.worker", *args],
+    proc = subprocess.run(module_command("bitsmith.core.worker", *args),
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2 and decode(proc.stdout.splitlines()[0])["kind"] == "bad_input"

@@ -37,7 +37,7 @@ def quantize_with_plan(model, rules, default_bits=4, group_size=32):
     return plan, layers
 
 
-def save_checkpoint(folder: Path, model_dir: Path, rules, report: dict | None = None) -> Path:
+def write_checkpoint(folder: Path, model_dir: Path, rules, report: dict | None = None) -> Path:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from bitsmith.core import atomic
@@ -60,7 +60,7 @@ def mixed_checkpoint(tiny_llama, tmp_path_factory) -> Path:
     run = tmp_path_factory.mktemp("export-run")
     (run / "job.json").write_text('{"version": 1, "kind": "quantize"}\n')
     (run / "report.json").write_text('{"kind": "quantize", "ppl": 123.4, "data": "builtin-eval", "seqlen": 64}\n')
-    return save_checkpoint(run / "quantized", tiny_llama, MIXED_RULES)
+    return write_checkpoint(run / "quantized", tiny_llama, MIXED_RULES)
 
 
 @pytest.fixture(scope="session")
@@ -74,3 +74,9 @@ def ours(mixed_checkpoint):
 @pytest.fixture(scope="session")
 def token_ids() -> torch.Tensor:
     return torch.randint(0, 512, (2, 48), generator=torch.Generator().manual_seed(0))
+
+
+@pytest.fixture(scope="session")
+def save_checkpoint():
+    """`write_checkpoint` for tests that save their own checkpoint (tests import no helpers)."""
+    return write_checkpoint

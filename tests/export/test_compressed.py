@@ -74,14 +74,12 @@ def test_our_packing_equals_the_library_compressor(mixed_checkpoint, tmp_path):
                 assert f"{name}.weight_zero_point" not in tensors
 
 
-def test_symmetric_export_loads_in_transformers(tiny_llama, tmp_path, token_ids):
+def test_symmetric_export_loads_in_transformers(save_checkpoint, tiny_llama, tmp_path, token_ids):
     """transformers' compressed-tensors integration loads a symmetric export end to end (the
     asymmetric path trips over a shape check in the library's meta-device compression)."""
     from transformers import AutoModelForCausalLM
 
     from bitsmith.core.model import load_model
-    from tests.export.conftest import save_checkpoint
-
     ckpt = save_checkpoint(tmp_path / "q", tiny_llama, [dict(pattern="mlp", bits=8, sym=True),
                                                        dict(pattern=".", bits=4, sym=True)])
     export_checkpoint(ckpt, "compressed-tensors", tmp_path / "ct")

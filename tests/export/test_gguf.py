@@ -118,9 +118,7 @@ def test_gguf_export_loads_in_transformers_and_matches_our_model(mixed_checkpoin
     assert "gguf_file=" in readme and "123.4" in readme
 
 
-def test_gguf_refuses_other_architectures(tiny_models, tmp_path):
-    from tests.export.conftest import save_checkpoint
-
+def test_gguf_refuses_other_architectures(save_checkpoint, tiny_models, tmp_path):
     ckpt = save_checkpoint(tmp_path / "q", tiny_models["gpt2"], [])
     with pytest.raises(BadInput, match="Llama-architecture"):
         export_checkpoint(ckpt, "gguf", tmp_path / "out")

@@ -83,9 +83,7 @@ def test_gptq_export_reads_back_with_the_reference_layout(mixed_checkpoint, tmp_
     assert "model.embed_tokens.weight" in tensors and "lm_head.weight" in tensors
 
 
-def test_v1_only_when_every_zero_allows_it(tiny_llama, tmp_path):
-    from tests.export.conftest import save_checkpoint
-
+def test_v1_only_when_every_zero_allows_it(save_checkpoint, tiny_llama, tmp_path):
     # symmetric everywhere: every zero point is 2^(bits-1) >= 1, so v1 (stores z - 1) is possible
     ckpt = save_checkpoint(tmp_path / "sym", tiny_llama, [dict(pattern=".", bits=4, sym=True)])
     assert export_checkpoint(ckpt, "gptq", tmp_path / "a")["checkpoint_format"] == "gptq"

@@ -14,6 +14,7 @@ import torch
 
 from bitsmith.kernels import autotune
 from bitsmith.kernels.autotune import Config, candidate_configs, check_config, heuristic_config, kernel_supports
+from bitsmith.core.client import python_command
 
 
 @pytest.mark.parametrize("bits", [2, 3, 4, 8])
@@ -89,6 +90,6 @@ def test_package_import_is_light():
             "k.QuantLinear; k.pack_qweight; assert 'triton' not in sys.modules, 'QuantLinear imported triton'; "
             "print(sorted(k.__all__))")
     env = {key: val for key, val in os.environ.items() if key != "TRITON_INTERPRET"}
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+    out = subprocess.run(python_command("-c", code), capture_output=True, text=True, env=env, timeout=120)
     assert out.returncode == 0, out.stderr
     assert "QuantLinear" in out.stdout and "quant_matmul" in out.stdout

@@ -11,6 +11,7 @@ import sys
 import textwrap
 
 import pytest
+from bitsmith.core.client import python_command
 
 # Each case: kernel, bits, dtype, sm, (block_m, block_n, block_k, split>1, num_warps, num_stages)
 CASES = [
@@ -59,7 +60,7 @@ def test_kernels_compile_for_sm80_and_sm90():
     pytest.importorskip("triton.backends.nvidia")
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}  # real compiler, not the interpreter
     env.setdefault("TRITON_DEFAULT_FP_FUSION", "1")
-    out = subprocess.run([sys.executable, "-c", SCRIPT, json.dumps(CASES)], capture_output=True, text=True,
+    out = subprocess.run(python_command("-c", SCRIPT, json.dumps(CASES)), capture_output=True, text=True,
                          env=env, timeout=600)
     if out.returncode != 0 and ("ptxas" in out.stderr and "not found" in out.stderr):
         pytest.skip("no ptxas in this Triton install")

@@ -14,7 +14,7 @@ from bitsmith.core.quant.checkpoint import MANIFEST, read_quantized, save_quanti
 from bitsmith.core.quant.grid import quantize_rtn
 from bitsmith.core.quant.modules import set_dequantized_weights
 from bitsmith.core.pipeline import round_fp8_in_place
-from tests.tiny import tiny_model, tiny_tokenizer
+from bitsmith.core.synthetic import tiny_model, tiny_tokenizer
 
 
 def _fake_quantized(family):

@@ -14,6 +14,7 @@ from bitsmith.core.model import load_model
 from bitsmith.core.quant.checkpoint import read_quantized
 from bitsmith.core.rundir import RunDir
 from bitsmith.core.runner import execute
+from bitsmith.core.client import module_command
 
 
 def _job(model_dir, **fields):
@@ -75,7 +76,7 @@ def test_rtn_without_calibration_through_the_worker(tmp_run, tiny_llama):
     job = make_job("quantize", model={"source": str(tiny_llama)}, method="rtn", calib_windows=0,
                    plan={"bits": 4, "group_size": 64})
     RunDir.create(tmp_run, job.to_dict())
-    proc = subprocess.run([sys.executable, "-m", "bitsmith.core.worker", str(tmp_run)],
+    proc = subprocess.run(module_command("bitsmith.core.worker", str(tmp_run)),
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
     events = [json.loads(line) for line in proc.stdout.splitlines()]

@@ -8,7 +8,7 @@ from bitsmith.core.commands.bench import bench_targets
 from bitsmith.core.inventory import find_blocks, layer_inventory
 from bitsmith.core.pipeline import QuantizeOptions, draw_calibration, quantize_model
 from bitsmith.core.plan import PlanSpec, Rule, resolve_plan
-from tests.tiny import tiny_model, tiny_tokenizer
+from bitsmith.core.synthetic import tiny_model, tiny_tokenizer
 
 
 def _windows(n=4, length=24, seed=0):

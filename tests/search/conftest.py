@@ -14,11 +14,11 @@ from bitsmith.core.runner import execute
 
 # settings every test search uses, so that they can share the database
 SMALL = dict(windows=4, seqlen=64, eval_windows=1, eval_seqlen=64, threads=1, batch_size=4)
-EVO = dict(generations=4, offspring=4, survivors=[2, 1], tokens=[64, 128], fitness_seqlen=32,
+EVO_SETTINGS = dict(generations=4, offspring=4, survivors=[2, 1], tokens=[64, 128], fitness_seqlen=32,
            pool_windows=8, kl_topk=0, start_candidates=3, eval_every=2)
 
 
-def run_search(path: Path, emitter: Emitter | None = None, cancel=None, resume: bool = False,
+def run_search_job(path: Path, emitter: Emitter | None = None, cancel=None, resume: bool = False,
                **fields) -> tuple[int, RunDir, list[dict]]:
     """Run a search job in `path`; returns (exit code, run dir, events)."""
     events: list[dict] = []
@@ -42,7 +42,20 @@ def one_thread():
 def db_run(tiny_llama, tmp_path_factory) -> Path:
     """A sensitivity search at 3 bits, which builds the database (levels 2..6)."""
     path = tmp_path_factory.mktemp("search") / "sens"
-    code, run, events = run_search(path, model=ModelSpec(str(tiny_llama)), method="sensitivity",
+    code, run, events = run_search_job(path, model=ModelSpec(str(tiny_llama)), method="sensitivity",
                                    target_bits=3.0)
     assert code == 0, [e for e in events if e["type"] == "error"]
     return run.path
+
+
+# Helpers as fixtures: tests import nothing from conftest (pytest runs in importlib mode,
+# with the repository root off sys.path).
+@pytest.fixture(scope="session")
+def EVO() -> dict:
+    """Small EvoPress settings shared by the search tests."""
+    return dict(EVO_SETTINGS)
+
+
+@pytest.fixture(scope="session")
+def run_search():
+    return run_search_job

@@ -13,7 +13,7 @@ from bitsmith.core.search.fitness import CandidateScorer, dense_targets
 from bitsmith.core.search.genome import SearchSpace
 from bitsmith.core.search.multigptq import gptq_multi
 from bitsmith.core.search.spike import choose_kept, spike_allocation, spike_scores
-from tests.tiny import tiny_model
+from bitsmith.core.synthetic import tiny_model
 
 
 def test_block_runner_matches_the_model():

@@ -13,7 +13,6 @@ from bitsmith.core.events import Emitter
 from bitsmith.core.jobs import CancelToken, ModelSpec, make_job
 from bitsmith.core.plan import Plan, load_plan_file
 
-from .conftest import EVO, run_search
 
 
 def test_sensitivity_writes_a_plan_within_budget(db_run):
@@ -31,7 +30,7 @@ def test_sensitivity_writes_a_plan_within_budget(db_run):
         assert [errors[str(b)] for b in (2, 3, 4, 5, 6)] == sorted(errors[str(b)] for b in (2, 3, 4, 5, 6))[::-1]
 
 
-def test_database_is_reused_and_guarded(db_run, tiny_llama, tmp_path):
+def test_database_is_reused_and_guarded(run_search, db_run, tiny_llama, tmp_path):
     code, run, events = run_search(tmp_path / "again", model=ModelSpec(str(tiny_llama)), method="sensitivity",
                                    target_bits=2.5, database=str(db_run))
     assert code == 0
@@ -43,7 +42,7 @@ def test_database_is_reused_and_guarded(db_run, tiny_llama, tmp_path):
     assert code == 2 and "other settings (seed differ)" in errors[0]["message"]
 
 
-def test_database_follows_the_model_not_its_folder(db_run, tiny_llama, tmp_path):
+def test_database_follows_the_model_not_its_folder(run_search, db_run, tiny_llama, tmp_path):
     """The same weights loaded from another folder (a moved model; the default model from
     its GGUF or its cached copy) reuse the database."""
     import shutil
@@ -64,7 +63,7 @@ def test_bad_targets_are_rejected(target, tiny_llama, capsys):
     assert "error: target" in err and "Traceback" not in err
 
 
-def test_evopress_resume_reaches_the_same_result(db_run, tiny_llama, tmp_path):
+def test_evopress_resume_reaches_the_same_result(EVO, run_search, db_run, tiny_llama, tmp_path):
     common = dict(model=ModelSpec(str(tiny_llama)), method="evopress", target_bits=2.5,
                   database=str(db_run), **EVO)
     code, straight, events = run_search(tmp_path / "straight", **common)
@@ -109,7 +108,7 @@ def test_search_cli_writes_plan_for_quantize(db_run, tiny_llama, tmp_path, capsy
     assert report["avg_code_bits"] <= 3.5 and (out / "plan.json").is_file()
 
 
-def test_spike_search_chains_into_quantization(tiny_llama, tmp_path):
+def test_spike_search_chains_into_quantization(run_search, tiny_llama, tmp_path):
     code, run, events = run_search(tmp_path / "spike", model=ModelSpec(str(tiny_llama)), method="spike",
                                    target_bits=3.0, then_quantize=True, quantize_windows=4)
     assert code == 0, [e for e in events if e["type"] == "error"]
@@ -121,7 +120,7 @@ def test_spike_search_chains_into_quantization(tiny_llama, tmp_path):
     assert plan["budget"]["avg_code_bits"] <= 3.0
 
 
-def test_spike_keeps_top_layer_at_8_bits_and_measures_it(db_run, tiny_llama, tmp_path):
+def test_spike_keeps_top_layer_at_8_bits_and_measures_it(run_search, db_run, tiny_llama, tmp_path):
     """The database holds 2–6 bits; the 8-bit kept layer is measured with round-to-nearest."""
     code, run, events = run_search(tmp_path / "spike8", model=ModelSpec(str(tiny_llama)), method="spike",
                                    target_bits=3.0, spike_top_k=1, database=str(db_run))
@@ -133,7 +132,7 @@ def test_spike_keeps_top_layer_at_8_bits_and_measures_it(db_run, tiny_llama, tmp
     assert any("round-to-nearest 8-bit" in e.get("message", "") for e in events)
 
 
-def test_evopress_exchange_mutation_keeps_the_budget(db_run, tiny_llama, tmp_path):
+def test_evopress_exchange_mutation_keeps_the_budget(EVO, run_search, db_run, tiny_llama, tmp_path):
     code, run, events = run_search(tmp_path / "exchange", model=ModelSpec(str(tiny_llama)), method="evopress",
                                    target_bits=3.0, database=str(db_run), mutation="exchange",
                                    **{**EVO, "eval_every": 0})
@@ -143,7 +142,7 @@ def test_evopress_exchange_mutation_keeps_the_budget(db_run, tiny_llama, tmp_pat
     assert report["avg_code_bits"] == pytest.approx(3.0)         # budget-neutral from the uniform start
 
 
-def test_propagated_database_search_and_its_guard(db_run, tiny_llama, tmp_path):
+def test_propagated_database_search_and_its_guard(run_search, db_run, tiny_llama, tmp_path):
     """--database-inputs propagated: the job builds a database through the model quantized at
     the target's level; a dense database is not taken for it."""
     code, run, events = run_search(tmp_path / "prop", model=ModelSpec(str(tiny_llama)), method="sensitivity",

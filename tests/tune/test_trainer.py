@@ -14,7 +14,7 @@ from bitsmith.core.tune.distill import build_teacher_cache
 from bitsmith.core.tune.qlinear import install_tunable
 from bitsmith.core.tune.run import enable_block_checkpointing
 from bitsmith.core.tune.trainer import Tuner, batch_rows
-from tests.tiny import tiny_model
+from bitsmith.core.synthetic import tiny_model
 
 
 def _setup(tmp_path, **spec_fields):

@@ -13,6 +13,7 @@ from bitsmith.core.events import Emitter, read_events
 from bitsmith.core.jobs import CancelToken, make_job
 from bitsmith.core.rundir import RunDir
 from bitsmith.core.runner import execute
+from bitsmith.core.client import module_command
 
 TEXT = Path(__file__).with_name("calib.txt")
 
@@ -168,7 +169,7 @@ def test_sigkilled_worker_resumes_to_the_uninterrupted_result(tiny_quant, calib_
     assert _run(tmp_path / "straight", job) == 0
     killed = tmp_path / "killed"
     RunDir.create(killed, job.to_dict())
-    proc = subprocess.Popen([sys.executable, "-m", "bitsmith.core.worker", str(killed)],
+    proc = subprocess.Popen(module_command("bitsmith.core.worker", str(killed)),
                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     for line in proc.stdout:
         event = json.loads(line)

@@ -1,6 +1,7 @@
-"""Tiny random models and a tiny tokenizer, built in the tests (no downloads).
+"""Synthetic models built from a transformers config with random, seeded weights (no downloads).
 
-Each family gets 2 decoder blocks, hidden size 64, vocabulary 512, seeded weights.
+Tiny ones for the tests: each family gets 2 decoder blocks, hidden size 64, vocabulary 512,
+and a 512-token BPE tokenizer trained on CPython's docs.
 """
 
 from __future__ import annotations

@@ -111,22 +111,33 @@ def _gptq(settings: dict[str, LayerSetting]) -> list[str]:
     keys = Counter(s.key() for s in settings.values())
     if len(keys) > 1:
         out.append("mixed settings are written as a GPTQModel `dynamic` block (regex -> overrides, `-:` for kept "
-                   "layers); readers without `dynamic` support (older AutoGPTQ) load every layer with the defaults")
+                   "layers), which GPTQModel, vLLM and SGLang read; readers without `dynamic` (transformers' "
+                   "GPTQConfig, AutoGPTQ) apply the default bits to every layer")
     return out
 
 
-def _compressed(settings: dict[str, LayerSetting]) -> list[str]:
+def _compressed(settings: dict[str, LayerSetting], layout: str) -> list[str]:
+    from .readers import ct_setting
+
     out = []
-    asym_low = [n for n, s in settings.items() if s.quantized and s.bits in (2, 3) and not s.sym]
-    if asym_low:
-        out.append(f"{_count(asym_low)} are asymmetric at 2/3 bits: vLLM serves 2/3-bit compressed-tensors only "
-                   "symmetric; the checkpoint is valid but vLLM will refuse it")
-    odd = [n for n, s in settings.items() if s.quantized and s.bits not in (2, 3, 4, 8)]
-    if odd:
-        out.append(f"{_count(odd)} at 5/6/7 bits: valid pack-quantized, but vLLM has no kernel for them")
+    stored = {n: ct_setting(s, layout) for n, s in settings.items() if s.quantized}
+    widened = [n for n, s in settings.items() if s.quantized and stored[n][0] != s.bits]
+    if widened:
+        out.append(f"{_count(widened)} are asymmetric: written as symmetric codes q - z with one more bit "
+                   "(the same weights, one more bit per weight) so that transformers loads the file; "
+                   "--ct-layout asym keeps the plan's bits, and transformers then refuses the file")
+    int8 = [n for n, key in stored.items() if key[3] == "int-quantized"]
+    if int8:
+        out.append(f"{_count(int8)} are asymmetric 8-bit: written int-quantized (one int8 per weight and its "
+                   "zero point), which transformers reads")
+    unserved = [n for n, key in stored.items() if key[0] not in (4, 8)]
+    if unserved:
+        bits = sorted({stored[n][0] for n in unserved})
+        out.append(f"{_count(unserved)} are stored at {bits} bits: vLLM's compressed-tensors WNA16 scheme takes "
+                   "4 and 8 bits only (WNA16_SUPPORTED_BITS in its source; not tried here)")
     mixed: dict[str, list[str]] = defaultdict(list)      # kind -> "prefix: details" of each mismatch
     for (prefix, kind), names in sorted(_fusion_groups(list(settings)).items()):
-        schemes = {_describe(settings[n]) for n in names}
+        schemes = {stored.get(n) or settings[n].keep for n in names}
         if len(schemes) > 1:
             detail = ", ".join(f"{n.rsplit('.', 1)[1]}={_describe(settings[n])}" for n in sorted(names))
             mixed[kind].append(f"{prefix}: {detail}")
@@ -163,9 +174,20 @@ def _gguf(settings: dict[str, LayerSetting], lowbit: str, arch: str | None) -> l
     return out
 
 
+def _embedding(embed_bits: int) -> list[str]:
+    if embed_bits == 8:
+        return ["the token embedding and the output head are stored as Q8_0 (8.5 bits per weight instead of 16; "
+                "the report gives the measured error); --embed-bits 16 keeps them F16"]
+    return []
+
+
 def export_warnings(plan_or_manifest: Any, format: str, lowbit: str = "lossless",
-                    arch: str | None = None, act_order: bool = False) -> list[str]:
-    """Human-readable warnings for exporting this plan to `format` (pure, no tensors read)."""
+                    arch: str | None = None, act_order: bool = False, ct_layout: str = "sym",
+                    embed_bits: int = 8) -> list[str]:
+    """Human-readable warnings for exporting this plan to `format` (pure, no tensors read):
+    what the format stores approximately or larger, and which readers refuse or misread it."""
+    from .readers import reader_verdicts, reader_warnings
+
     if format not in FORMATS:
         raise ValueError(f"unknown export format {format!r}; use one of {', '.join(FORMATS)}")
     settings = layer_settings(plan_or_manifest)
@@ -181,7 +203,7 @@ def export_warnings(plan_or_manifest: Any, format: str, lowbit: str = "lossless"
     if format == "gptq":
         out += _gptq(settings)
     elif format == "compressed-tensors":
-        out += _compressed(settings)
+        out += _compressed(settings, ct_layout)
     elif format == "gguf":
-        out += _gguf(settings, lowbit, arch)
-    return out
+        out += _gguf(settings, lowbit, arch) + _embedding(embed_bits)
+    return out + reader_warnings(reader_verdicts(format, settings, {"ct_layout": ct_layout}))

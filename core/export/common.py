@@ -139,3 +139,35 @@ def dense_tensor(source: ExportSource, name: str) -> torch.Tensor | None:
 def to_half(t: torch.Tensor, dtype: torch.dtype = torch.float16) -> torch.Tensor:
     """Floating tensors to the export dtype; integer tensors (e.g. position ids) unchanged."""
     return t.to(dtype) if t.is_floating_point() else t
+
+
+# --- sizes -----------------------------------------------------------------------------
+
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".gguf", ".pt", ".pth")
+
+
+def folder_bytes(folder: Path) -> int:
+    """Bytes of every file under `folder`."""
+    return sum(f.stat().st_size for f in folder.rglob("*") if f.is_file())
+
+
+def source_model_size(source: ExportSource) -> dict | None:
+    """{"path", "bytes"} of the model the checkpoint was quantized from: the file it was loaded
+    from (a .gguf, the bundled default), or the weight files of its folder; None when unknown
+    (a hub id that is not on this machine, a checkpoint without its base model's location)."""
+    base = source.manifest.get("base_model") or {}
+    location = base.get("location")
+    if not location and base.get("source") == "default":
+        from ..model import default_model_path
+
+        location = str(default_model_path())
+    if not location:
+        return None
+    path = Path(location)
+    if path.is_file():
+        return {"path": str(path), "bytes": path.stat().st_size}
+    if path.is_dir():
+        weights = [f for f in path.iterdir() if f.is_file() and f.name.endswith(WEIGHT_SUFFIXES)]
+        if weights:
+            return {"path": str(path), "bytes": sum(f.stat().st_size for f in weights)}
+    return None

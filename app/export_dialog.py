@@ -60,7 +60,8 @@ class ExportDialog(QDialog):
             return None
 
     def update_warnings(self, *_) -> None:
-        from bitsmith.core.export.checks import export_warnings
+        from bitsmith.core.export.checks import export_warnings, layer_settings
+        from bitsmith.core.export.readers import reader_verdicts, reader_warnings
 
         self.lowbit.setEnabled(self.format.currentText() == "gguf")
         self.checkpoint_format.setEnabled(self.format.currentText() == "gptq")
@@ -71,10 +72,15 @@ class ExportDialog(QDialog):
             return
         try:
             warnings = export_warnings(manifest, self.format.currentText(), self.lowbit.currentData())
+            readers = reader_verdicts(self.format.currentText(), layer_settings(manifest))
+            warnings = [w for w in warnings if w not in reader_warnings(readers)]   # listed below instead
         except (ValueError, KeyError, TypeError) as err:
-            warnings = [f"cannot check this checkpoint: {err}"]
-        self.warnings.setPlainText("\n".join(f"• {w}" for w in warnings) or
-                                   "Nothing: every layer is stored exactly in this format.")
+            warnings, readers = [f"cannot check this checkpoint: {err}"], []
+        text = "\n".join(f"• {w}" for w in warnings) or "Nothing: every layer is stored exactly in this format."
+        if readers:          # per reader, what it does with this file (core.export.readers)
+            text += "\n\nWho reads it:\n" + "\n".join(f"• {v.line(out='EXPORT', gguf_file='MODEL.gguf')}"
+                                                         for v in readers)
+        self.warnings.setPlainText(text)
         self.export_button.setEnabled(True)
 
     def job_fields(self) -> dict:

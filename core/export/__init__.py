@@ -1,7 +1,9 @@
 """Export a Bitsmith quantized checkpoint to formats other tools load.
 
-    gptq                GPTQModel / AutoGPTQ layout (transformers, vLLM, SGLang)
-    compressed-tensors  pack-quantized (vLLM, transformers, llm-compressor)
+    gptq                GPTQModel layout; mixed plans in its `dynamic` block (GPTQModel, vLLM,
+                        SGLang; transformers reads uniform plans only)
+    compressed-tensors  pack-quantized, every layer symmetric by default (transformers, the
+                        compressed-tensors library; vLLM for 4/8-bit layers)
     gguf                llama.cpp (and transformers' GGUF loader), Llama architectures
     native              a copy of the Bitsmith checkpoint with plan, report, provenance
 
@@ -10,7 +12,8 @@ with a README model card and a bitsmith-export.json record, and returns a report
 per-format warnings, which layers the format cannot represent exactly, the measured cost of
 what it rounds, which readers load the file (readers.py), and its size against the model it
 was quantized from.
-`export_warnings(plan_or_manifest, format)` gives the warnings up front, from the plan alone.
+`export_warnings(plan_or_manifest, format)` gives the warnings up front, from the plan alone,
+including every reader that will refuse or misread the file (readers.reader_verdicts).
 """
 
 from __future__ import annotations

@@ -256,8 +256,10 @@ def run_llama_perplexity(exe: str, gguf_path: Path, text: str, seqlen: int, chun
     with tempfile.TemporaryDirectory(prefix="bitsmith-verify-") as tmp:
         text_file = Path(tmp) / "text.txt"
         text_file.write_bytes(text.encode("utf-8"))
+        # --no-repack: verification wants the numbers, not speed, and the repacked AMX kernels
+        # crashed (SIGSEGV in ggml_backend_amx_mul_mat) on this project's machines
         cmd = [exe, "-m", str(gguf_path), "-f", str(text_file), "-c", str(seqlen), "-b", str(seqlen),
-               "--chunks", str(chunks), "-t", str(min(2, os.cpu_count() or 1))]
+               "--chunks", str(chunks), "-t", str(os.cpu_count() or 1), "--no-repack"]
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=3600)
     found = FINAL.search(proc.stdout + proc.stderr)
     if proc.returncode != 0 or not found:
@@ -330,7 +332,7 @@ def run_reader(verdict: R.ReaderVerdict, inputs: Inputs, run_all: bool, llama_ex
     paths = {"out": str(inputs.folder), "gguf_file": inputs.record.get("gguf_file") or "MODEL.gguf"}
     result = ReaderResult(verdict.reader, verdict.call.format(**paths), verdict.verdict, "not run")
     if verdict.verdict != R.LOADS and not run_all:
-        result.detail = "the README says it " + verdict.verdict + (f": {verdict.why}" if verdict.why else "") + \
+        result.detail = f"the README says: {verdict.verdict}" + (f" ({verdict.why})" if verdict.why else "") + \
             ("; --all runs it" if verdict.call in TORCH_RUNNERS else "")
         return result
     t0 = time.time()
@@ -376,7 +378,8 @@ def _verdicts(record: dict) -> list[R.ReaderVerdict]:
 
 
 def verify_export(folder: str | Path, data: str = "builtin-eval", seqlen: int = 512, windows: int = 16,
-                  checkpoint: str | None = None, run_all: bool = False, llama_exe: str | None = None) -> dict:
+                  checkpoint: str | None = None, run_all: bool = False, llama_exe: str | None = None,
+                  only: str | None = None) -> dict:
     """Every reader of the export at `folder`, each beside Bitsmith's model; returns the report."""
     from ..data import load_text
     from ..model import load_model
@@ -391,7 +394,11 @@ def verify_export(folder: str | Path, data: str = "builtin-eval", seqlen: int = 
         raise BadInput(f"--seqlen {seqlen} / --windows {windows} are too small", "use --seqlen 512 --windows 16")
     llama_exe = llama_exe or shutil.which(LLAMA_PERPLEXITY)
     inputs = Inputs(folder, record, load_text(data, "eval"), seqlen, windows, ours=load_model(str(source)))
-    results = [run_reader(v, inputs, run_all, llama_exe) for v in _verdicts(record)]
+    verdicts = [v for v in _verdicts(record) if only is None or only.lower() in v.reader.lower()]
+    if not verdicts:
+        raise BadInput(f"no reader of this {record['format']} export is named like {only!r}",
+                       "leave out --only, or use one of: " + ", ".join(v.reader for v in _verdicts(record)))
+    results = [run_reader(v, inputs, run_all, llama_exe) for v in verdicts]
     ran = [r for r in results if r.status in ("ran", "failed")]
     return {"export": str(folder), "format": record["format"], "checkpoint": str(source), "data": data,
             "seqlen": seqlen, "windows": int(_windows(inputs).shape[0]),

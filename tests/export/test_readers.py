@@ -113,3 +113,43 @@ def test_gptq_readers_are_named_and_reported_missing(checkpoints, tmp_path):
         gptqmodel = next(r for r in verified["readers"] if r["reader"] == "GPTQModel")
         assert gptqmodel["status"] == "not installed" and "pip install gptqmodel" in gptqmodel["detail"]
         assert not verified["pass"]               # nothing ran: verify does not claim success
+
+
+def test_llama_cpp_reads_the_gguf_export(checkpoints, tmp_path):
+    """llama-perplexity (when on PATH) on the text as Python reads it, beside Bitsmith's model
+    scored by llama.cpp's protocol (second half of each chunk)."""
+    import shutil
+
+    if shutil.which("llama-perplexity") is None:
+        pytest.skip("llama-perplexity is not on PATH (build llama.cpp to run this)")
+    from bitsmith.core.export.verify import verify_export
+
+    out = tmp_path / "gguf"
+    export_checkpoint(checkpoints["mixed_sym"], "gguf", out)
+    report = verify_export(out, data="builtin-eval", seqlen=128, windows=4)
+    llama = next(r for r in report["readers"] if r["reader"] == "llama.cpp")
+    assert llama["status"] == "ran" and llama["protocol"] == "llama.cpp halves"
+    assert llama["rel_diff"] <= 0.005 and llama["agrees"]
+
+
+def test_halves_protocol_scores_the_second_half_of_each_chunk():
+    """What llama-perplexity computes: logits at positions c/2 .. c-2 predict tokens c/2+1 .. c-1."""
+    import math
+
+    import torch
+
+    from bitsmith.core.export.verify import halves_perplexity
+
+    class Table(torch.nn.Module):          # logits depend on the input token only
+        def __init__(self):
+            super().__init__()
+            self.w = torch.nn.Parameter(torch.randn(8, 8, generator=torch.Generator().manual_seed(0)))
+
+        def forward(self, input_ids, use_cache=False):
+            return type("Out", (), {"logits": self.w[input_ids]})()
+
+    model = Table()
+    chunks = torch.randint(0, 8, (3, 10), generator=torch.Generator().manual_seed(1))
+    logp = torch.log_softmax(model.w, dim=-1)
+    nll = [-logp[c[i], c[i + 1]].item() for c in chunks for i in range(5, 9)]
+    assert halves_perplexity(model, chunks) == pytest.approx(math.exp(sum(nll) / len(nll)), rel=1e-6)

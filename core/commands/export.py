@@ -44,10 +44,10 @@ def run(args: argparse.Namespace) -> int:
         if report["format"] == "gguf":
             lines.append(f"GGUF block types {report['types']}, {report['quantized_bits_per_weight']:.3f} bits/weight "
                          f"in the file, max relative weight error {report['max_rel_error']:.2e}")
-        if report.get("bytes"):
+        if report.get("weight_bytes"):
             src = report.get("source_model")
-            lines.append(f"size {report['bytes'] / 1e6:.1f} MB" + (f", the model it was quantized from "
-                         f"{src['bytes'] / 1e6:.1f} MB" if src else ""))
+            lines.append(f"weight files {report['weight_bytes']:,} bytes" + (
+                f", {report['weight_bytes'] / src['bytes']:.3f}x the {src['bytes']:,} bytes of {src['path']}" if src else ""))
         lines += [f"{r['reader']} {r['verdict']}: {r['call'].format(out=report['out'], gguf_file=report.get('gguf_file'))}"
                   for r in report.get("readers", [])]
         lines += [f"warning: {w}" for w in report["warnings"]]

@@ -114,7 +114,7 @@ def export_checkpoint(source: ExportSource | str | Path, fmt: str, out: str | Pa
                   "measured_ppl": source.measured_ppl(), "gguf_file": report.get("gguf_file"),
                   "readers": report["readers"]}
         write_json(tmp / EXPORT_RECORD, record)
-        report["bytes"] = folder_bytes(tmp)                      # the card states it (its own few kB aside)
+        report["weight_bytes"] = folder_bytes(tmp, weights_only=True)     # what the card compares
         (tmp / "README.md").write_text(model_card(source, fmt, str(out), report, warnings), encoding="utf-8")
         report["bytes"] = folder_bytes(tmp)
     report["files"] = sorted(set(report.get("files", [])) | {"README.md", EXPORT_RECORD})

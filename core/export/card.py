@@ -52,12 +52,13 @@ def plan_summary(source: ExportSource) -> list[str]:
 
 
 def _size_lines(format_report: dict) -> list[str]:
-    size, src = format_report.get("bytes"), format_report.get("source_model")
+    size, src = format_report.get("weight_bytes"), format_report.get("source_model")
     if not size:
         return []
-    line = f"Export size: **{size / 1e6:.1f} MB**"
+    line = f"Weight files: **{size:,} bytes** ({size / 1e6:.1f} MB)"
     if src:
-        line += f", against {src['bytes'] / 1e6:.1f} MB for the model it was quantized from ({src['path']})"
+        line += (f", {size / src['bytes']:.3f}× the {src['bytes']:,} bytes of the model it was quantized from "
+                 f"({src['path']})")
     return [line + "."]
 
 

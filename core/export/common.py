@@ -146,28 +146,30 @@ def to_half(t: torch.Tensor, dtype: torch.dtype = torch.float16) -> torch.Tensor
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".gguf", ".pt", ".pth")
 
 
-def folder_bytes(folder: Path) -> int:
-    """Bytes of every file under `folder`."""
-    return sum(f.stat().st_size for f in folder.rglob("*") if f.is_file())
+def folder_bytes(folder: Path, weights_only: bool = False) -> int:
+    """Bytes of every file under `folder` (or of its weight files only: .safetensors, .gguf, ...)."""
+    return sum(f.stat().st_size for f in folder.rglob("*")
+               if f.is_file() and (not weights_only or f.name.endswith(WEIGHT_SUFFIXES)))
 
 
 def source_model_size(source: ExportSource) -> dict | None:
-    """{"path", "bytes"} of the model the checkpoint was quantized from: the file it was loaded
-    from (a .gguf, the bundled default), or the weight files of its folder; None when unknown
-    (a hub id that is not on this machine, a checkpoint without its base model's location)."""
+    """{"path", "bytes"} of the model the checkpoint was quantized from, as the user had it: the
+    bundled default's GGUF, a .gguf file, or the weight files of a model folder (not the
+    dequantized cache a GGUF is loaded through); None when unknown (a hub id not on this
+    machine, a checkpoint without its base model's location)."""
     base = source.manifest.get("base_model") or {}
-    location = base.get("location")
-    if not location and base.get("source") == "default":
+    named = base.get("source")
+    if named == "default":
         from ..model import default_model_path
 
-        location = str(default_model_path())
-    if not location:
-        return None
-    path = Path(location)
-    if path.is_file():
-        return {"path": str(path), "bytes": path.stat().st_size}
-    if path.is_dir():
-        weights = [f for f in path.iterdir() if f.is_file() and f.name.endswith(WEIGHT_SUFFIXES)]
+        candidates = [str(default_model_path())]
+    else:
+        candidates = [c for c in (named, base.get("location")) if c]
+    for candidate in candidates:
+        path = Path(candidate).expanduser()
+        if path.is_file():
+            return {"path": str(path), "bytes": path.stat().st_size}
+        weights = [f for f in path.iterdir() if f.is_file() and f.name.endswith(WEIGHT_SUFFIXES)] if path.is_dir() else []
         if weights:
             return {"path": str(path), "bytes": sum(f.stat().st_size for f in weights)}
     return None

@@ -147,7 +147,9 @@ def test_embeddings_are_q8_0_by_default_and_sizes_are_reported(mixed_checkpoint,
     assert wide["bytes"] - small["bytes"] >= nbytes["f16"] - nbytes["q8"] - 256     # README and padding aside
     weights = sum(f.stat().st_size for f in tiny_llama.glob("*.safetensors"))
     assert small["source_model"] == {"path": str(tiny_llama), "bytes": weights}
-    assert f"against {weights / 1e6:.1f} MB" in (tmp_path / "q8" / "README.md").read_text()
+    gguf_bytes = (tmp_path / "q8" / small["gguf_file"]).stat().st_size
+    assert small["weight_bytes"] == gguf_bytes and small["bytes"] > gguf_bytes          # README, record
+    assert f"{gguf_bytes / weights:.3f}× the {weights:,} bytes" in (tmp_path / "q8" / "README.md").read_text()
     # what a reader gets back is gguf-py's Q8_0 of our embedding, with the error the report states
     model = AutoModelForCausalLM.from_pretrained(tmp_path / "q8", gguf_file=small["gguf_file"], dtype=torch.float32)
     ours = src.dense["model.embed_tokens.weight"].float()

@@ -82,6 +82,7 @@ def database_settings(setup: Setup) -> DatabaseSettings:
 
 def ensure_database(setup: Setup) -> VariantDatabase:
     """Reuse `spec.database`, or build (or finish) this run's own database."""
+    from ..jobkinds.common import sampling_hooks
     from ..pipeline import draw_calibration
 
     spec, ctx = setup.spec, setup.ctx
@@ -111,7 +112,7 @@ def ensure_database(setup: Setup) -> VariantDatabase:
 
     def windows() -> torch.Tensor:
         return draw_calibration(spec.calib, setup.loaded.tokenizer, setup.preset.windows, spec.seqlen,
-                                spec.seed, model=setup.model)
+                                spec.seed, model=setup.model, **sampling_hooks(ctx))
 
     build_database(folder, settings, levels, setup.model, setup.layers, windows,
                    emit_layer=ctx.emitter.layer, check=ctx.cancel.check, on_progress=on_progress)
@@ -136,6 +137,7 @@ def spike_genome(setup: Setup, cache: Path | None = None) -> tuple[SearchSpace, 
 
     `cache`: a folder (the variant database's) where scores are kept for later searches."""
     from .. import atomic
+    from ..jobkinds.common import sampling_hooks
     from ..pipeline import draw_calibration
     from .spike import choose_kept, spike_allocation, spike_scores
 
@@ -150,7 +152,7 @@ def spike_genome(setup: Setup, cache: Path | None = None) -> tuple[SearchSpace, 
         ctx.emitter.log(f"spike scores from {cached}")
     else:
         windows = draw_calibration(spec.calib, setup.loaded.tokenizer, setup.preset.windows, spec.seqlen,
-                                   spec.seed, model=setup.model)
+                                   spec.seed, model=setup.model, **sampling_hooks(ctx))
         ctx.emitter.stage("spike_scores", "start")
         progress = Progress(ctx.emitter, "spike_scores", len(windows))
         scores = spike_scores(setup.model, space.names, windows, spec.batch_size, ctx.cancel.check,
@@ -227,6 +229,7 @@ def load_or_compute_targets(setup: Setup, runner) -> "Any":
     from safetensors.torch import load_file, save_file
 
     from .. import atomic
+    from ..jobkinds.common import sampling_hooks
     from ..pipeline import draw_calibration
     from .fitness import DenseTargets, dense_targets
 
@@ -240,7 +243,7 @@ def load_or_compute_targets(setup: Setup, runner) -> "Any":
         return DenseTargets(t["windows"], t.get("logp"), t.get("top_logp"), t.get("top_idx"))
     # the pool is drawn with another seed than the Hessian windows: fitness on fresh text
     windows = draw_calibration(spec.calib, setup.loaded.tokenizer, preset.pool_windows, preset.fitness_seqlen,
-                               spec.seed + 1, model=setup.model)
+                               spec.seed + 1, model=setup.model, **sampling_hooks(ctx))
     ctx.emitter.stage("dense_logits", "start")
     progress = Progress(ctx.emitter, "dense_logits", len(windows))
     targets = dense_targets(runner, windows, topk, spec.batch_size, ctx.cancel.check,

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import time
 
-from PySide6.QtCore import QTimer, Signal
+from PySide6.QtCore import Qt, QTimer, Signal
 from PySide6.QtWidgets import QHBoxLayout, QLabel, QPlainTextEdit, QProgressBar, QPushButton, QVBoxLayout, QWidget
 
 from .widgets import window_hint
@@ -54,9 +54,10 @@ class RunsPanel(QWidget):
         self.cancel_button = QPushButton("Cancel", clicked=self.cancel, enabled=False)
         self.resume_button = QPushButton("Resume", clicked=self._resume, enabled=False)
         self.message = QLabel("", wordWrap=True, objectName="message")
-        # Room for two lines always: a message appearing must not move the page above (and
-        # the Run buttons on it) by resizing this panel.
-        self.message.setFixedHeight(2 * self.message.fontMetrics().lineSpacing() + 6)
+        # Room for three lines always (a message and its hint, wrapped): a message appearing
+        # must not move the page above, and the Run buttons on it, by resizing this panel.
+        self.message.setFixedHeight(3 * self.message.fontMetrics().lineSpacing() + 6)
+        self.message.setAlignment(Qt.AlignmentFlag.AlignTop | Qt.AlignmentFlag.AlignLeft)
         self.log = QPlainTextEdit(readOnly=True, maximumBlockCount=500)
         self.log.setMaximumHeight(90)
         row = QHBoxLayout()
@@ -105,6 +106,7 @@ class RunsPanel(QWidget):
         self.level = level
         colour = LEVEL_COLOURS.get(level)
         self.message.setText(f"<span style='color:{colour}'>{html}</span>" if colour and html else html)
+        self.message.setToolTip(html)          # the whole text, should it ever need more lines
 
     def append_log(self, text: str) -> None:
         self.log.appendPlainText(text)

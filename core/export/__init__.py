@@ -14,11 +14,23 @@ format cannot represent exactly, and the measured cost of what it rounds.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 from ..atomic import staged_dir
 from .checks import FORMATS, export_warnings, layer_settings
-from .source import ExportSource, open_source, source_from_model
+
+if TYPE_CHECKING:
+    from .source import ExportSource
+
+
+def __getattr__(name: str):
+    """ExportSource, open_source, source_from_model on first use: source.py imports torch,
+    and the window imports this package (for the checks and estimates) without torch."""
+    if name in ("ExportSource", "open_source", "source_from_model"):
+        from . import source
+
+        return getattr(source, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 LOWBIT_MODES = ("lossless", "kquant")
 
@@ -69,6 +81,8 @@ def export_checkpoint(source: ExportSource | str | Path, fmt: str, out: str | Pa
     options = dict(options or {})
     if options.get("lowbit", "lossless") not in LOWBIT_MODES:
         raise BadInput(f"unknown --lowbit mode {options['lowbit']!r}", "use lossless or kquant")
+    from .source import ExportSource, open_source
+
     if not isinstance(source, ExportSource):
         source = open_source(source)
     out = Path(out).expanduser().resolve()

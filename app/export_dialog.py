@@ -12,7 +12,7 @@ from pathlib import Path
 from PySide6.QtWidgets import (QDialog, QDialogButtonBox, QFileDialog, QFormLayout, QHBoxLayout, QLabel, QLineEdit,
                                QPlainTextEdit, QPushButton, QVBoxLayout, QWidget)
 
-from .widgets import ComboBox
+from .widgets import ComboBox, window_hint
 
 MANIFEST = "bitsmith-quant.json"
 FORMAT_FOLDER = {"gptq": "gptq", "compressed-tensors": "compressed-tensors", "gguf": "gguf", "native": "native"}
@@ -124,7 +124,8 @@ class ExportDialog(QDialog):
         except (OSError, ValueError, KeyError, TypeError) as err:
             self.estimate = None
             self.size.setText(f"cannot estimate the size: {err}")
-        self.warnings.setPlainText("\n".join(f"• {w}" for w in warnings) or
+        labels = {"lowbit": "GGUF low-bit layers", "out": "Save into folder"}
+        self.warnings.setPlainText("\n".join(f"• {window_hint(w, labels)}" for w in warnings) or
                                    "Nothing: every layer is stored exactly in this format.")
         self.export_button.setEnabled(True)
 

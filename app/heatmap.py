@@ -97,22 +97,23 @@ class HeatMap(QWidget):
         self.image.setImage(grid, levels=(low, high))          # NaN cells: transparent, over the hatch
         self.hatch.setRect(QRectF(0, 0, len(roles), len(blocks)))
         self.hatch.setVisible(bool(np.isnan(grid).any()))
-        self.plot.getAxis("bottom").setTicks([[(i + 0.5, r) for i, r in enumerate(roles)]])
+        # short role names ("gate" for gate_proj): the long ones do not all fit under the cells
+        self.plot.getAxis("bottom").setTicks([[(i + 0.5, r.removesuffix("_proj")) for i, r in enumerate(roles)]])
         step = max(1, len(blocks) // 15)
         self.plot.getAxis("left").setTicks([[(i + 0.5, str(b)) for i, b in enumerate(blocks) if i % step == 0]])
         self.plot.setXRange(0, len(roles), padding=0)
         self.plot.setYRange(0, len(blocks), padding=0)
         absent = grid.size - len(self.model.rows)                    # roles some blocks lack
-        unmeasured = sum(1 for r in self.model.rows if not r.rel_error)    # None, or exact (kept: 0)
-        exact = sum(1 for r in self.model.rows if r.rel_error == 0)
-        hatch = "<span style='color:#7d848b'>▨</span>"
+        missing = sum(1 for r in self.model.rows if r.rel_error is None)
+        exact = sum(1 for r in self.model.rows if r.rel_error == 0)    # kept at 16-bit: no error
         if errors:
             text = "log10 of relative output error (lower is better)"
-            if unmeasured:
-                text += (f"; {hatch} hatched grey = not measured: {unmeasured - exact} layer"
-                         f"{'s' if unmeasured - exact != 1 else ''}" + (f" (+ {exact} kept exactly)" if exact else ""))
+            hatched = ([f"not measured: {missing} layer{'s' if missing != 1 else ''}"] if missing else []) + \
+                      ([f"kept at 16-bit (no error): {exact}"] if exact else [])
+            if hatched:
+                text += "; hatched grey = " + ", ".join(hatched)
         else:
             text = f"bits per layer, 2–8; the top colour ({KEPT_LEVEL}) = kept at 16-bit"
         if absent > 0:
-            text += f"; {hatch} {absent} cells: the block has no such layer"
+            text += f"; hatched grey: {absent} cells where the block has no such layer"
         self.caption.setText(text)

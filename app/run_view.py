@@ -206,6 +206,9 @@ class RunDialog(QDialog):
             return
         rows = compare_rows(records, events)
         self.compare_table = _table(["", *[r.name for r in records]], [[label, *cells] for label, cells in rows])
+        self.compare_table.resizeRowsToContents()
+        self.compare_table.setFixedHeight(self.compare_table.horizontalHeader().sizeHint().height() + 4
+                                          + sum(self.compare_table.rowHeight(i) for i in range(len(rows))))
         self.diff = plan_diff(records)
         tabs = QTabWidget()
         side = QWidget()

@@ -48,9 +48,11 @@ _RESUME = re.compile(r"`?bitsmith run RUN_DIR --resume`?")
 _FLAG = re.compile(r"(?<![\w-])--([a-z][a-z0-9]*(?:-[a-z0-9]+)*)")
 
 
-def window_hint(text: str) -> str:
+def window_hint(text: str, labels: dict[str, str] | None = None) -> str:
     """An engine hint in the window's words: the Resume button instead of the resume
-    command, a form field's name ("calib windows") instead of its flag (--calib-windows)."""
+    command, a form field's name ("calib windows") instead of its flag (--calib-windows);
+    `labels` names a flag's control where it is not a form field of the same name."""
+    labels = labels or {}
     text = _RESUME.sub("the Resume button", text or "")
     text = text.replace("resume it with the Resume button", "press Resume to go on from where it stopped")
-    return _FLAG.sub(lambda m: "“" + m.group(1).replace("-", " ") + "”", text)
+    return _FLAG.sub(lambda m: "“" + labels.get(m.group(1), m.group(1).replace("-", " ")) + "”", text)

@@ -54,7 +54,7 @@ def test_heat_map_hatches_layers_never_measured(opened):
             alpha = image.pixelColor(r, b).alpha()
             assert alpha == (255 if np.isfinite(grid[b, r]) else 0)   # unmeasured: see-through
     assert w.heatmap.hatch.isVisible()                               # ... onto the grey hatch
-    assert "not measured: 11 layers" in w.heatmap.caption.text()
+    assert "hatched grey = not measured: 11 layers" in w.heatmap.caption.text()
     w.heatmap.what.setCurrentIndex(0)
     w.layers.clear_results()
 

@@ -5,14 +5,11 @@ export to a chosen folder, and a plan that survives a restart."""
 
 from __future__ import annotations
 
-import json
 import subprocess
-import sys
 import time
 
 import pytest
-from PySide6.QtCore import QSettings, QTimer
-from PySide6.QtWidgets import QApplication
+from PySide6.QtCore import QSettings
 
 from bitsmith.core.client import python_command
 from bitsmith.core.jobs import ModelSpec

@@ -5,7 +5,6 @@ shadows another, forms ignore a passing mouse wheel, plots handle one point and 
 from __future__ import annotations
 
 import numpy as np
-import pytest
 from PySide6.QtCore import QPoint, QPointF, Qt
 from PySide6.QtGui import QWheelEvent
 from PySide6.QtWidgets import QApplication, QComboBox

@@ -174,7 +174,7 @@ class MainWindow(QMainWindow):
         side = QSplitter(Qt.Orientation.Vertical)
         side.addWidget(self.rules)
         side.addWidget(self.heatmap)
-        side.setSizes([380, 420])
+        side.setSizes([460, 340])
         split = QSplitter()
         split.addWidget(left)
         split.addWidget(side)
@@ -329,7 +329,7 @@ class MainWindow(QMainWindow):
         self.model_summary, self.inventory, self.last_eval = report["model"], report["summary"], None
         self.picker.add_recent(self.model_source)
         self._restoring = True
-        self.plan_source = "by hand"
+        self.plan_source = f"when the model opened (uniform {START_BITS}-bit)"
         self.layers.set_layers(report["layers"], bits=START_BITS, group_size=START_GROUP)
         self.table.resizeColumnsToContents()
         self.rules.set_layers(report["layers"])

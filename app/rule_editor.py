@@ -39,6 +39,7 @@ class RuleEditor(QWidget):
         self.table.setHorizontalHeaderLabels(["pattern (regex on the layer name)", "bits"])
         self.table.horizontalHeader().setSectionResizeMode(0, QHeaderView.ResizeMode.Stretch)
         self.table.itemChanged.connect(self._preview)
+        self.table.setMinimumHeight(70)           # the preview under it must never be clipped
         self.default_bits = bits_combo(4)
         self.default_bits.currentIndexChanged.connect(self._preview)
         self.group_size = SpinBox(minimum=8, maximum=4096, value=64, singleStep=32)

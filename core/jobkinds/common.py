@@ -52,17 +52,21 @@ def sampling_hooks(ctx: "RunContext", stage: str = "calibrate") -> dict[str, Any
     Pass as `**sampling_hooks(ctx)`; sources other than selfgen never call them."""
     from ..events import Progress
 
-    state: dict[str, Any] = {"progress": None, "last": 0.0}
+    # the clock starts now (before the first step), so the first event's ETA counts that step
+    state: dict[str, Any] = {"progress": None, "last": 0.0, "began": time.monotonic()}
 
     def on_step(done: int, total: int) -> None:
         progress = state["progress"]
         if progress is None or progress.total != total or done < progress.done:
             progress = state["progress"] = Progress(ctx.emitter, stage, total)   # a new part of "a+b"
+            progress._start = state["began"]
         now = time.monotonic()
         if done == total or done == 1 or now - state["last"] >= SAMPLING_EVENT_S:
             state["last"] = now
             progress.advance(done - progress.done)
         else:
             progress.done = done
+        if done == total:
+            state["began"] = now                 # the next part of "a+b" starts here
 
     return {"on_step": on_step, "check": ctx.cancel.check}

@@ -40,7 +40,7 @@ def test_selfgen_calibration_shows_progress_with_an_eta(opened, wait_for, monkey
     assert outcome == "done", w.runs.message.text()
     calibrate = [(done, total, eta) for stage, done, total, eta in seen if stage == "calibrate"]
     assert calibrate[0][0] == 1 and calibrate[-1][0] == calibrate[-1][1] == 48      # token positions
-    assert all(eta is not None for _, _, eta in calibrate[:-1])
+    assert all(eta is not None for _, _, eta in calibrate[:-1]) and calibrate[0][2] > 0
     assert [d for d, _, _ in calibrate] == sorted(d for d, _, _ in calibrate)
 
 

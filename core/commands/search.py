@@ -8,6 +8,7 @@ import argparse
 from ..cli import add_model_args, add_output_args, finish, model_spec, run_job_inline
 from ..errors import BadInput
 from ..jobs import make_job
+from ..serve import SERVE_TARGETS
 from ..jobkinds.search import SearchSpec
 
 _D = SearchSpec()
@@ -39,6 +40,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--windows", type=int, help="calibration windows for Hessians / spike scores")
     parser.add_argument("--seqlen", type=int, default=_D.seqlen)
     parser.add_argument("--seed", type=int, default=_D.seed)
+    parser.add_argument("--serve", choices=list(SERVE_TARGETS), default=_D.serve,
+                        help="the runtime the plan is for: vllm/sglang fuse q/k/v and gate/up, so each fused group "
+                        "gets one setting; any: no constraint (default)")
     parser.add_argument("--threads", type=int, help="torch CPU threads (default: 1 on a busy machine, else all)")
     evo = parser.add_argument_group("EvoPress (defaults from the preset)")
     evo.add_argument("--generations", type=int)
@@ -78,7 +82,8 @@ def run(args: argparse.Namespace) -> int:
                    eval_windows=args.eval_windows, final_eval=not args.no_final_eval, database=args.database,
                    database_inputs=args.database_inputs,
                    spike_threshold=args.spike_threshold, spike_top_k=args.spike_top_k,
-                   spike_keep_bits=args.keep_bits, then_quantize=args.then_quantize, threads=args.threads)
+                   spike_keep_bits=args.keep_bits, then_quantize=args.then_quantize, threads=args.threads,
+                   serve=args.serve)
     code, report = run_job_inline(job, args)
     summary = None
     if report:

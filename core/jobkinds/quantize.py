@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Literal
 from ..errors import BadInput, Cancelled
 from ..jobs import ModelSpec, RunContext, register_job
 from ..plan import PlanSpec
+from ..serve import check_plan_serves, serve_target
 
 if TYPE_CHECKING:   # torch stays out of the window process, which imports job specs
     import torch
@@ -46,6 +47,8 @@ class QuantizeSpec:
     block_size: int = 128
     true_sequential: bool = True
     batch_size: int = 8
+    serve: str = "any"                # runtime the plan is for (core/serve.py): vllm/sglang refuse a plan
+                                      # that gives one fused group (q/k/v, gate/up) different settings
 
     @property
     def clips(self) -> bool:
@@ -53,6 +56,7 @@ class QuantizeSpec:
         return self.method == "gptq" if self.clip is None else self.clip
 
     def validate(self) -> None:
+        serve_target(self.serve)
         if self.calib_windows < 0:
             raise BadInput(f"calib_windows {self.calib_windows} is negative", "use --calib-windows 1 or more")
         if self.calib_windows == 0 and self.method == "gptq":
@@ -124,6 +128,7 @@ def _resolve_plan(spec: QuantizeSpec, ctx: RunContext, layers: list):
 
     source = load_plan_file(spec.plan) if isinstance(spec.plan, str) else spec.plan
     plan = plan_for_model(source, layers)
+    check_plan_serves(plan, [layer.name for layer in layers], serve_target(spec.serve))
     budget = plan.budget()
     save_plan(ctx.run_dir.plan_file, plan, plan.spec, layers)
     ctx.emitter.plan(plan.bits_map(), budget=budget.to_dict(),

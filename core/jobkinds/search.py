@@ -14,6 +14,7 @@ from typing import Literal
 
 from ..errors import BadInput
 from ..jobs import ModelSpec, RunContext, register_job
+from ..serve import serve_target
 
 ALLOWED_LEVELS = (2, 3, 4, 5, 6, 7, 8, 16)
 
@@ -62,12 +63,15 @@ class SearchSpec:
     spike_top_k: int | None = None        # … or the top k
     spike_keep_bits: Literal[16, 8] = 8   # kept layers: 8-bit (GPTQ, near lossless at g64) costs the rest
                                           # 5 bits per kept weight against 13 for 16-bit
+    serve: str = "any"                    # runtime the plan is for (core/serve.py): vllm/sglang tie q/k/v
+                                          # and gate/up into one setting per fused group
     # then quantize per the plan (the quantize job's calibration and GPTQ settings)
     then_quantize: bool = False
     quantize_calib: str = "selfgen"       # the quantize job's defaults (core/jobkinds/quantize.py)
     quantize_windows: int = 32
 
     def validate(self) -> None:
+        serve_target(self.serve)
         bad = [b for b in self.levels if b not in ALLOWED_LEVELS]
         if bad or not self.levels:
             raise BadInput(f"levels {self.levels} are not all allowed bit-widths",

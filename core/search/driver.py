@@ -23,8 +23,9 @@ from ..events import Progress
 from ..inventory import LayerInfo, inventory_summary, layer_inventory
 from .database import (DatabaseSettings, VariantDatabase, build_database, find_database, model_fingerprint,
                        open_database)
-from .genome import Genome, SearchSpace, check_target
+from .genome import Genome, SearchSpace, Tying, check_target
 from .presets import PRESETS, Preset
+from ..serve import check_plan_serves, serve_target, tie_units
 
 if TYPE_CHECKING:
     from ..jobkinds.search import SearchSpec
@@ -43,6 +44,14 @@ class Setup:
     ctx: "RunContext"
     loaded: "LoadedModel"
     layers: list[LayerInfo]
+    tying: Tying                 # units of layers that share one level (fused groups for vLLM/SGLang)
+
+    def layer_space(self, levels) -> SearchSpace:
+        return SearchSpace.from_layers(self.layers, levels)
+
+    def unit_space(self, levels) -> SearchSpace:
+        """The space the allocators search: one gene per unit."""
+        return self.tying.unit_space(self.layer_space(levels))
 
     @property
     def model(self) -> torch.nn.Module:
@@ -124,10 +133,12 @@ def ensure_database(setup: Setup) -> VariantDatabase:
 # --- methods -----------------------------------------------------------------------------
 
 def sensitivity_genome(setup: Setup, space: SearchSpace, db: VariantDatabase) -> Genome:
-    """Knapsack over levels of the per-layer relative output errors (assumed additive)."""
+    """Knapsack over levels of the relative output errors (assumed additive), one choice per
+    unit: a fused group's error at a level is the sum of its layers' errors there."""
     from .knapsack import knapsack
 
-    errors = [[db.errors(name)[bits] for bits in space.levels] for name in space.names]
+    per_layer = [[db.errors(layer.name)[bits] for bits in space.levels] for layer in setup.layers]
+    errors = [[sum(per_layer[i][l] for i in unit) for l in range(len(space.levels))] for unit in setup.tying.units]
     return tuple(knapsack(space.numels, space.levels, errors, setup.spec.target_bits))
 
 
@@ -141,7 +152,9 @@ def spike_genome(setup: Setup, cache: Path | None = None) -> tuple[SearchSpace, 
 
     spec, ctx = setup.spec, setup.ctx
     keep = spec.spike_keep_bits
-    space = SearchSpace.from_layers(setup.layers, sorted(set(spec.levels) | {keep}))
+    levels = sorted(set(spec.levels) | {keep})
+    names = [layer.name for layer in setup.layers]
+    space = setup.unit_space(levels)
     key = _hash({"model": model_fingerprint(setup.model), "calib": spec.calib,
                  "windows": setup.preset.windows, "seqlen": spec.seqlen, "seed": spec.seed})
     cached = cache / f"spike-scores-{key}.json" if cache is not None else None
@@ -153,15 +166,18 @@ def spike_genome(setup: Setup, cache: Path | None = None) -> tuple[SearchSpace, 
                                    spec.seed, model=setup.model)
         ctx.emitter.stage("spike_scores", "start")
         progress = Progress(ctx.emitter, "spike_scores", len(windows))
-        scores = spike_scores(setup.model, space.names, windows, spec.batch_size, ctx.cancel.check,
+        scores = spike_scores(setup.model, names, windows, spec.batch_size, ctx.cancel.check,
                               on_batch=lambda done, total: progress.advance(done - progress.done))
         ctx.emitter.stage("spike_scores", "end")
         if cached is not None:
             atomic.write_json(cached, scores)
-    kept = choose_kept(scores, spec.spike_threshold if spec.spike_top_k is None else None, spec.spike_top_k)
-    alloc = spike_allocation(space, scores, spec.target_bits, kept, keep_bits=keep)
-    for name in space.names:
-        ctx.emitter.layer(name, spike_score=round(scores[name], 3), kept=name in alloc.kept)
+    # a unit scores its spikiest layer: keeping a fused group keeps all of it
+    unit_scores = dict(zip(space.names, setup.tying.unit_values([scores[n] for n in names], combine=max)))
+    kept = choose_kept(unit_scores, spec.spike_threshold if spec.spike_top_k is None else None, spec.spike_top_k)
+    alloc = spike_allocation(space, unit_scores, spec.target_bits, kept, keep_bits=keep)
+    kept_layers = {n for unit in alloc.kept for n in unit.split("+")}
+    for name in names:
+        ctx.emitter.layer(name, spike_score=round(scores[name], 3), kept=name in kept_layers)
     if alloc.dropped:
         ctx.emitter.log(f"the budget cannot keep {len(alloc.dropped)} spiky layer(s) at {keep} bits: "
                         f"{', '.join(alloc.dropped)}")
@@ -181,7 +197,8 @@ def evopress_genome(setup: Setup, space: SearchSpace, db: VariantDatabase) -> tu
     cfg = EvoConfig(generations=preset.generations, offspring=preset.offspring, survivors=list(preset.survivors),
                     tokens=list(preset.tokens), seqlen=preset.fitness_seqlen, pool_windows=preset.pool_windows,
                     start_candidates=preset.start_candidates, mutation=preset.mutation, seed=spec.seed)
-    assembler = Assembler(setup.model, setup.layers, space, db)
+    expand = setup.tying.expand
+    assembler = Assembler(setup.model, setup.layers, setup.layer_space(space.levels), db)
     runner = BlockRunner(setup.model)
     targets = load_or_compute_targets(setup, runner)
     scorer = CandidateScorer(runner, [l.block for l in setup.layers], assembler.set_layer, targets,
@@ -195,19 +212,22 @@ def evopress_genome(setup: Setup, space: SearchSpace, db: VariantDatabase) -> tu
         ctx.emitter.metric("fitness", state.parent_fitness, step=g, split="search")
         ctx.emitter.metric("tokens", state.forward_tokens, step=g, split="search",
                            candidate_tokens=state.candidate_tokens)
-        ctx.emitter.plan(space.bits_map(parent), generation=g, avg_bits=round(space.avg_bits(parent), 4),
+        ctx.emitter.plan(setup.layer_space(space.levels).bits_map(expand(parent)), generation=g, avg_bits=round(space.avg_bits(parent), 4),
                          fitness=state.parent_fitness)
         progress.done = g - 1
         progress.advance()
         if eval_windows is not None and g % preset.eval_every == 0:
-            assembler.assemble(parent)
+            assembler.assemble(expand(parent))
             ppl = perplexity(setup.model, eval_windows, check=ctx.cancel.check)
             state.history[-1]["ppl"] = ppl
             ctx.emitter.metric("ppl", ppl, step=g, split="eval")
 
     ctx.emitter.stage("search", "start")
     key = _hash({"spec": to_dict(spec), "db": db.meta["key"]})
-    state = evopress(space, spec.target_bits, cfg, lambda genomes, rows: scorer.score(genomes, rows, ctx.cancel.check),
+    def score(genomes, rows):
+        return scorer.score([expand(g) for g in genomes], rows, ctx.cancel.check)
+
+    state = evopress(space, spec.target_bits, cfg, score,
                      ctx.run_dir.checkpoint_dir / CHECKPOINT_FILE, key, resume=ctx.resume,
                      hooks=Hooks(on_generation=on_generation, check=ctx.cancel.check,
                                  tokens=lambda: (scorer.forward_tokens, scorer.candidate_tokens)))
@@ -316,9 +336,12 @@ def _run_search(spec: "SearchSpec", ctx: "RunContext") -> dict:
     if loaded.quantized is not None:
         raise BadInput(f"{spec.model.source} is already quantized", "search on the original model")
     layers = layer_inventory(loaded.model)
-    setup = Setup(spec, preset, ctx, loaded, layers)
+    target = serve_target(spec.serve)
+    tying = Tying(tuple(tie_units([layer.name for layer in layers], target)))
+    setup = Setup(spec, preset, ctx, loaded, layers, tying)
     report: dict[str, Any] = {"model": loaded.summary(), "inventory": inventory_summary(layers),
                               "method": spec.method, "target_bits": spec.target_bits, "preset": spec.preset,
+                              "serve": spec.serve, "units": len(tying.units),
                               "levels": sorted(set(spec.levels))}
     db = None
     if spec.method == "spike":
@@ -331,7 +354,7 @@ def _run_search(spec: "SearchSpec", ctx: "RunContext") -> dict:
             ctx.emitter.log(f"the database has no {spec.spike_keep_bits}-bit variants: the perplexity puts "
                             f"round-to-nearest {spec.spike_keep_bits}-bit weights in the kept layers")
     else:
-        space = SearchSpace.from_layers(layers, spec.levels)
+        space = setup.unit_space(spec.levels)
         check_target(space, spec.target_bits)
         db_started = time.time()
         db = ensure_database(setup)
@@ -341,23 +364,26 @@ def _run_search(spec: "SearchSpec", ctx: "RunContext") -> dict:
         search_started = time.time()
         if spec.method == "sensitivity":
             genome = sensitivity_genome(setup, space, db)
+            layer_bits = setup.layer_space(space.levels).bits_map(tying.expand(genome))
             report["sensitivity"] = {"seconds": round(time.time() - search_started, 3),
-                                     "summed_error": sum(db.errors(n)[b] for n, b in space.bits_map(genome).items())}
+                                     "summed_error": sum(db.errors(n)[b] for n, b in layer_bits.items())}
         else:
             genome, report["evopress"] = evopress_genome(setup, space, db)
 
-    plan = plan_from_bits(layers, space.bits_map(genome), spec.group_size, spec.sym)
+    layer_space, layer_genome = setup.layer_space(space.levels), tying.expand(genome)
+    plan = plan_from_bits(layers, layer_space.bits_map(layer_genome), spec.group_size, spec.sym)
+    check_plan_serves(plan, [layer.name for layer in layers], target, "the search's plan")
     save_plan(ctx.run_dir.plan_file, plan, plan.spec, layers)
     budget = plan.budget(layers)
     ctx.emitter.plan(plan.bits_map(), budget=budget.to_dict(), final=True)
     ctx.emitter.log(f"plan: {budget.summary()}")
     report.update({"plan_file": str(ctx.run_dir.plan_file), "avg_code_bits": budget.avg_code_bits,
                    "effective_bits": budget.effective_bits, "budget": budget.to_dict(),
-                   "bits": space.bits_map(genome)})
+                   "bits": layer_space.bits_map(layer_genome)})
     if spec.final_eval and db is not None:
         windows = _eval_windows(setup)
         eval_started = time.time()
-        report["ppl"] = plan_perplexity(setup, space, genome, db, windows)
+        report["ppl"] = plan_perplexity(setup, layer_space, layer_genome, db, windows)
         report["eval_seconds"] = round(time.time() - eval_started, 2)
         report["eval"] = {"data": spec.eval_data, "windows": len(windows), "seqlen": spec.eval_seqlen,
                           "how": "variants from the database assembled into the model"}
@@ -374,7 +400,7 @@ def then_quantize(setup: Setup) -> dict:
 
     spec, ctx = setup.spec, setup.ctx
     qspec = QuantizeSpec(model=spec.model, plan=str(ctx.run_dir.plan_file), calib=spec.quantize_calib,
-                         calib_windows=spec.quantize_windows, seqlen=spec.seqlen, seed=spec.seed)
+                         calib_windows=spec.quantize_windows, seqlen=spec.seqlen, seed=spec.seed, serve=spec.serve)
     ctx.emitter.stage("then_quantize", "start")
     report = run_quantize(qspec, ctx)
     ctx.emitter.stage("then_quantize", "end")

@@ -30,7 +30,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     add_model_args(parser)
     parser.add_argument("--method", choices=["evopress", "spike", "sensitivity"], default=_D.method)
     parser.add_argument("--target-bits", type=float, default=_D.target_bits,
-                        help="average code bits per weight over the searched layers (default 3.0)")
+                        help="average bits per weight over the searched layers (default 3.0), as --budget counts")
+    parser.add_argument("--budget", choices=["effective", "code"], default=_D.budget,
+                        help="effective (default): codes plus scales and zero points (4-bit g64 = 4.5); "
+                        "code: the codes alone (4-bit = 4.0)")
     parser.add_argument("--preset", choices=["cpu", "reference"], default=_D.preset,
                         help="cpu: under 15 minutes on a small model on 2 cores; reference: EvoPress's defaults")
     parser.add_argument("--levels", type=_ints, default=_D.levels, help="bit-widths to choose from (default 2,3,4,5,6)")
@@ -83,7 +86,7 @@ def run(args: argparse.Namespace) -> int:
                    database_inputs=args.database_inputs,
                    spike_threshold=args.spike_threshold, spike_top_k=args.spike_top_k,
                    spike_keep_bits=args.keep_bits, then_quantize=args.then_quantize, threads=args.threads,
-                   serve=args.serve)
+                   serve=args.serve, budget=args.budget)
     code, report = run_job_inline(job, args)
     summary = None
     if report:

@@ -23,7 +23,9 @@ ALLOWED_LEVELS = (2, 3, 4, 5, 6, 7, 8, 16)
 class SearchSpec:
     model: ModelSpec = field(default_factory=ModelSpec)
     method: Literal["evopress", "spike", "sensitivity"] = "evopress"
-    target_bits: float = 3.0              # average code bits over the searched layers
+    target_bits: float = 3.0              # average bits per weight over the searched layers, …
+    budget: Literal["effective", "code"] = "effective"   # … counting scales and zero points too
+                                          # (effective, as ModelOpt's effective_bits), or the codes alone
     levels: list[int] = field(default_factory=lambda: [2, 3, 4, 5, 6])
     group_size: int = 64
     sym: bool = False

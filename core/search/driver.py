@@ -21,6 +21,7 @@ from ..config import to_dict
 from ..errors import BadInput
 from ..events import Progress
 from ..inventory import LayerInfo, inventory_summary, layer_inventory
+from ..plan import OVERHEAD_BITS_PER_GROUP, resolve_group_size
 from .database import (DatabaseSettings, VariantDatabase, build_database, find_database, model_fingerprint,
                        open_database)
 from .genome import Genome, SearchSpace, Tying, check_target
@@ -45,6 +46,14 @@ class Setup:
     loaded: "LoadedModel"
     layers: list[LayerInfo]
     tying: Tying                 # units of layers that share one level (fused groups for vLLM/SGLang)
+    target: float                # the budget in average code bits (see `code_target`)
+
+    @classmethod
+    def create(cls, spec: "SearchSpec", preset: Preset, ctx: "RunContext", loaded: "LoadedModel",
+               layers: list[LayerInfo]) -> "Setup":
+        """With the units of the spec's serving target and the budget in code bits."""
+        units = tie_units([layer.name for layer in layers], serve_target(spec.serve))
+        return cls(spec, preset, ctx, loaded, layers, Tying(tuple(units)), code_target(spec, layers))
 
     def layer_space(self, levels) -> SearchSpace:
         return SearchSpace.from_layers(self.layers, levels)
@@ -72,6 +81,29 @@ def resolved_preset(spec: "SearchSpec") -> Preset:
     return preset
 
 
+def code_target(spec: "SearchSpec", layers: list[LayerInfo]) -> float:
+    """The budget in average code bits, which the allocators work in.
+
+    An effective-bits budget (`budget="effective"`, as ModelOpt's `effective_bits`) also
+    counts each group's scale and zero point: 32 bits per group, the same at every level.
+    So it is the code budget less the mean overhead, exactly:
+        Σ n_i·(b_i + 32/g_i) ≤ T·Σ n_i   ⟺   Σ n_i·b_i ≤ (T − Σ n_i·32/g_i / Σ n_i)·Σ n_i
+    (g_i: the group size layer i gets, 64 → 0.5 bits per weight). A layer kept at 16 bits
+    carries no overhead; counting it anyway errs on the safe side."""
+    if spec.budget == "code":
+        return spec.target_bits
+    params = sum(l.params for l in layers)
+    overhead = sum(l.params * OVERHEAD_BITS_PER_GROUP / resolve_group_size(l.d_in, spec.group_size)
+                   for l in layers) / params
+    target = spec.target_bits - overhead
+    lowest = min([b for b in spec.levels if b != 16] or [16])
+    if target < lowest - 1e-9:
+        raise BadInput(f"an effective budget of {spec.target_bits} bits leaves {target:.3f} code bits after "
+                       f"scales and zero points ({overhead:.3f} bits per weight), below the lowest level {lowest}",
+                       f"raise --target-bits to at least {lowest + overhead:.3f}, or use --budget code")
+    return target
+
+
 def _hash(doc: Any) -> str:
     return hashlib.sha256(json.dumps(doc, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
@@ -83,7 +115,7 @@ def database_settings(setup: Setup) -> DatabaseSettings:
 
     spec = setup.spec
     levels = [b for b in spec.levels if b != 16]
-    propagate = propagation_level(levels, spec.target_bits) if spec.database_inputs == "propagated" else None
+    propagate = propagation_level(levels, setup.target) if spec.database_inputs == "propagated" else None
     return DatabaseSettings(model=model_fingerprint(setup.model), calib=spec.calib,
                             windows=setup.preset.windows, seqlen=spec.seqlen, seed=spec.seed,
                             group_size=spec.group_size, sym=spec.sym, propagate_bits=propagate)
@@ -139,7 +171,7 @@ def sensitivity_genome(setup: Setup, space: SearchSpace, db: VariantDatabase) ->
 
     per_layer = [[db.errors(layer.name)[bits] for bits in space.levels] for layer in setup.layers]
     errors = [[sum(per_layer[i][l] for i in unit) for l in range(len(space.levels))] for unit in setup.tying.units]
-    return tuple(knapsack(space.numels, space.levels, errors, setup.spec.target_bits))
+    return tuple(knapsack(space.numels, space.levels, errors, setup.target))
 
 
 def spike_genome(setup: Setup, cache: Path | None = None) -> tuple[SearchSpace, Genome, dict]:
@@ -174,7 +206,7 @@ def spike_genome(setup: Setup, cache: Path | None = None) -> tuple[SearchSpace, 
     # a unit scores its spikiest layer: keeping a fused group keeps all of it
     unit_scores = dict(zip(space.names, setup.tying.unit_values([scores[n] for n in names], combine=max)))
     kept = choose_kept(unit_scores, spec.spike_threshold if spec.spike_top_k is None else None, spec.spike_top_k)
-    alloc = spike_allocation(space, unit_scores, spec.target_bits, kept, keep_bits=keep)
+    alloc = spike_allocation(space, unit_scores, setup.target, kept, keep_bits=keep)
     kept_layers = {n for unit in alloc.kept for n in unit.split("+")}
     for name in names:
         ctx.emitter.layer(name, spike_score=round(scores[name], 3), kept=name in kept_layers)
@@ -227,7 +259,7 @@ def evopress_genome(setup: Setup, space: SearchSpace, db: VariantDatabase) -> tu
     def score(genomes, rows):
         return scorer.score([expand(g) for g in genomes], rows, ctx.cancel.check)
 
-    state = evopress(space, spec.target_bits, cfg, score,
+    state = evopress(space, setup.target, cfg, score,
                      ctx.run_dir.checkpoint_dir / CHECKPOINT_FILE, key, resume=ctx.resume,
                      hooks=Hooks(on_generation=on_generation, check=ctx.cancel.check,
                                  tokens=lambda: (scorer.forward_tokens, scorer.candidate_tokens)))
@@ -336,16 +368,16 @@ def _run_search(spec: "SearchSpec", ctx: "RunContext") -> dict:
     if loaded.quantized is not None:
         raise BadInput(f"{spec.model.source} is already quantized", "search on the original model")
     layers = layer_inventory(loaded.model)
-    target = serve_target(spec.serve)
-    tying = Tying(tuple(tie_units([layer.name for layer in layers], target)))
-    setup = Setup(spec, preset, ctx, loaded, layers, tying)
+    setup = Setup.create(spec, preset, ctx, loaded, layers)
+    tying = setup.tying
     report: dict[str, Any] = {"model": loaded.summary(), "inventory": inventory_summary(layers),
                               "method": spec.method, "target_bits": spec.target_bits, "preset": spec.preset,
-                              "serve": spec.serve, "units": len(tying.units),
+                              "serve": spec.serve, "units": len(tying.units), "budget_kind": spec.budget,
+                              "target_code_bits": round(setup.target, 6),
                               "levels": sorted(set(spec.levels))}
     db = None
     if spec.method == "spike":
-        check_target(SearchSpace.from_layers(layers, [b for b in spec.levels if b != 16] or [16]), spec.target_bits)
+        check_target(SearchSpace.from_layers(layers, [b for b in spec.levels if b != 16] or [16]), setup.target)
         if spec.database:         # the spike plan needs no database; one given is used to measure it
             db = ensure_database(setup)
         space, genome, extra = spike_genome(setup, db.folder if db is not None else None)
@@ -355,7 +387,7 @@ def _run_search(spec: "SearchSpec", ctx: "RunContext") -> dict:
                             f"round-to-nearest {spec.spike_keep_bits}-bit weights in the kept layers")
     else:
         space = setup.unit_space(spec.levels)
-        check_target(space, spec.target_bits)
+        check_target(space, setup.target)
         db_started = time.time()
         db = ensure_database(setup)
         report["database"] = {"folder": str(db.folder), "build_seconds": round(db.seconds, 2),
@@ -372,7 +404,7 @@ def _run_search(spec: "SearchSpec", ctx: "RunContext") -> dict:
 
     layer_space, layer_genome = setup.layer_space(space.levels), tying.expand(genome)
     plan = plan_from_bits(layers, layer_space.bits_map(layer_genome), spec.group_size, spec.sym)
-    check_plan_serves(plan, [layer.name for layer in layers], target, "the search's plan")
+    check_plan_serves(plan, [layer.name for layer in layers], serve_target(spec.serve), "the search's plan")
     save_plan(ctx.run_dir.plan_file, plan, plan.spec, layers)
     budget = plan.budget(layers)
     ctx.emitter.plan(plan.bits_map(), budget=budget.to_dict(), final=True)

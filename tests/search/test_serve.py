@@ -105,3 +105,18 @@ def test_vllm_plans_give_each_group_one_setting(method, run_search, EVO, db_run,
     assert split_groups(plan, list(plan.entries)) == []
     assert plan.budget().avg_code_bits <= 3.5 + 1e-9
     assert run.read_report()["units"] == 8
+
+
+def test_effective_budget_counts_scales_and_zeros(run_search, db_run, tiny_llama, tmp_path):
+    """3.5 effective bits at g64 (0.5 bits per weight of scale and zero) = 3.0 code bits."""
+    code, run, events = run_search(tmp_path / "eff", model=ModelSpec(str(tiny_llama)), method="sensitivity",
+                                   target_bits=3.5, budget="effective", database=str(db_run))
+    assert code == 0, [e for e in events if e["type"] == "error"]
+    report = run.read_report()
+    assert report["target_code_bits"] == pytest.approx(3.0)
+    assert report["effective_bits"] <= 3.5 + 1e-9 and report["avg_code_bits"] <= 3.0 + 1e-9
+    assert report["effective_bits"] == pytest.approx(report["avg_code_bits"] + 0.5)
+    code, run, events = run_search(tmp_path / "low", model=ModelSpec(str(tiny_llama)), method="sensitivity",
+                                   target_bits=2.25, budget="effective", database=str(db_run))
+    error = [e for e in events if e["type"] == "error"][-1]
+    assert code == 2 and "leaves 1.750 code bits" in error["message"] and "at least 2.500" in error["hint"]

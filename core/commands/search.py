@@ -28,7 +28,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "for `bitsmith quantize --plan`. EvoPress and the sensitivity baseline first build a database of "
         "GPTQ variants of every layer at every level (reusable with --database).")
     add_model_args(parser)
-    parser.add_argument("--method", choices=["evopress", "spike", "sensitivity"], default=_D.method)
+    parser.add_argument("--method", choices=["evopress", "spike", "sensitivity", "fisher"], default=_D.method,
+                        help="evopress (default); spike: keep activation-spike layers; sensitivity: knapsack of "
+                        "Hessian-weighted errors; fisher: knapsack of gradient-weighted output errors (fast)")
     parser.add_argument("--target-bits", type=float, default=_D.target_bits,
                         help="average bits per weight over the searched layers (default 3.0), as --budget counts")
     parser.add_argument("--budget", choices=["effective", "code"], default=_D.budget,

@@ -22,7 +22,7 @@ ALLOWED_LEVELS = (2, 3, 4, 5, 6, 7, 8, 16)
 @dataclass
 class SearchSpec:
     model: ModelSpec = field(default_factory=ModelSpec)
-    method: Literal["evopress", "spike", "sensitivity"] = "evopress"
+    method: Literal["evopress", "spike", "sensitivity", "fisher"] = "evopress"
     target_bits: float = 3.0              # average bits per weight over the searched layers, …
     budget: Literal["effective", "code"] = "effective"   # … counting scales and zero points too
                                           # (effective, as ModelOpt's effective_bits), or the codes alone

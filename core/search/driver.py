@@ -174,6 +174,31 @@ def sensitivity_genome(setup: Setup, space: SearchSpace, db: VariantDatabase) ->
     return tuple(knapsack(space.numels, space.levels, errors, setup.target))
 
 
+def fisher_genome(setup: Setup, space: SearchSpace, db: VariantDatabase) -> tuple[Genome, dict]:
+    """Fisher-weighted output errors of every variant (core/search/fisher.py), summed per unit,
+    solved by the knapsack under the budget."""
+    from ..pipeline import draw_calibration
+    from .fisher import fisher_scores
+    from .knapsack import knapsack
+
+    spec, ctx = setup.spec, setup.ctx
+    started = time.time()
+    windows = draw_calibration(spec.calib, setup.loaded.tokenizer, setup.preset.windows, spec.seqlen,
+                               spec.seed, model=setup.model)
+    ctx.emitter.stage("fisher_scores", "start")
+    progress = Progress(ctx.emitter, "fisher_scores", len(windows))
+    scores = fisher_scores(setup.model, setup.layers, windows, db.weight, space.levels, spec.batch_size,
+                           ctx.cancel.check, on_batch=lambda done, total: progress.advance(done - progress.done))
+    ctx.emitter.stage("fisher_scores", "end")
+    per_layer = [[scores[layer.name][bits] for bits in space.levels] for layer in setup.layers]
+    errors = [[sum(per_layer[i][l] for i in unit) for l in range(len(space.levels))] for unit in setup.tying.units]
+    genome = tuple(knapsack(space.numels, space.levels, errors, setup.target))
+    top = max(setup.layers, key=lambda layer: scores[layer.name][space.levels[0]])
+    return genome, {"seconds": round(time.time() - started, 2), "windows": len(windows),
+                    "summed_score": sum(errors[u][l] for u, l in enumerate(genome)),
+                    "most_sensitive_at_lowest_level": top.name}
+
+
 def spike_genome(setup: Setup, cache: Path | None = None) -> tuple[SearchSpace, Genome, dict]:
     """Spike scores on calibration windows; keep the spiky layers; the rest to the budget.
 
@@ -399,6 +424,8 @@ def _run_search(spec: "SearchSpec", ctx: "RunContext") -> dict:
             layer_bits = setup.layer_space(space.levels).bits_map(tying.expand(genome))
             report["sensitivity"] = {"seconds": round(time.time() - search_started, 3),
                                      "summed_error": sum(db.errors(n)[b] for n, b in layer_bits.items())}
+        elif spec.method == "fisher":
+            genome, report["fisher"] = fisher_genome(setup, space, db)
         else:
             genome, report["evopress"] = evopress_genome(setup, space, db)
 

@@ -14,6 +14,22 @@ from ..jobkinds.search import SearchSpec
 _D = SearchSpec()
 
 
+def _sweep_table(report: dict) -> str:
+    """The sweep's Pareto table: one row per target."""
+    lines = [f"{report['model']['source']}: {report['method']} sweep ({report['budget_kind']} bits)",
+             f"  {'target':>6} {'code':>6} {'eff.':>6} {'MiB':>8} {'KL':>8} {'ppl':>9}  plan"]
+    for row in report["sweep"]:
+        kl = f"{row['kl']:.4f}" if row["kl"] is not None else "–"
+        ppl = f"{row['ppl']:.2f}" if row["ppl"] is not None else "–"
+        lines.append(f"  {row['target_bits']:>6g} {row['avg_code_bits']:>6.3f} {row['effective_bits']:>6.3f} "
+                     f"{row['mb']:>8.2f} {kl:>8} {ppl:>9}  {row['plan_file']}")
+    return "\n".join(lines)
+
+
+def _floats(text: str) -> list[float]:
+    return [float(x) for x in text.split(",") if x.strip()]
+
+
 def _ints(text: str) -> list[int]:
     try:
         return [int(x) for x in text.split(",") if x.strip()]
@@ -33,6 +49,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         "Hessian-weighted errors; fisher: knapsack of gradient-weighted output errors (fast)")
     parser.add_argument("--target-bits", type=float, default=_D.target_bits,
                         help="average bits per weight over the searched layers (default 3.0), as --budget counts")
+    parser.add_argument("--targets", type=_floats,
+                        help="a budget sweep, e.g. 2.5,3,3.5,4: one plan per target (RUN/sweep/), one database")
     parser.add_argument("--budget", choices=["effective", "code"], default=_D.budget,
                         help="effective (default): codes plus scales and zero points (4-bit g64 = 4.5); "
                         "code: the codes alone (4-bit = 4.0)")
@@ -88,10 +106,12 @@ def run(args: argparse.Namespace) -> int:
                    database_inputs=args.database_inputs,
                    spike_threshold=args.spike_threshold, spike_top_k=args.spike_top_k,
                    spike_keep_bits=args.keep_bits, then_quantize=args.then_quantize, threads=args.threads,
-                   serve=args.serve, budget=args.budget)
+                   serve=args.serve, budget=args.budget, targets=args.targets)
     code, report = run_job_inline(job, args)
     summary = None
-    if report:
+    if report and "sweep" in report:
+        summary = _sweep_table(report)
+    elif report:
         lines = [f"{report['model']['source']}: {report['method']} plan → {report['plan_file']}",
                  f"  {report['avg_code_bits']:.3f} bits/weight in codes, {report['effective_bits']:.3f} with "
                  f"scales and zeros; layers by bits {report['budget']['bits_histogram']}"]

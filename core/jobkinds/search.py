@@ -24,6 +24,9 @@ class SearchSpec:
     model: ModelSpec = field(default_factory=ModelSpec)
     method: Literal["evopress", "spike", "sensitivity", "fisher"] = "evopress"
     target_bits: float = 3.0              # average bits per weight over the searched layers, …
+    targets: list[float] | None = None    # a budget sweep: one plan per target (RUN_DIR/sweep/), sharing
+                                          # the database and the dense targets; plan.json: target_bits's
+                                          # plan when it is among them, else the last target's
     budget: Literal["effective", "code"] = "effective"   # … counting scales and zero points too
                                           # (effective, as ModelOpt's effective_bits), or the codes alone
     levels: list[int] = field(default_factory=lambda: [2, 3, 4, 5, 6])
@@ -82,9 +85,15 @@ class SearchSpec:
             raise BadInput("EvoPress needs at least two levels", "use e.g. --levels 2,3,4,5,6")
         quantized = [b for b in self.levels if b != 16] or [16]
         low, high = min(quantized), max(self.levels)
-        if not low <= self.target_bits <= high:
-            raise BadInput(f"target {self.target_bits} bits is outside the levels {low}–{high}",
-                           f"choose --target-bits between {low} and {high}, or change --levels")
+        for target in [self.target_bits, *(self.targets or [])]:
+            if not low <= target <= high:
+                raise BadInput(f"target {target} bits is outside the levels {low}–{high}",
+                               f"choose targets between {low} and {high}, or change --levels")
+        if self.targets is not None and (not self.targets or len(set(self.targets)) != len(self.targets)):
+            raise BadInput(f"targets {self.targets} must be distinct and at least one", "use e.g. --targets 2.5,3,3.5")
+        if self.targets and self.then_quantize:
+            raise BadInput("a budget sweep writes one plan per target; --then-quantize takes one plan",
+                           "quantize a chosen plan afterwards: bitsmith quantize MODEL --plan RUN/sweep/plan-T.json")
         if self.group_size < 1:
             raise BadInput(f"group size {self.group_size} must be at least 1", "use e.g. --group-size 64")
         if self.survivors is not None and (not self.survivors or self.survivors[-1] != 1

@@ -9,9 +9,10 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import time
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -33,8 +34,6 @@ if TYPE_CHECKING:
     from ..jobs import RunContext
     from ..model import LoadedModel
 
-CHECKPOINT_FILE = "search.json"
-
 
 @dataclass
 class Setup:
@@ -47,6 +46,7 @@ class Setup:
     layers: list[LayerInfo]
     tying: Tying                 # units of layers that share one level (fused groups for vLLM/SGLang)
     target: float                # the budget in average code bits (see `code_target`)
+    tag: str = ""                # names this allocation's checkpoint apart (a sweep's target)
 
     @classmethod
     def create(cls, spec: "SearchSpec", preset: Preset, ctx: "RunContext", loaded: "LoadedModel",
@@ -280,12 +280,12 @@ def evopress_genome(setup: Setup, space: SearchSpace, db: VariantDatabase) -> tu
             ctx.emitter.metric("ppl", ppl, step=g, split="eval")
 
     ctx.emitter.stage("search", "start")
-    key = _hash({"spec": to_dict(spec), "db": db.meta["key"]})
+    key = _hash({"spec": to_dict(spec), "db": db.meta["key"], "target": setup.target})
     def score(genomes, rows):
         return scorer.score([expand(g) for g in genomes], rows, ctx.cancel.check)
 
     state = evopress(space, setup.target, cfg, score,
-                     ctx.run_dir.checkpoint_dir / CHECKPOINT_FILE, key, resume=ctx.resume,
+                     ctx.run_dir.checkpoint_dir / f"search{setup.tag}.json", key, resume=ctx.resume,
                      hooks=Hooks(on_generation=on_generation, check=ctx.cancel.check,
                                  tokens=lambda: (scorer.forward_tokens, scorer.candidate_tokens)))
     ctx.emitter.stage("search", "end")
@@ -385,7 +385,6 @@ def run_search_job(spec: "SearchSpec", ctx: "RunContext") -> dict:
 
 def _run_search(spec: "SearchSpec", ctx: "RunContext") -> dict:
     from ..jobkinds.common import open_model
-    from ..plan import plan_from_bits, save_plan
 
     started = time.time()
     preset = resolved_preset(spec)
@@ -394,12 +393,30 @@ def _run_search(spec: "SearchSpec", ctx: "RunContext") -> dict:
         raise BadInput(f"{spec.model.source} is already quantized", "search on the original model")
     layers = layer_inventory(loaded.model)
     setup = Setup.create(spec, preset, ctx, loaded, layers)
-    tying = setup.tying
     report: dict[str, Any] = {"model": loaded.summary(), "inventory": inventory_summary(layers),
                               "method": spec.method, "target_bits": spec.target_bits, "preset": spec.preset,
-                              "serve": spec.serve, "units": len(tying.units), "budget_kind": spec.budget,
-                              "target_code_bits": round(setup.target, 6),
+                              "serve": spec.serve, "units": len(setup.tying.units), "budget_kind": spec.budget,
                               "levels": sorted(set(spec.levels))}
+    if spec.targets:
+        report["sweep"] = run_sweep(setup)
+        chosen = next((row for row in report["sweep"] if row["target_bits"] == spec.target_bits), report["sweep"][-1])
+        shutil.copyfile(chosen["plan_file"], ctx.run_dir.plan_file)
+        report["plan_file"] = str(ctx.run_dir.plan_file)
+    else:
+        report.update(allocate(setup, ctx.run_dir.plan_file))
+        if spec.then_quantize:
+            report["quantize"] = then_quantize(setup)
+    report["search_total_seconds"] = round(time.time() - started, 2)
+    return report
+
+
+def allocate(setup: Setup, plan_file: Path) -> dict:
+    """One allocation at `setup.target`: the method's genome, the plan written to `plan_file`,
+    and (with a database) the plan's perplexity. The report's part for it."""
+    from ..plan import plan_from_bits, save_plan
+
+    spec, ctx, layers, tying = setup.spec, setup.ctx, setup.layers, setup.tying
+    report: dict[str, Any] = {"target_code_bits": round(setup.target, 6)}
     db = None
     if spec.method == "spike":
         check_target(SearchSpace.from_layers(layers, [b for b in spec.levels if b != 16] or [16]), setup.target)
@@ -432,11 +449,11 @@ def _run_search(spec: "SearchSpec", ctx: "RunContext") -> dict:
     layer_space, layer_genome = setup.layer_space(space.levels), tying.expand(genome)
     plan = plan_from_bits(layers, layer_space.bits_map(layer_genome), spec.group_size, spec.sym)
     check_plan_serves(plan, [layer.name for layer in layers], serve_target(spec.serve), "the search's plan")
-    save_plan(ctx.run_dir.plan_file, plan, plan.spec, layers)
+    save_plan(plan_file, plan, plan.spec, layers)
     budget = plan.budget(layers)
     ctx.emitter.plan(plan.bits_map(), budget=budget.to_dict(), final=True)
     ctx.emitter.log(f"plan: {budget.summary()}")
-    report.update({"plan_file": str(ctx.run_dir.plan_file), "avg_code_bits": budget.avg_code_bits,
+    report.update({"plan_file": str(plan_file), "avg_code_bits": budget.avg_code_bits,
                    "effective_bits": budget.effective_bits, "budget": budget.to_dict(),
                    "bits": layer_space.bits_map(layer_genome)})
     if spec.final_eval and db is not None:
@@ -447,10 +464,49 @@ def _run_search(spec: "SearchSpec", ctx: "RunContext") -> dict:
         report["eval"] = {"data": spec.eval_data, "windows": len(windows), "seqlen": spec.eval_seqlen,
                           "how": "variants from the database assembled into the model"}
         ctx.emitter.metric("ppl", report["ppl"], step=report.get("evopress", {}).get("generations", 0), split="eval")
-    if spec.then_quantize:
-        report["quantize"] = then_quantize(setup)
-    report["search_total_seconds"] = round(time.time() - started, 2)
     return report
+
+
+# --- budget sweeps -----------------------------------------------------------------------
+
+SWEEP_DIR = "sweep"
+
+
+def _sweep_row(target: float, part: dict, seconds: float) -> dict:
+    """One point of the Pareto table: size against quality."""
+    return {"target_bits": target, "avg_code_bits": part["avg_code_bits"], "effective_bits": part["effective_bits"],
+            "mb": round(part["budget"]["total_bytes"] / 2**20, 3), "kl": part.get("evopress", {}).get("fitness"),
+            "ppl": part.get("ppl"), "plan_file": part["plan_file"], "seconds": round(seconds, 2)}
+
+
+def run_sweep(setup: Setup) -> list[dict]:
+    """One allocation per target, sharing the variant database and the dense targets; each
+    target's plan and report go to RUN_DIR/sweep/ as it finishes, so a resumed sweep skips
+    finished targets and continues the unfinished one from its own EvoPress checkpoint."""
+    from .. import atomic
+
+    spec, ctx = setup.spec, setup.ctx
+    folder = ctx.run_dir.path / SWEEP_DIR
+    folder.mkdir(exist_ok=True)
+    rows = []
+    for index, target in enumerate(spec.targets):
+        done_file = folder / f"report-{target:g}.json"
+        if ctx.resume and done_file.is_file():
+            row = json.loads(done_file.read_text())
+            ctx.emitter.log(f"sweep: {target:g} bits already done ({row['plan_file']})")
+        else:
+            started = time.time()
+            spec_t = replace(spec, target_bits=target)
+            point = replace(setup, spec=spec_t, target=code_target(spec_t, setup.layers), tag=f"-{target:g}")
+            ctx.emitter.stage(f"sweep {target:g}", "start")
+            row = _sweep_row(target, allocate(point, folder / f"plan-{target:g}.json"), time.time() - started)
+            atomic.write_json(done_file, row)
+            ctx.emitter.stage(f"sweep {target:g}", "end")
+        rows.append(row)
+        ctx.emitter.metric("sweep_point", row["ppl"] if row["ppl"] is not None else row["kl"], step=index,
+                           split="sweep", **{k: row[k] for k in ("target_bits", "effective_bits", "mb", "kl",
+                                                                  "plan_file")})
+    return rows
 
 
 def then_quantize(setup: Setup) -> dict:

@@ -3,6 +3,7 @@ in every allocator's plan, and in a quantize job's rules."""
 
 from __future__ import annotations
 
+import json
 import random
 import re
 
@@ -120,3 +121,40 @@ def test_effective_budget_counts_scales_and_zeros(run_search, db_run, tiny_llama
                                    target_bits=2.25, budget="effective", database=str(db_run))
     error = [e for e in events if e["type"] == "error"][-1]
     assert code == 2 and "leaves 1.750 code bits" in error["message"] and "at least 2.500" in error["hint"]
+
+
+def test_budget_sweep_writes_a_plan_per_target_and_resumes_to_the_same(run_search, EVO, db_run, tiny_llama,
+                                                                       tmp_path):
+    from bitsmith.core.jobs import CancelToken
+
+    common = dict(model=ModelSpec(str(tiny_llama)), method="evopress", targets=[2.5, 3.5], target_bits=3.5,
+                  database=str(db_run), **{**EVO, "eval_every": 0})
+    code, straight, events = run_search(tmp_path / "straight", **common)
+    assert code == 0, [e for e in events if e["type"] == "error"]
+    rows = straight.read_report()["sweep"]
+    assert [r["target_bits"] for r in rows] == [2.5, 3.5]
+    assert rows[0]["avg_code_bits"] <= 2.5 + 1e-9 < rows[1]["avg_code_bits"] <= 3.5 + 1e-9
+    assert rows[0]["mb"] < rows[1]["mb"] and all(r["ppl"] > 1 and r["kl"] is not None for r in rows)
+    assert (straight.plan_file.read_text() == (straight.path / "sweep" / "plan-3.5.json").read_text())
+    points = [e for e in events if e["type"] == "metric" and e["name"] == "sweep_point"]
+    assert [p["step"] for p in points] == [0, 1] and points[0]["effective_bits"] == rows[0]["effective_bits"]
+
+    # the same sweep, cancelled in the second target's search, then resumed
+    cancel = CancelToken()
+
+    def stop_in_second(event: dict) -> None:
+        if event["type"] == "stage" and event["stage"] == "sweep 3.5" and event["state"] == "start":
+            cancel.cancel()
+
+    from bitsmith.core.events import Emitter
+    code, killed, _ = run_search(tmp_path / "killed", emitter=Emitter([stop_in_second]), cancel=cancel, **common)
+    assert code == 3 and (killed.path / "sweep" / "report-2.5.json").is_file()
+    code, resumed, events = run_search(tmp_path / "killed", resume=True, **common)
+    assert code == 0, [e for e in events if e["type"] == "error"]
+    again = resumed.read_report()["sweep"]
+    assert [r["plan_file"].rsplit("/", 1)[1] for r in again] == ["plan-2.5.json", "plan-3.5.json"]
+    for a, b in zip(rows, again):
+        assert (a["avg_code_bits"], a["kl"], a["ppl"]) == (b["avg_code_bits"], b["kl"], b["ppl"])
+    for t in ("2.5", "3.5"):
+        assert json.loads((straight.path / "sweep" / f"plan-{t}.json").read_text())["layers"] == \
+            json.loads((resumed.path / "sweep" / f"plan-{t}.json").read_text())["layers"]

@@ -202,7 +202,8 @@ class GpuCheck:
             "budget_s": self.budget_s, "python": sys.executable, "repo": str(repo), "work": str(work),
             "sizes": {**{k: v for k, v in asdict(sizes).items() if k != "limits"}, "tests": list(sizes.tests),
                       "tokens_per_step": sizes.tokens_per_step,
-                      "limits": {name: {"limit_s": lim, "floor_s": floor} for name, (lim, floor) in sizes.limits.items()}},
+                      "limits": {name: {"limit_s": lim, "floor_s": floor}
+                                 for name, (lim, floor) in sizes.limits.items()}},
             "steps": {}, "summary": {},
         }
 
@@ -243,7 +244,8 @@ class GpuCheck:
     def _run_step(self, step: Step, fn: Callable[["GpuCheck", Step], None]) -> None:
         allowed, floor = self._allowed(step.name), self.sizes.limits[step.name][1]
         if allowed < floor:
-            step.status, step.error = "skipped", f"out of time: {max(allowed, 0):.0f} s left for it, needs {floor:.0f} s"
+            step.status = "skipped"
+            step.error = f"out of time: {max(allowed, 0):.0f} s left for it, needs {floor:.0f} s"
             return
         step.status, step.limit_s = "running", allowed
         self.save()
@@ -599,7 +601,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bitsmith.core.gpu_check", description=__doc__.split("\n")[0])
     parser.add_argument("--out", default="gpu-check", help="folder for gpu-check.json and logs/ (default ./gpu-check)")
     parser.add_argument("--cpu-rehearsal", action="store_true", help="the same steps scaled down on the CPU")
-    parser.add_argument("--budget-s", type=float, help="seconds for the whole run (default 530 on a GPU, 900 rehearsed)")
+    parser.add_argument("--budget-s", type=float,
+                        help=f"seconds for the whole run (default {GPU.budget_s:.0f} on a GPU, "
+                        f"{REHEARSAL.budget_s:.0f} rehearsed)")
     parser.add_argument("--only", help=f"comma-separated steps to run (default all: {','.join(STEPS)})")
     parser.add_argument("--work", help="folder for the model and run directories (default: a temporary one)")
     parser.add_argument("--keep-work", action="store_true", help="keep the work folder at the end")

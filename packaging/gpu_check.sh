@@ -53,6 +53,10 @@ if [ "${#WHEELS[@]}" -gt 0 ]; then
 fi
 export PYTHONPATH="$PYPATH${PYTHONPATH:+:$PYTHONPATH}"
 export PYTHONDONTWRITEBYTECODE=1   # no __pycache__ written into the repository's folders
+# Compiled kernels and bitsmith's caches start empty (what a first run on a machine costs),
+# and in a folder that is surely writable.
+export TRITON_CACHE_DIR="${TRITON_CACHE_DIR:-$TMP/triton-cache}"
+export BITSMITH_CACHE="${BITSMITH_CACHE:-$TMP/bitsmith-cache}"
 
 echo "[gpu-check] $("$PY" --version 2>&1) at $(command -v "$PY" || echo "$PY"); bitsmith from $STAGE" >&2
 # -P: the working directory stays off sys.path (see above).

@@ -87,6 +87,7 @@ def run_quantize(spec: QuantizeSpec, ctx: RunContext) -> dict:
     store = BlockStore(ctx.run_dir.checkpoint_dir)
     windows, done, start_block = _calibrate_or_resume(spec, ctx, store, loaded, plan)
     results = dict(store.layer_results)          # {layer name: its `layer` event fields}
+    placement = _weights_placement(loaded.model, work_device)
 
     ctx.emitter.stage("quantize", "start")
     quantize_started = time.monotonic()
@@ -107,6 +108,7 @@ def run_quantize(spec: QuantizeSpec, ctx: RunContext) -> dict:
                    {"quantize_seconds": round(quantize_seconds, 2),
                     "total_seconds": round(time.monotonic() - started, 2),
                     "peak_memory_mb": _peak_memory_mb(work_device),
+                    "weights_before_blocks": placement,
                     "resumed_at_block": start_block if ctx.resume else None})
 
 
@@ -233,6 +235,19 @@ def _provenance(spec: QuantizeSpec, windows: torch.Tensor | None) -> dict:
 
     return {"method": spec.method, "job": to_dict(spec),
             "calibration_tokens": int(windows.numel()) if windows is not None else 0}
+
+
+def _weights_placement(model: torch.nn.Module, work_device: torch.device) -> dict:
+    """Where the model's weights are (devices, dtypes) before the first block goes to the work
+    device, and the GPU memory already allocated then."""
+    params = list(model.parameters())
+    placement: dict = {"parameter_devices": sorted({str(p.device) for p in params}),
+                       "parameter_dtypes": sorted({str(p.dtype).replace("torch.", "") for p in params})}
+    if work_device.type == "cuda":
+        import torch
+
+        placement["cuda_allocated_mb"] = round(torch.cuda.memory_allocated(work_device) / 2**20, 1)
+    return placement
 
 
 def _peak_memory_mb(device: torch.device) -> dict:

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Literal
 from ..errors import BadInput, Cancelled
 from ..jobs import ModelSpec, RunContext, register_job
 from ..plan import PlanSpec
+from ..serve import check_plan_serves, serve_target
 
 if TYPE_CHECKING:   # torch stays out of the window process, which imports job specs
     import torch
@@ -47,6 +48,8 @@ class QuantizeSpec:
     block_size: int = 128
     true_sequential: bool = True
     batch_size: int = 8
+    serve: str = "any"                # runtime the plan is for (core/serve.py): vllm/sglang refuse a plan
+                                      # that gives one fused group (q/k/v, gate/up) different settings
 
     @property
     def clips(self) -> bool:
@@ -54,6 +57,7 @@ class QuantizeSpec:
         return self.method == "gptq" if self.clip is None else self.clip
 
     def validate(self) -> None:
+        serve_target(self.serve)
         if self.calib_windows < 0:
             raise BadInput(f"calib_windows {self.calib_windows} is negative", "use --calib-windows 1 or more")
         if self.calib_windows == 0 and self.method == "gptq":
@@ -84,6 +88,7 @@ def run_quantize(spec: QuantizeSpec, ctx: RunContext) -> dict:
     store = BlockStore(ctx.run_dir.checkpoint_dir)
     windows, done, start_block, partial = _calibrate_or_resume(spec, ctx, store, loaded, plan)
     results = dict(store.layer_results)          # {layer name: its `layer` event fields}
+    placement = _weights_placement(loaded.model, work_device)
 
     ctx.emitter.stage("quantize", "start")
     quantize_started = time.monotonic()
@@ -104,6 +109,7 @@ def run_quantize(spec: QuantizeSpec, ctx: RunContext) -> dict:
                    {"quantize_seconds": round(quantize_seconds, 2),
                     "total_seconds": round(time.monotonic() - started, 2),
                     "peak_memory_mb": _peak_memory_mb(work_device),
+                    "weights_before_blocks": placement,
                     "resumed_at_block": start_block if ctx.resume else None})
 
 
@@ -125,6 +131,7 @@ def _resolve_plan(spec: QuantizeSpec, ctx: RunContext, layers: list):
 
     source = load_plan_file(spec.plan) if isinstance(spec.plan, str) else spec.plan
     plan = plan_for_model(source, layers)
+    check_plan_serves(plan, [layer.name for layer in layers], serve_target(spec.serve))
     budget = plan.budget()
     save_plan(ctx.run_dir.plan_file, plan, plan.spec, layers)
     ctx.emitter.plan(plan.bits_map(), budget=budget.to_dict(),
@@ -241,6 +248,19 @@ def _provenance(spec: QuantizeSpec, windows: torch.Tensor | None) -> dict:
 
     return {"method": spec.method, "job": to_dict(spec),
             "calibration_tokens": int(windows.numel()) if windows is not None else 0}
+
+
+def _weights_placement(model: torch.nn.Module, work_device: torch.device) -> dict:
+    """Where the model's weights are (devices, dtypes) before the first block goes to the work
+    device, and the GPU memory already allocated then."""
+    params = list(model.parameters())
+    placement: dict = {"parameter_devices": sorted({str(p.device) for p in params}),
+                       "parameter_dtypes": sorted({str(p.dtype).replace("torch.", "") for p in params})}
+    if work_device.type == "cuda":
+        import torch
+
+        placement["cuda_allocated_mb"] = round(torch.cuda.memory_allocated(work_device) / 2**20, 1)
+    return placement
 
 
 def _peak_memory_mb(device: torch.device) -> dict:

@@ -39,6 +39,8 @@ def test_quantize_job_events_report_and_checkpoint(tmp_run, tiny_llama):
     assert progress[-1]["done"] == progress[-1]["total"] == 14
     report = run.read_report()
     assert report["avg_code_bits"] > 3 and report["effective_bits"] > report["avg_code_bits"]
+    # the model stays in CPU RAM while its blocks are quantized (tiny_llama is float32 on disk)
+    assert report["weights_before_blocks"] == {"parameter_devices": ["cpu"], "parameter_dtypes": ["float32"]}
     assert json.loads(run.plan_file.read_text())["layers"]["model.layers.0.mlp.up_proj"]["bits"] == 3
     loaded = load_model(str(run.quantized_dir))
     assert loaded.quantized["layers"]["model.layers.1.mlp.down_proj"]["keep"] == "16"

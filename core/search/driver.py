@@ -178,6 +178,7 @@ def sensitivity_genome(setup: Setup, space: SearchSpace, db: VariantDatabase) ->
 def fisher_genome(setup: Setup, space: SearchSpace, db: VariantDatabase) -> tuple[Genome, dict]:
     """Fisher-weighted output errors of every variant (core/search/fisher.py), summed per unit,
     solved by the knapsack under the budget."""
+    from ..jobkinds.common import sampling_hooks
     from ..pipeline import draw_calibration
     from .fisher import fisher_scores
     from .knapsack import knapsack
@@ -185,7 +186,7 @@ def fisher_genome(setup: Setup, space: SearchSpace, db: VariantDatabase) -> tupl
     spec, ctx = setup.spec, setup.ctx
     started = time.time()
     windows = draw_calibration(spec.calib, setup.loaded.tokenizer, setup.preset.windows, spec.seqlen,
-                               spec.seed, model=setup.model)
+                               spec.seed, model=setup.model, **sampling_hooks(ctx))
     ctx.emitter.stage("fisher_scores", "start")
     progress = Progress(ctx.emitter, "fisher_scores", len(windows))
     scores = fisher_scores(setup.model, setup.layers, windows, db.weight, space.levels, spec.batch_size,

@@ -171,8 +171,21 @@ def pareto_points(records: list[RunRecord], model_source: str, current: str | No
         source, bits = model_of(r, by_path)
         if bits is None or source != model_source:
             continue
-        points.append({"bits": bits, "ppl": r.own_ppl, "label": f"{r.name} ({r.kind})", "current": r.name == current})
+        plan = r.run.plan_file if r.run.plan_file.is_file() else None
+        points.append({"bits": bits, "ppl": r.own_ppl, "label": f"{r.name} ({r.kind})", "current": r.name == current,
+                       "plan_file": str(plan) if plan else None})
+    for r in records:                                    # every target of a budget sweep is a point
+        if r.kind == "search" and model_of(r, by_path)[0] == model_source:
+            points.extend(sweep_points(r.report.get("sweep") or [], r.name))
     return points
+
+
+def sweep_points(rows: list[dict], run_name: str) -> list[dict]:
+    """Pareto points of a budget sweep's rows (report["sweep"] or live `sweep_point` events)."""
+    return [{"bits": row["avg_code_bits"] if "avg_code_bits" in row else row["target_bits"],
+             "ppl": row["ppl"], "label": f"{run_name}: {row['target_bits']:g}-bit target",
+             "current": False, "plan_file": row.get("plan_file")}
+            for row in rows if row.get("ppl")]
 
 
 COLUMNS = ("run", "kind", "method", "model", "state", "perplexity", "avg bits")

@@ -22,7 +22,7 @@ from bitsmith.core.rundir import RunDir
 from . import paths
 from .first_run import FirstRunHint
 from .heatmap import HeatMap
-from .history import HistoryPanel, checkpoint_label, model_of, pareto_points
+from .history import HistoryPanel, checkpoint_label, model_of, pareto_points, sweep_points
 from .layer_model import BIT_CHOICES, COL, KEEP_BITS, LayerFilterProxy, LayerTableModel
 from .plan_bridge import budget_line, layer_bytes, plan_from_table, plan_spec_from_table
 from .plan_state import load_plan, save_plan
@@ -186,6 +186,8 @@ class MainWindow(QMainWindow):
         self.strategies.runRequested.connect(self.start_job)
         self.strategies.problem.connect(lambda text: self.runs.set_message(text, "error"))
         self.plots = LivePlots()
+        self.plots.planRequested.connect(self.use_plan_file)
+        self.live_sweep: list[dict] = []      # this run's sweep points, as their events arrive
         split = QSplitter()
         split.addWidget(self.strategies)
         split.addWidget(self.plots)
@@ -198,6 +200,7 @@ class MainWindow(QMainWindow):
         c = self.client
         c.layer.connect(self._on_layer)
         c.metric.connect(self.plots.feed)
+        c.metric.connect(self._on_sweep_point)
         c.plan.connect(self._on_plan)
         c.result.connect(self._on_result)
         c.finished.connect(self._on_finished)
@@ -256,6 +259,7 @@ class MainWindow(QMainWindow):
         if self.client.running:
             self.runs.set_message("A job is already running: wait for it or cancel it.", "warn")
             return None
+        self.live_sweep = []
         if self.model_source is None and kind != "inspect":
             self.runs.set_message("Open a model first.", "warn")
             return None
@@ -407,6 +411,33 @@ class MainWindow(QMainWindow):
         self.plan_source = f"by the uniform {bits}-bit button"
         self.layers.set_bits(list(range(len(self.layers.rows))), bits, self.sel_group.value())
 
+    def _on_sweep_point(self, event: dict) -> None:
+        """A budget sweep's target finished: its point joins the Pareto view at once."""
+        if event.get("name") != "sweep_point":
+            return
+        self.live_sweep.append({"target_bits": event.get("target_bits"), "avg_code_bits": event.get("avg_code_bits"),
+                                "ppl": event.get("value"), "plan_file": event.get("plan_file")})
+        self.refresh_history()
+
+    def use_plan_file(self, point: dict) -> None:
+        """Load the plan of a clicked Pareto point into the table."""
+        from bitsmith.core.errors import BadInput
+        from bitsmith.core.plan import Plan, load_plan_file
+
+        try:
+            plan = load_plan_file(point["plan_file"])
+        except (BadInput, OSError) as err:
+            self.runs.set_message(f"Could not read the plan of {point['label']}: {err}", "error")
+            return
+        if not isinstance(plan, Plan):
+            self.runs.set_message(f"{point['label']} has rules, not a resolved plan: open it from History", "error")
+            return
+        self.plan_source = f"from the Pareto point {point['label']}"
+        changed = self.layers.apply_plan(plan.to_dict())
+        self.runs.set_message(f"Took the plan of {point['label']} ({point['bits']:.3f} bits, perplexity "
+                              f"{point['ppl']:.2f}): {changed} layers set.", "ok")
+        self.tabs.setCurrentIndex(0)
+
     def use_plan_of(self, record) -> None:
         self.plan_source = f"from the plan of {record.name}"
         changed = self.layers.apply_plan(plan_bits(record))
@@ -420,7 +451,10 @@ class MainWindow(QMainWindow):
         records = self.history.records
         if self.model_source:
             current = self.client.run_dir.path.name if self.client.run_dir else None
-            self.plots.set_pareto(pareto_points(records, self.model_source, current))
+            points = pareto_points(records, self.model_source, current)
+            known = {p["plan_file"] for p in points}     # a finished sweep's rows come from its report
+            live = [p for p in sweep_points(self.live_sweep, "this run") if p["plan_file"] not in known]
+            self.plots.set_pareto(points + live)
         by_path = {str(r.run.path): r for r in records}
         quantized = []
         for r in records:

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import numpy as np
 import pyqtgraph as pg
-from PySide6.QtCore import Qt, QTimer
+from PySide6.QtCore import Qt, QTimer, Signal
 from PySide6.QtWidgets import QGraphicsItem, QLabel, QStackedWidget, QTabWidget, QVBoxLayout, QWidget
 
 REDRAW_MS = 100
@@ -86,6 +86,8 @@ def fit_range(plot, xs, ys) -> None:
 
 
 class LivePlots(QTabWidget):
+    planRequested = Signal(dict)        # a Pareto point with a plan_file was clicked
+
     def __init__(self, parent=None, live: bool = True) -> None:
         super().__init__(parent)
         self.order: dict[str, int] = {}                   # layer name -> x position
@@ -134,6 +136,7 @@ class LivePlots(QTabWidget):
         self.pareto_front = pg.PlotDataItem([], [], pen=pg.mkPen("#2ca02c", width=1.5, style=pg.QtCore.Qt.PenStyle.DashLine))
         self.pareto_plot.addItem(self.pareto_front)
         self.pareto_plot.addItem(self.pareto_points)
+        self.pareto_points.sigClicked.connect(self._pareto_clicked)
         self.pareto_note = QLabel("runs of this model with a perplexity, from the history folder")
         self._add("pareto", self.pareto_plot, self.pareto_note, "Pareto",
                   "Evaluate the open model and its quantized checkpoints (Run → Evaluate): each perplexity "
@@ -336,4 +339,13 @@ class LivePlots(QTabWidget):
 
     @staticmethod
     def _pareto_tip(x, y, data) -> str:
-        return f"{data['label']}\n{data['bits']:.3f} bits, perplexity {data['ppl']:.3f}"
+        hint = "\nclick: load this plan into the table" if data.get("plan_file") else ""
+        return f"{data['label']}\n{data['bits']:.3f} bits, perplexity {data['ppl']:.3f}{hint}"
+
+    def _pareto_clicked(self, item, spots, *args) -> None:
+        """A click on a point that has a plan asks for it (planRequested: the point's dict)."""
+        for spot in spots:
+            data = spot.data()
+            if data and data.get("plan_file"):
+                self.planRequested.emit(dict(data))
+                return

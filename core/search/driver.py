@@ -507,9 +507,9 @@ def run_sweep(setup: Setup) -> list[dict]:
             atomic.write_json(done_file, row)
             ctx.emitter.stage(f"sweep {target:g}", "end")
         rows.append(row)
-        ctx.emitter.metric("sweep_point", row["ppl"] if row["ppl"] is not None else row["kl"], step=index,
-                           split="sweep", **{k: row[k] for k in ("target_bits", "effective_bits", "mb", "kl",
-                                                                  "plan_file")})
+        ctx.emitter.metric("sweep_point", row["ppl"], step=index, split="sweep",
+                           **{k: row[k] for k in ("target_bits", "avg_code_bits", "effective_bits", "mb", "kl",
+                                                  "plan_file")})
     return rows
 
 

@@ -183,20 +183,32 @@ def fisher_genome(setup: Setup, space: SearchSpace, db: VariantDatabase) -> tupl
     from .fisher import fisher_scores
     from .knapsack import knapsack
 
+    from .. import atomic
+
     spec, ctx = setup.spec, setup.ctx
     started = time.time()
-    windows = draw_calibration(spec.calib, setup.loaded.tokenizer, setup.preset.windows, spec.seqlen,
-                               spec.seed, model=setup.model, **sampling_hooks(ctx))
-    ctx.emitter.stage("fisher_scores", "start")
-    progress = Progress(ctx.emitter, "fisher_scores", len(windows))
-    scores = fisher_scores(setup.model, setup.layers, windows, db.weight, space.levels, spec.batch_size,
-                           ctx.cancel.check, on_batch=lambda done, total: progress.advance(done - progress.done))
-    ctx.emitter.stage("fisher_scores", "end")
+    # the scores depend on the model, the windows and the variants, not on the target: a
+    # sweep (or a later search on the same database) computes them once
+    key = _hash({"model": model_fingerprint(setup.model), "calib": spec.calib, "windows": setup.preset.windows,
+                 "seqlen": spec.seqlen, "seed": spec.seed, "levels": list(space.levels), "db": db.meta["key"]})
+    cached = db.folder / f"fisher-scores-{key}.json"
+    if cached.is_file():
+        scores = {name: {int(b): v for b, v in per.items()} for name, per in json.loads(cached.read_text()).items()}
+        ctx.emitter.log(f"fisher scores from {cached}")
+    else:
+        windows = draw_calibration(spec.calib, setup.loaded.tokenizer, setup.preset.windows, spec.seqlen,
+                                   spec.seed, model=setup.model, **sampling_hooks(ctx))
+        ctx.emitter.stage("fisher_scores", "start")
+        progress = Progress(ctx.emitter, "fisher_scores", len(windows))
+        scores = fisher_scores(setup.model, setup.layers, windows, db.weight, space.levels, spec.batch_size,
+                               ctx.cancel.check, on_batch=lambda done, total: progress.advance(done - progress.done))
+        ctx.emitter.stage("fisher_scores", "end")
+        atomic.write_json(cached, scores)
     per_layer = [[scores[layer.name][bits] for bits in space.levels] for layer in setup.layers]
     errors = [[sum(per_layer[i][l] for i in unit) for l in range(len(space.levels))] for unit in setup.tying.units]
     genome = tuple(knapsack(space.numels, space.levels, errors, setup.target))
     top = max(setup.layers, key=lambda layer: scores[layer.name][space.levels[0]])
-    return genome, {"seconds": round(time.time() - started, 2), "windows": len(windows),
+    return genome, {"seconds": round(time.time() - started, 2), "scores_file": str(cached),
                     "summed_score": sum(errors[u][l] for u, l in enumerate(genome)),
                     "most_sensitive_at_lowest_level": top.name}
 

@@ -12,7 +12,10 @@ On a CUDA GPU, for M in {1, 4, 16, 64, 256} rows, weights N x K in {4096x4096, 8
 Buffers rotate: each timed round cycles through enough copies of weights and activations to
 exceed the L2 cache three times over, so no call finds its weights in L2.
 Without a CUDA GPU it says so and times the exact torch CPU path on small shapes instead.
-The result is one JSON document (stdout with --json; a table otherwise).
+--quick on a GPU: M in {1, 16}, 8192x8192 then 4096x4096 (the targets' shape first), all bits.
+The result is one JSON document (stdout with --json; a table otherwise); --out FILE also
+writes it, atomically, after every row ("complete": false until the last), so a run cut
+off by a time limit still leaves the rows it measured.
 """
 
 from __future__ import annotations
@@ -20,16 +23,21 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import platform
 import statistics
 import sys
+import tempfile
 import time
+from pathlib import Path
 from typing import Any, Callable
 
 import torch
 
 GPU_SHAPES = ((4096, 4096), (8192, 8192), (4096, 14336), (14336, 4096))  # (N, K) = (out, in)
 GPU_ROWS = (1, 4, 16, 64, 256)
+QUICK_SHAPES = ((8192, 8192), (4096, 4096))  # the targets' shape first: a cut-off run still has them
+QUICK_ROWS = (1, 16)
 BITS = (2, 3, 4, 8)
 GROUP = 128
 # Issue 4's speed targets: (M, N, K, bits) -> minimum speedup over fp16, minimum roofline fraction.
@@ -116,7 +124,8 @@ def _copy_bandwidth(device: torch.device) -> float:
     return 2 * n * 4 / t
 
 
-def _bench_gpu(quick: bool) -> dict:
+def _bench_gpu(quick: bool, result: dict, on_row: Callable[[], None]) -> None:
+    """Fill `result` (device fields, then "rows" one by one, calling on_row after each)."""
     import triton
 
     from .autotune import choose_config
@@ -127,9 +136,12 @@ def _bench_gpu(quick: bool) -> dict:
     props = torch.cuda.get_device_properties(device)
     l2 = int(getattr(props, "L2_cache_size", 50 << 20) or (50 << 20))
     copy_bw = _copy_bandwidth(device)
-    shapes, rows_m, bits_list = (((8192, 8192),), (1, 16), (2, 4)) if quick else (GPU_SHAPES, GPU_ROWS, BITS)
+    shapes, rows_m = (QUICK_SHAPES, QUICK_ROWS) if quick else (GPU_SHAPES, GPU_ROWS)
     rows: list[dict] = []
     timing_modes: set[str] = set()
+    result.update({"device": "cuda", "device_name": props.name, "l2_bytes": l2,
+                   "copy_bandwidth_gbs": round(copy_bw / 1e9, 1), "triton": triton.__version__,
+                   "timing": "", "dtype": "float16", "rows": rows, "targets": _check_targets(rows)})
     for n, k in shapes:
         for m in rows_m:
             # fp16 baseline: y = x @ W.T, W [N, K] as nn.Linear holds it
@@ -141,7 +153,7 @@ def _bench_gpu(quick: bool) -> dict:
             timing_modes.add(mode)
             bytes16 = _nbytes(w16, xs[0], ys[0])
             del ws, xs, ys, w16
-            for bits in bits_list:
+            for bits in BITS:
                 layer = _random_layer(n, k, bits, GROUP, device)
                 r = _copies(_nbytes(*layer), l2)
                 layers = [layer] + [tuple(t.clone() for t in layer) for _ in range(r - 1)]
@@ -170,19 +182,10 @@ def _bench_gpu(quick: bool) -> dict:
                     "rel_err": float(f"{rel_err:.3g}"),
                     "buffer_sets": r,
                 })
+                result.update(timing="+".join(sorted(timing_modes)), targets=_check_targets(rows))
+                on_row()
                 del layers, xs, ys, layer, y, ref
             torch.cuda.empty_cache()
-    return {
-        "device": "cuda",
-        "device_name": props.name,
-        "l2_bytes": l2,
-        "copy_bandwidth_gbs": round(copy_bw / 1e9, 1),
-        "triton": triton.__version__,
-        "timing": "+".join(sorted(timing_modes)),
-        "dtype": "float16",
-        "rows": rows,
-        "targets": _check_targets(rows),
-    }
 
 
 def _check_targets(rows: list[dict]) -> list[dict]:
@@ -210,7 +213,7 @@ def _time_cpu(fn: Callable[[], Any], budget_s: float = 0.2, max_reps: int = 15) 
     return statistics.median(times)
 
 
-def _bench_cpu(quick: bool) -> dict:
+def _bench_cpu(quick: bool, result: dict, on_row: Callable[[], None]) -> None:
     from .packing import unpack_qweight
     from .quant_linear import QuantLinear
 
@@ -218,6 +221,9 @@ def _bench_cpu(quick: bool) -> dict:
     rows_m = (1,) if quick else (1, 16, 64)
     budget = 0.02 if quick else 0.2  # seconds of repeats per timing
     rows: list[dict] = []
+    result.update({"device": "cpu", "device_name": platform.processor() or platform.machine(),
+                   "note": "no CUDA GPU: timing the exact torch CPU path (dequantize, then matmul), fp32",
+                   "threads": torch.get_num_threads(), "dtype": "float32", "rows": rows})
     for n, k in shapes:
         for bits in BITS:
             qw, sc, zr = _random_layer(n, k, bits, GROUP, torch.device("cpu"))
@@ -237,22 +243,40 @@ def _bench_cpu(quick: bool) -> dict:
                     "dense_fp32_time_us": round(t_d * 1e6, 1),
                     "speedup_vs_dense": round(t_d / t_q, 3),
                 })
-    return {
-        "device": "cpu",
-        "device_name": platform.processor() or platform.machine(),
-        "note": "no CUDA GPU: timing the exact torch CPU path (dequantize, then matmul), fp32",
-        "threads": torch.get_num_threads(),
-        "dtype": "float32",
-        "rows": rows,
-    }
+                on_row()
 
 
-def run_kernel_benchmark(json_output: bool, quick: bool = False) -> dict:
-    """Benchmark the kernels (GPU) or the torch path (CPU); print JSON or a table; return the dict."""
+def _write_json(path: Path, doc: dict) -> None:
+    """Write `doc` to `path` atomically (temporary file in the same folder, then rename)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(doc, f, indent=1)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def run_kernel_benchmark(json_output: bool, quick: bool = False, out: str | os.PathLike | None = None) -> dict:
+    """Benchmark the kernels (GPU) or the torch path (CPU); print JSON or a table; return the dict.
+
+    out: also write the document there after every row (complete: false) and at the end."""
     t0 = time.perf_counter()
-    result: dict[str, Any] = {"benchmark": "kernels", "torch": torch.__version__, "quick": quick}
-    result.update(_bench_gpu(quick) if torch.cuda.is_available() else _bench_cpu(quick))
+    result: dict[str, Any] = {"benchmark": "kernels", "torch": torch.__version__, "quick": quick,
+                              "complete": False}
+
+    def on_row() -> None:
+        if out is not None:
+            result["elapsed_s"] = round(time.perf_counter() - t0, 1)
+            _write_json(Path(out), result)
+
+    (_bench_gpu if torch.cuda.is_available() else _bench_cpu)(quick, result, on_row)
+    result["complete"] = True
     result["elapsed_s"] = round(time.perf_counter() - t0, 1)
+    if out is not None:
+        _write_json(Path(out), result)
     if json_output:
         print(json.dumps(result, indent=1))
     else:
@@ -290,9 +314,11 @@ def _table(result: dict) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="bitsmith bench kernels", description=__doc__.split("\n")[0])
     parser.add_argument("--json", action="store_true", help="print one JSON document on stdout")
-    parser.add_argument("--quick", action="store_true", help="a few shapes only (smoke test)")
+    parser.add_argument("--quick", action="store_true",
+                        help="fewer shapes: on a GPU M = 1 and 16 on 8192² and 4096², all bits")
+    parser.add_argument("--out", metavar="FILE", help="also write the JSON document here, after every row")
     args = parser.parse_args(argv)
-    run_kernel_benchmark(json_output=args.json, quick=args.quick)
+    run_kernel_benchmark(json_output=args.json, quick=args.quick, out=args.out)
     return 0
 
 

@@ -9,7 +9,15 @@ import pytest
 import torch
 
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
-os.environ.setdefault("TRITON_INTERPRET", "1")
+# BITSMITH_TEST_DEVICE=cuda (packaging/gpu_check.sh on a GPU machine): the kernel tests run on
+# CUDA tensors through Triton's compiler; by default on CPU tensors under its interpreter.
+TEST_DEVICE = os.environ.get("BITSMITH_TEST_DEVICE", "cpu")
+if TEST_DEVICE not in ("cpu", "cuda"):
+    pytest.exit(f"BITSMITH_TEST_DEVICE must be cpu or cuda, not {TEST_DEVICE!r}", returncode=4)
+if TEST_DEVICE == "cuda" and not torch.cuda.is_available():
+    pytest.exit("BITSMITH_TEST_DEVICE=cuda, but torch sees no CUDA GPU", returncode=4)
+if TEST_DEVICE == "cpu":
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 torch.set_num_threads(min(2, os.cpu_count() or 1))

@@ -8,9 +8,26 @@ import argparse
 from ..cli import add_model_args, add_output_args, finish, model_spec, run_job_inline
 from ..errors import BadInput
 from ..jobs import make_job
+from ..serve import SERVE_TARGETS
 from ..jobkinds.search import SearchSpec
 
 _D = SearchSpec()
+
+
+def _sweep_table(report: dict) -> str:
+    """The sweep's Pareto table: one row per target."""
+    lines = [f"{report['model']['source']}: {report['method']} sweep ({report['budget_kind']} bits)",
+             f"  {'target':>6} {'code':>6} {'eff.':>6} {'MiB':>8} {'KL':>8} {'ppl':>9}  plan"]
+    for row in report["sweep"]:
+        kl = f"{row['kl']:.4f}" if row["kl"] is not None else "–"
+        ppl = f"{row['ppl']:.2f}" if row["ppl"] is not None else "–"
+        lines.append(f"  {row['target_bits']:>6g} {row['avg_code_bits']:>6.3f} {row['effective_bits']:>6.3f} "
+                     f"{row['mb']:>8.2f} {kl:>8} {ppl:>9}  {row['plan_file']}")
+    return "\n".join(lines)
+
+
+def _floats(text: str) -> list[float]:
+    return [float(x) for x in text.split(",") if x.strip()]
 
 
 def _ints(text: str) -> list[int]:
@@ -27,9 +44,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "for `bitsmith quantize --plan`. EvoPress and the sensitivity baseline first build a database of "
         "GPTQ variants of every layer at every level (reusable with --database).")
     add_model_args(parser)
-    parser.add_argument("--method", choices=["evopress", "spike", "sensitivity"], default=_D.method)
+    parser.add_argument("--method", choices=["evopress", "spike", "sensitivity", "fisher"], default=_D.method,
+                        help="evopress (default); spike: keep activation-spike layers; sensitivity: knapsack of "
+                        "Hessian-weighted errors; fisher: knapsack of gradient-weighted output errors (fast)")
     parser.add_argument("--target-bits", type=float, default=_D.target_bits,
-                        help="average code bits per weight over the searched layers (default 3.0)")
+                        help="average bits per weight over the searched layers (default 3.0), as --budget counts")
+    parser.add_argument("--targets", type=_floats,
+                        help="a budget sweep, e.g. 2.5,3,3.5,4: one plan per target (RUN/sweep/), one database")
+    parser.add_argument("--budget", choices=["effective", "code"], default=_D.budget,
+                        help="effective (default): codes plus scales and zero points (4-bit g64 = 4.5); "
+                        "code: the codes alone (4-bit = 4.0)")
     parser.add_argument("--preset", choices=["cpu", "reference"], default=_D.preset,
                         help="cpu: under 15 minutes on a small model on 2 cores; reference: EvoPress's defaults")
     parser.add_argument("--levels", type=_ints, default=_D.levels, help="bit-widths to choose from (default 2,3,4,5,6)")
@@ -39,6 +63,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--windows", type=int, help="calibration windows for Hessians / spike scores")
     parser.add_argument("--seqlen", type=int, default=_D.seqlen)
     parser.add_argument("--seed", type=int, default=_D.seed)
+    parser.add_argument("--serve", choices=list(SERVE_TARGETS), default=_D.serve,
+                        help="the runtime the plan is for: vllm/sglang fuse q/k/v and gate/up, so each fused group "
+                        "gets one setting; any: no constraint (default)")
     parser.add_argument("--threads", type=int, help="torch CPU threads (default: 1 on a busy machine, else all)")
     evo = parser.add_argument_group("EvoPress (defaults from the preset)")
     evo.add_argument("--generations", type=int)
@@ -78,10 +105,13 @@ def run(args: argparse.Namespace) -> int:
                    eval_windows=args.eval_windows, final_eval=not args.no_final_eval, database=args.database,
                    database_inputs=args.database_inputs,
                    spike_threshold=args.spike_threshold, spike_top_k=args.spike_top_k,
-                   spike_keep_bits=args.keep_bits, then_quantize=args.then_quantize, threads=args.threads)
+                   spike_keep_bits=args.keep_bits, then_quantize=args.then_quantize, threads=args.threads,
+                   serve=args.serve, budget=args.budget, targets=args.targets)
     code, report = run_job_inline(job, args)
     summary = None
-    if report:
+    if report and "sweep" in report:
+        summary = _sweep_table(report)
+    elif report:
         lines = [f"{report['model']['source']}: {report['method']} plan → {report['plan_file']}",
                  f"  {report['avg_code_bits']:.3f} bits/weight in codes, {report['effective_bits']:.3f} with "
                  f"scales and zeros; layers by bits {report['budget']['bits_histogram']}"]

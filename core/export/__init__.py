@@ -19,11 +19,23 @@ including every reader that will refuse or misread the file (readers.reader_verd
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 from ..atomic import staged_dir
 from .checks import FORMATS, export_warnings, layer_settings
-from .source import ExportSource, open_source, source_from_model
+
+if TYPE_CHECKING:
+    from .source import ExportSource
+
+
+def __getattr__(name: str):
+    """ExportSource, open_source, source_from_model on first use: source.py imports torch,
+    and the window imports this package (for the checks and estimates) without torch."""
+    if name in ("ExportSource", "open_source", "source_from_model"):
+        from . import source
+
+        return getattr(source, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 LOWBIT_MODES = ("lossless", "kquant")
 EMBED_BITS = (8, 16)
@@ -95,6 +107,8 @@ def export_checkpoint(source: ExportSource | str | Path, fmt: str, out: str | Pa
         raise BadInput(f"unknown export format {fmt!r}", f"use one of: {', '.join(FORMATS)}")
     options = dict(options or {})
     _check_options(options)
+    from .source import ExportSource, open_source
+
     if not isinstance(source, ExportSource):
         source = open_source(source)
     out = Path(out).expanduser().resolve()

@@ -37,10 +37,14 @@ class LayerSetting:
 
 def layer_settings(obj: Any) -> dict[str, LayerSetting]:
     """Per-layer settings from a Plan, a plan.json / manifest dict, or an ExportSource."""
-    from ..plan import Plan
-    from .source import ExportSource
+    import sys
 
-    if isinstance(obj, ExportSource):
+    from ..plan import Plan
+
+    # An ExportSource can only exist once source.py (which imports torch) is imported; the
+    # window passes manifests and must not pull torch in.
+    source = sys.modules.get(f"{__package__}.source")
+    if source is not None and isinstance(obj, source.ExportSource):
         out = {n: LayerSetting(qw.bits, qw.group_size, bool(qw.sym), None, n in obj.adapters)
                for n, qw in obj.layers.items()}
         out.update({n: LayerSetting(16, 0, False, k, n in obj.adapters) for n, k in obj.kept.items()})
@@ -181,6 +185,23 @@ def _embedding(embed_bits: int) -> list[str]:
     return []
 
 
+def asks_act_order(*docs: dict | None) -> bool:
+    """True when a manifest, plan or job asked for GPTQ act-order (desc_act)."""
+    def walk(obj: Any) -> bool:
+        if isinstance(obj, dict):
+            if obj.get("method") == "rtn":          # act-order is a GPTQ option; RTN ignores it
+                return False
+            for key, value in obj.items():
+                if key in ("act_order", "desc_act") and value is True:
+                    return True
+                if walk(value):
+                    return True
+        elif isinstance(obj, list):
+            return any(walk(v) for v in obj)
+        return False
+    return any(walk(doc) for doc in docs if doc)
+
+
 def export_warnings(plan_or_manifest: Any, format: str, lowbit: str = "lossless",
                     arch: str | None = None, act_order: bool = False, ct_layout: str = "sym",
                     embed_bits: int = 8) -> list[str]:
@@ -192,8 +213,6 @@ def export_warnings(plan_or_manifest: Any, format: str, lowbit: str = "lossless"
         raise ValueError(f"unknown export format {format!r}; use one of {', '.join(FORMATS)}")
     settings = layer_settings(plan_or_manifest)
     if isinstance(plan_or_manifest, dict):        # a bitsmith-quant.json manifest or a plan.json
-        from .source import asks_act_order
-
         arch = arch or (plan_or_manifest.get("config") or plan_or_manifest.get("base_model") or {}).get("model_type")
         act_order = act_order or asks_act_order(plan_or_manifest)
     out = _common(settings, format)

@@ -44,11 +44,11 @@ from pathlib import Path
 
 import torch
 
+from .readers import INT8, PACKED
 from .common import copy_tokenizer, dense_tensor, hf_config, integer_zeros, is_symmetric, save_safetensors, to_half, write_json
 from .source import ExportSource
 
 CT_LAYOUTS = ("sym", "asym")
-PACKED, INT8 = "pack-quantized", "int-quantized"
 
 
 @dataclass

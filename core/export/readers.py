@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from .checks import LayerSetting
 
 LOADS, REFUSES, MISREADS, NOT_TRIED = "loads", "refuses", "misreads", "not tried"
+PACKED, INT8 = "pack-quantized", "int-quantized"    # compressed-tensors formats (compressed.py writes them)
 
 TESTS_CT = "tests/export/test_readers.py (transformers 5.25, compressed-tensors 0.20.1)"
 TESTS_GGUF = "tests/export/test_gguf.py (transformers 5.25, gguf 0.19)"
@@ -57,8 +58,6 @@ def _quantized(settings: dict[str, LayerSetting]) -> list[LayerSetting]:
 def ct_setting(s: LayerSetting, layout: str) -> tuple[int, int, bool, str]:
     """(bits, group size, sym, format) a quantized layer is written with in compressed-tensors
     (compressed.ct_layer: under "sym" an asymmetric b-bit layer takes b + 1 bits, 8-bit int8)."""
-    from .compressed import INT8, PACKED
-
     if s.sym or layout == "asym":
         return (s.bits, s.group_size, s.sym, PACKED)
     if s.bits < 8:

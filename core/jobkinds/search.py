@@ -14,6 +14,7 @@ from typing import Literal
 
 from ..errors import BadInput
 from ..jobs import ModelSpec, RunContext, register_job
+from ..serve import serve_target
 
 ALLOWED_LEVELS = (2, 3, 4, 5, 6, 7, 8, 16)
 
@@ -21,8 +22,13 @@ ALLOWED_LEVELS = (2, 3, 4, 5, 6, 7, 8, 16)
 @dataclass
 class SearchSpec:
     model: ModelSpec = field(default_factory=ModelSpec)
-    method: Literal["evopress", "spike", "sensitivity"] = "evopress"
-    target_bits: float = 3.0              # average code bits over the searched layers
+    method: Literal["evopress", "spike", "sensitivity", "fisher"] = "evopress"
+    target_bits: float = 3.0              # average bits per weight over the searched layers, …
+    targets: list[float] | None = None    # a budget sweep: one plan per target (RUN_DIR/sweep/), sharing
+                                          # the database and the dense targets; plan.json: target_bits's
+                                          # plan when it is among them, else the last target's
+    budget: Literal["effective", "code"] = "effective"   # … counting scales and zero points too
+                                          # (effective, as ModelOpt's effective_bits), or the codes alone
     levels: list[int] = field(default_factory=lambda: [2, 3, 4, 5, 6])
     group_size: int = 64
     sym: bool = False
@@ -62,12 +68,15 @@ class SearchSpec:
     spike_top_k: int | None = None        # … or the top k
     spike_keep_bits: Literal[16, 8] = 8   # kept layers: 8-bit (GPTQ, near lossless at g64) costs the rest
                                           # 5 bits per kept weight against 13 for 16-bit
+    serve: str = "any"                    # runtime the plan is for (core/serve.py): vllm/sglang tie q/k/v
+                                          # and gate/up into one setting per fused group
     # then quantize per the plan (the quantize job's calibration and GPTQ settings)
     then_quantize: bool = False
     quantize_calib: str = "selfgen"       # the quantize job's defaults (core/jobkinds/quantize.py)
     quantize_windows: int = 32
 
     def validate(self) -> None:
+        serve_target(self.serve)
         bad = [b for b in self.levels if b not in ALLOWED_LEVELS]
         if bad or not self.levels:
             raise BadInput(f"levels {self.levels} are not all allowed bit-widths",
@@ -76,9 +85,15 @@ class SearchSpec:
             raise BadInput("EvoPress needs at least two levels", "use e.g. --levels 2,3,4,5,6")
         quantized = [b for b in self.levels if b != 16] or [16]
         low, high = min(quantized), max(self.levels)
-        if not low <= self.target_bits <= high:
-            raise BadInput(f"target {self.target_bits} bits is outside the levels {low}–{high}",
-                           f"choose --target-bits between {low} and {high}, or change --levels")
+        for target in [self.target_bits, *(self.targets or [])]:
+            if not low <= target <= high:
+                raise BadInput(f"target {target} bits is outside the levels {low}–{high}",
+                               f"choose targets between {low} and {high}, or change --levels")
+        if self.targets is not None and (not self.targets or len(set(self.targets)) != len(self.targets)):
+            raise BadInput(f"targets {self.targets} must be distinct and at least one", "use e.g. --targets 2.5,3,3.5")
+        if self.targets and self.then_quantize:
+            raise BadInput("a budget sweep writes one plan per target; --then-quantize takes one plan",
+                           "quantize a chosen plan afterwards: bitsmith quantize MODEL --plan RUN/sweep/plan-T.json")
         if self.group_size < 1:
             raise BadInput(f"group size {self.group_size} must be at least 1", "use e.g. --group-size 64")
         if self.survivors is not None and (not self.survivors or self.survivors[-1] != 1

@@ -70,7 +70,7 @@ def _uniform_ppl(model_source: str, db_run: Path, bits: int, common: dict) -> di
     loaded = load_model(ModelSpec(model_source))
     layers = layer_inventory(loaded.model)
     ctx = RunContext(RunDir(db_run), Emitter(), CancelToken())
-    setup = Setup(job.spec, resolved_preset(job.spec), ctx, loaded, layers)
+    setup = Setup.create(job.spec, resolved_preset(job.spec), ctx, loaded, layers)
     db = ensure_database(setup)
     space = SearchSpace.from_layers(layers, job.spec.levels)
     started = time.time()
@@ -110,7 +110,7 @@ def _common_fields(args: argparse.Namespace) -> dict:
 
     common = dict(model=ModelSpec(args.model), group_size=args.group_size, preset=args.preset,
                   eval_data=args.eval_data, eval_windows=args.eval_windows, threads=args.threads,
-                  database_inputs=args.database_inputs)
+                  database_inputs=args.database_inputs, budget="code")   # the table's targets are code bits
     for name in ("generations", "offspring", "pool_windows"):
         if getattr(args, name):
             common[name] = getattr(args, name)

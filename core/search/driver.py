@@ -9,9 +9,10 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import time
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -21,17 +22,17 @@ from ..config import to_dict
 from ..errors import BadInput
 from ..events import Progress
 from ..inventory import LayerInfo, inventory_summary, layer_inventory
+from ..plan import OVERHEAD_BITS_PER_GROUP, resolve_group_size
 from .database import (DatabaseSettings, VariantDatabase, build_database, find_database, model_fingerprint,
                        open_database)
-from .genome import Genome, SearchSpace, check_target
+from .genome import Genome, SearchSpace, Tying, check_target
 from .presets import PRESETS, Preset
+from ..serve import check_plan_serves, serve_target, tie_units
 
 if TYPE_CHECKING:
     from ..jobkinds.search import SearchSpec
     from ..jobs import RunContext
     from ..model import LoadedModel
-
-CHECKPOINT_FILE = "search.json"
 
 
 @dataclass
@@ -43,6 +44,23 @@ class Setup:
     ctx: "RunContext"
     loaded: "LoadedModel"
     layers: list[LayerInfo]
+    tying: Tying                 # units of layers that share one level (fused groups for vLLM/SGLang)
+    target: float                # the budget in average code bits (see `code_target`)
+    tag: str = ""                # names this allocation's checkpoint apart (a sweep's target)
+
+    @classmethod
+    def create(cls, spec: "SearchSpec", preset: Preset, ctx: "RunContext", loaded: "LoadedModel",
+               layers: list[LayerInfo]) -> "Setup":
+        """With the units of the spec's serving target and the budget in code bits."""
+        units = tie_units([layer.name for layer in layers], serve_target(spec.serve))
+        return cls(spec, preset, ctx, loaded, layers, Tying(tuple(units)), code_target(spec, layers))
+
+    def layer_space(self, levels) -> SearchSpace:
+        return SearchSpace.from_layers(self.layers, levels)
+
+    def unit_space(self, levels) -> SearchSpace:
+        """The space the allocators search: one gene per unit."""
+        return self.tying.unit_space(self.layer_space(levels))
 
     @property
     def model(self) -> torch.nn.Module:
@@ -63,6 +81,29 @@ def resolved_preset(spec: "SearchSpec") -> Preset:
     return preset
 
 
+def code_target(spec: "SearchSpec", layers: list[LayerInfo]) -> float:
+    """The budget in average code bits, which the allocators work in.
+
+    An effective-bits budget (`budget="effective"`, as ModelOpt's `effective_bits`) also
+    counts each group's scale and zero point: 32 bits per group, the same at every level.
+    So it is the code budget less the mean overhead, exactly:
+        Σ n_i·(b_i + 32/g_i) ≤ T·Σ n_i   ⟺   Σ n_i·b_i ≤ (T − Σ n_i·32/g_i / Σ n_i)·Σ n_i
+    (g_i: the group size layer i gets, 64 → 0.5 bits per weight). A layer kept at 16 bits
+    carries no overhead; counting it anyway errs on the safe side."""
+    if spec.budget == "code":
+        return spec.target_bits
+    params = sum(l.params for l in layers)
+    overhead = sum(l.params * OVERHEAD_BITS_PER_GROUP / resolve_group_size(l.d_in, spec.group_size)
+                   for l in layers) / params
+    target = spec.target_bits - overhead
+    lowest = min([b for b in spec.levels if b != 16] or [16])
+    if target < lowest - 1e-9:
+        raise BadInput(f"an effective budget of {spec.target_bits} bits leaves {target:.3f} code bits after "
+                       f"scales and zero points ({overhead:.3f} bits per weight), below the lowest level {lowest}",
+                       f"raise --target-bits to at least {lowest + overhead:.3f}, or use --budget code")
+    return target
+
+
 def _hash(doc: Any) -> str:
     return hashlib.sha256(json.dumps(doc, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
@@ -74,7 +115,7 @@ def database_settings(setup: Setup) -> DatabaseSettings:
 
     spec = setup.spec
     levels = [b for b in spec.levels if b != 16]
-    propagate = propagation_level(levels, spec.target_bits) if spec.database_inputs == "propagated" else None
+    propagate = propagation_level(levels, setup.target) if spec.database_inputs == "propagated" else None
     return DatabaseSettings(model=model_fingerprint(setup.model), calib=spec.calib,
                             windows=setup.preset.windows, seqlen=spec.seqlen, seed=spec.seed,
                             group_size=spec.group_size, sym=spec.sym, propagate_bits=propagate)
@@ -82,6 +123,7 @@ def database_settings(setup: Setup) -> DatabaseSettings:
 
 def ensure_database(setup: Setup) -> VariantDatabase:
     """Reuse `spec.database`, or build (or finish) this run's own database."""
+    from ..jobkinds.common import sampling_hooks
     from ..pipeline import draw_calibration
 
     spec, ctx = setup.spec, setup.ctx
@@ -111,7 +153,7 @@ def ensure_database(setup: Setup) -> VariantDatabase:
 
     def windows() -> torch.Tensor:
         return draw_calibration(spec.calib, setup.loaded.tokenizer, setup.preset.windows, spec.seqlen,
-                                spec.seed, model=setup.model)
+                                spec.seed, model=setup.model, **sampling_hooks(ctx))
 
     build_database(folder, settings, levels, setup.model, setup.layers, windows,
                    emit_layer=ctx.emitter.layer, check=ctx.cancel.check, on_progress=on_progress)
@@ -124,11 +166,51 @@ def ensure_database(setup: Setup) -> VariantDatabase:
 # --- methods -----------------------------------------------------------------------------
 
 def sensitivity_genome(setup: Setup, space: SearchSpace, db: VariantDatabase) -> Genome:
-    """Knapsack over levels of the per-layer relative output errors (assumed additive)."""
+    """Knapsack over levels of the relative output errors (assumed additive), one choice per
+    unit: a fused group's error at a level is the sum of its layers' errors there."""
     from .knapsack import knapsack
 
-    errors = [[db.errors(name)[bits] for bits in space.levels] for name in space.names]
-    return tuple(knapsack(space.numels, space.levels, errors, setup.spec.target_bits))
+    per_layer = [[db.errors(layer.name)[bits] for bits in space.levels] for layer in setup.layers]
+    errors = [[sum(per_layer[i][l] for i in unit) for l in range(len(space.levels))] for unit in setup.tying.units]
+    return tuple(knapsack(space.numels, space.levels, errors, setup.target))
+
+
+def fisher_genome(setup: Setup, space: SearchSpace, db: VariantDatabase) -> tuple[Genome, dict]:
+    """Fisher-weighted output errors of every variant (core/search/fisher.py), summed per unit,
+    solved by the knapsack under the budget."""
+    from ..jobkinds.common import sampling_hooks
+    from ..pipeline import draw_calibration
+    from .fisher import fisher_scores
+    from .knapsack import knapsack
+
+    from .. import atomic
+
+    spec, ctx = setup.spec, setup.ctx
+    started = time.time()
+    # the scores depend on the model, the windows and the variants, not on the target: a
+    # sweep (or a later search on the same database) computes them once
+    key = _hash({"model": model_fingerprint(setup.model), "calib": spec.calib, "windows": setup.preset.windows,
+                 "seqlen": spec.seqlen, "seed": spec.seed, "levels": list(space.levels), "db": db.meta["key"]})
+    cached = db.folder / f"fisher-scores-{key}.json"
+    if cached.is_file():
+        scores = {name: {int(b): v for b, v in per.items()} for name, per in json.loads(cached.read_text()).items()}
+        ctx.emitter.log(f"fisher scores from {cached}")
+    else:
+        windows = draw_calibration(spec.calib, setup.loaded.tokenizer, setup.preset.windows, spec.seqlen,
+                                   spec.seed, model=setup.model, **sampling_hooks(ctx))
+        ctx.emitter.stage("fisher_scores", "start")
+        progress = Progress(ctx.emitter, "fisher_scores", len(windows))
+        scores = fisher_scores(setup.model, setup.layers, windows, db.weight, space.levels, spec.batch_size,
+                               ctx.cancel.check, on_batch=lambda done, total: progress.advance(done - progress.done))
+        ctx.emitter.stage("fisher_scores", "end")
+        atomic.write_json(cached, scores)
+    per_layer = [[scores[layer.name][bits] for bits in space.levels] for layer in setup.layers]
+    errors = [[sum(per_layer[i][l] for i in unit) for l in range(len(space.levels))] for unit in setup.tying.units]
+    genome = tuple(knapsack(space.numels, space.levels, errors, setup.target))
+    top = max(setup.layers, key=lambda layer: scores[layer.name][space.levels[0]])
+    return genome, {"seconds": round(time.time() - started, 2), "scores_file": str(cached),
+                    "summed_score": sum(errors[u][l] for u, l in enumerate(genome)),
+                    "most_sensitive_at_lowest_level": top.name}
 
 
 def spike_genome(setup: Setup, cache: Path | None = None) -> tuple[SearchSpace, Genome, dict]:
@@ -136,12 +218,15 @@ def spike_genome(setup: Setup, cache: Path | None = None) -> tuple[SearchSpace, 
 
     `cache`: a folder (the variant database's) where scores are kept for later searches."""
     from .. import atomic
+    from ..jobkinds.common import sampling_hooks
     from ..pipeline import draw_calibration
     from .spike import choose_kept, spike_allocation, spike_scores
 
     spec, ctx = setup.spec, setup.ctx
     keep = spec.spike_keep_bits
-    space = SearchSpace.from_layers(setup.layers, sorted(set(spec.levels) | {keep}))
+    levels = sorted(set(spec.levels) | {keep})
+    names = [layer.name for layer in setup.layers]
+    space = setup.unit_space(levels)
     key = _hash({"model": model_fingerprint(setup.model), "calib": spec.calib,
                  "windows": setup.preset.windows, "seqlen": spec.seqlen, "seed": spec.seed})
     cached = cache / f"spike-scores-{key}.json" if cache is not None else None
@@ -150,18 +235,21 @@ def spike_genome(setup: Setup, cache: Path | None = None) -> tuple[SearchSpace, 
         ctx.emitter.log(f"spike scores from {cached}")
     else:
         windows = draw_calibration(spec.calib, setup.loaded.tokenizer, setup.preset.windows, spec.seqlen,
-                                   spec.seed, model=setup.model)
+                                   spec.seed, model=setup.model, **sampling_hooks(ctx))
         ctx.emitter.stage("spike_scores", "start")
         progress = Progress(ctx.emitter, "spike_scores", len(windows))
-        scores = spike_scores(setup.model, space.names, windows, spec.batch_size, ctx.cancel.check,
+        scores = spike_scores(setup.model, names, windows, spec.batch_size, ctx.cancel.check,
                               on_batch=lambda done, total: progress.advance(done - progress.done))
         ctx.emitter.stage("spike_scores", "end")
         if cached is not None:
             atomic.write_json(cached, scores)
-    kept = choose_kept(scores, spec.spike_threshold if spec.spike_top_k is None else None, spec.spike_top_k)
-    alloc = spike_allocation(space, scores, spec.target_bits, kept, keep_bits=keep)
-    for name in space.names:
-        ctx.emitter.layer(name, spike_score=round(scores[name], 3), kept=name in alloc.kept)
+    # a unit scores its spikiest layer: keeping a fused group keeps all of it
+    unit_scores = dict(zip(space.names, setup.tying.unit_values([scores[n] for n in names], combine=max)))
+    kept = choose_kept(unit_scores, spec.spike_threshold if spec.spike_top_k is None else None, spec.spike_top_k)
+    alloc = spike_allocation(space, unit_scores, setup.target, kept, keep_bits=keep)
+    kept_layers = {n for unit in alloc.kept for n in unit.split("+")}
+    for name in names:
+        ctx.emitter.layer(name, spike_score=round(scores[name], 3), kept=name in kept_layers)
     if alloc.dropped:
         ctx.emitter.log(f"the budget cannot keep {len(alloc.dropped)} spiky layer(s) at {keep} bits: "
                         f"{', '.join(alloc.dropped)}")
@@ -181,7 +269,8 @@ def evopress_genome(setup: Setup, space: SearchSpace, db: VariantDatabase) -> tu
     cfg = EvoConfig(generations=preset.generations, offspring=preset.offspring, survivors=list(preset.survivors),
                     tokens=list(preset.tokens), seqlen=preset.fitness_seqlen, pool_windows=preset.pool_windows,
                     start_candidates=preset.start_candidates, mutation=preset.mutation, seed=spec.seed)
-    assembler = Assembler(setup.model, setup.layers, space, db)
+    expand = setup.tying.expand
+    assembler = Assembler(setup.model, setup.layers, setup.layer_space(space.levels), db)
     runner = BlockRunner(setup.model)
     targets = load_or_compute_targets(setup, runner)
     scorer = CandidateScorer(runner, [l.block for l in setup.layers], assembler.set_layer, targets,
@@ -195,20 +284,23 @@ def evopress_genome(setup: Setup, space: SearchSpace, db: VariantDatabase) -> tu
         ctx.emitter.metric("fitness", state.parent_fitness, step=g, split="search")
         ctx.emitter.metric("tokens", state.forward_tokens, step=g, split="search",
                            candidate_tokens=state.candidate_tokens)
-        ctx.emitter.plan(space.bits_map(parent), generation=g, avg_bits=round(space.avg_bits(parent), 4),
+        ctx.emitter.plan(setup.layer_space(space.levels).bits_map(expand(parent)), generation=g, avg_bits=round(space.avg_bits(parent), 4),
                          fitness=state.parent_fitness)
         progress.done = g - 1
         progress.advance()
         if eval_windows is not None and g % preset.eval_every == 0:
-            assembler.assemble(parent)
+            assembler.assemble(expand(parent))
             ppl = perplexity(setup.model, eval_windows, check=ctx.cancel.check)
             state.history[-1]["ppl"] = ppl
             ctx.emitter.metric("ppl", ppl, step=g, split="eval")
 
     ctx.emitter.stage("search", "start")
-    key = _hash({"spec": to_dict(spec), "db": db.meta["key"]})
-    state = evopress(space, spec.target_bits, cfg, lambda genomes, rows: scorer.score(genomes, rows, ctx.cancel.check),
-                     ctx.run_dir.checkpoint_dir / CHECKPOINT_FILE, key, resume=ctx.resume,
+    key = _hash({"spec": to_dict(spec), "db": db.meta["key"], "target": setup.target})
+    def score(genomes, rows):
+        return scorer.score([expand(g) for g in genomes], rows, ctx.cancel.check)
+
+    state = evopress(space, setup.target, cfg, score,
+                     ctx.run_dir.checkpoint_dir / f"search{setup.tag}.json", key, resume=ctx.resume,
                      hooks=Hooks(on_generation=on_generation, check=ctx.cancel.check,
                                  tokens=lambda: (scorer.forward_tokens, scorer.candidate_tokens)))
     ctx.emitter.stage("search", "end")
@@ -227,6 +319,7 @@ def load_or_compute_targets(setup: Setup, runner) -> "Any":
     from safetensors.torch import load_file, save_file
 
     from .. import atomic
+    from ..jobkinds.common import sampling_hooks
     from ..pipeline import draw_calibration
     from .fitness import DenseTargets, dense_targets
 
@@ -240,7 +333,7 @@ def load_or_compute_targets(setup: Setup, runner) -> "Any":
         return DenseTargets(t["windows"], t.get("logp"), t.get("top_logp"), t.get("top_idx"))
     # the pool is drawn with another seed than the Hessian windows: fitness on fresh text
     windows = draw_calibration(spec.calib, setup.loaded.tokenizer, preset.pool_windows, preset.fitness_seqlen,
-                               spec.seed + 1, model=setup.model)
+                               spec.seed + 1, model=setup.model, **sampling_hooks(ctx))
     ctx.emitter.stage("dense_logits", "start")
     progress = Progress(ctx.emitter, "dense_logits", len(windows))
     targets = dense_targets(runner, windows, topk, spec.batch_size, ctx.cancel.check,
@@ -308,7 +401,6 @@ def run_search_job(spec: "SearchSpec", ctx: "RunContext") -> dict:
 
 def _run_search(spec: "SearchSpec", ctx: "RunContext") -> dict:
     from ..jobkinds.common import open_model
-    from ..plan import plan_from_bits, save_plan
 
     started = time.time()
     preset = resolved_preset(spec)
@@ -316,13 +408,34 @@ def _run_search(spec: "SearchSpec", ctx: "RunContext") -> dict:
     if loaded.quantized is not None:
         raise BadInput(f"{spec.model.source} is already quantized", "search on the original model")
     layers = layer_inventory(loaded.model)
-    setup = Setup(spec, preset, ctx, loaded, layers)
+    setup = Setup.create(spec, preset, ctx, loaded, layers)
     report: dict[str, Any] = {"model": loaded.summary(), "inventory": inventory_summary(layers),
                               "method": spec.method, "target_bits": spec.target_bits, "preset": spec.preset,
+                              "serve": spec.serve, "units": len(setup.tying.units), "budget_kind": spec.budget,
                               "levels": sorted(set(spec.levels))}
+    if spec.targets:
+        report["sweep"] = run_sweep(setup)
+        chosen = next((row for row in report["sweep"] if row["target_bits"] == spec.target_bits), report["sweep"][-1])
+        shutil.copyfile(chosen["plan_file"], ctx.run_dir.plan_file)
+        report["plan_file"] = str(ctx.run_dir.plan_file)
+    else:
+        report.update(allocate(setup, ctx.run_dir.plan_file))
+        if spec.then_quantize:
+            report["quantize"] = then_quantize(setup)
+    report["search_total_seconds"] = round(time.time() - started, 2)
+    return report
+
+
+def allocate(setup: Setup, plan_file: Path) -> dict:
+    """One allocation at `setup.target`: the method's genome, the plan written to `plan_file`,
+    and (with a database) the plan's perplexity. The report's part for it."""
+    from ..plan import plan_from_bits, save_plan
+
+    spec, ctx, layers, tying = setup.spec, setup.ctx, setup.layers, setup.tying
+    report: dict[str, Any] = {"target_code_bits": round(setup.target, 6)}
     db = None
     if spec.method == "spike":
-        check_target(SearchSpace.from_layers(layers, [b for b in spec.levels if b != 16] or [16]), spec.target_bits)
+        check_target(SearchSpace.from_layers(layers, [b for b in spec.levels if b != 16] or [16]), setup.target)
         if spec.database:         # the spike plan needs no database; one given is used to measure it
             db = ensure_database(setup)
         space, genome, extra = spike_genome(setup, db.folder if db is not None else None)
@@ -331,8 +444,8 @@ def _run_search(spec: "SearchSpec", ctx: "RunContext") -> dict:
             ctx.emitter.log(f"the database has no {spec.spike_keep_bits}-bit variants: the perplexity puts "
                             f"round-to-nearest {spec.spike_keep_bits}-bit weights in the kept layers")
     else:
-        space = SearchSpace.from_layers(layers, spec.levels)
-        check_target(space, spec.target_bits)
+        space = setup.unit_space(spec.levels)
+        check_target(space, setup.target)
         db_started = time.time()
         db = ensure_database(setup)
         report["database"] = {"folder": str(db.folder), "build_seconds": round(db.seconds, 2),
@@ -341,31 +454,75 @@ def _run_search(spec: "SearchSpec", ctx: "RunContext") -> dict:
         search_started = time.time()
         if spec.method == "sensitivity":
             genome = sensitivity_genome(setup, space, db)
+            layer_bits = setup.layer_space(space.levels).bits_map(tying.expand(genome))
             report["sensitivity"] = {"seconds": round(time.time() - search_started, 3),
-                                     "summed_error": sum(db.errors(n)[b] for n, b in space.bits_map(genome).items())}
+                                     "summed_error": sum(db.errors(n)[b] for n, b in layer_bits.items())}
+        elif spec.method == "fisher":
+            genome, report["fisher"] = fisher_genome(setup, space, db)
         else:
             genome, report["evopress"] = evopress_genome(setup, space, db)
 
-    plan = plan_from_bits(layers, space.bits_map(genome), spec.group_size, spec.sym)
-    save_plan(ctx.run_dir.plan_file, plan, plan.spec, layers)
+    layer_space, layer_genome = setup.layer_space(space.levels), tying.expand(genome)
+    plan = plan_from_bits(layers, layer_space.bits_map(layer_genome), spec.group_size, spec.sym)
+    check_plan_serves(plan, [layer.name for layer in layers], serve_target(spec.serve), "the search's plan")
+    save_plan(plan_file, plan, plan.spec, layers)
     budget = plan.budget(layers)
     ctx.emitter.plan(plan.bits_map(), budget=budget.to_dict(), final=True)
     ctx.emitter.log(f"plan: {budget.summary()}")
-    report.update({"plan_file": str(ctx.run_dir.plan_file), "avg_code_bits": budget.avg_code_bits,
+    report.update({"plan_file": str(plan_file), "avg_code_bits": budget.avg_code_bits,
                    "effective_bits": budget.effective_bits, "budget": budget.to_dict(),
-                   "bits": space.bits_map(genome)})
+                   "bits": layer_space.bits_map(layer_genome)})
     if spec.final_eval and db is not None:
         windows = _eval_windows(setup)
         eval_started = time.time()
-        report["ppl"] = plan_perplexity(setup, space, genome, db, windows)
+        report["ppl"] = plan_perplexity(setup, layer_space, layer_genome, db, windows)
         report["eval_seconds"] = round(time.time() - eval_started, 2)
         report["eval"] = {"data": spec.eval_data, "windows": len(windows), "seqlen": spec.eval_seqlen,
                           "how": "variants from the database assembled into the model"}
         ctx.emitter.metric("ppl", report["ppl"], step=report.get("evopress", {}).get("generations", 0), split="eval")
-    if spec.then_quantize:
-        report["quantize"] = then_quantize(setup)
-    report["search_total_seconds"] = round(time.time() - started, 2)
     return report
+
+
+# --- budget sweeps -----------------------------------------------------------------------
+
+SWEEP_DIR = "sweep"
+
+
+def _sweep_row(target: float, part: dict, seconds: float) -> dict:
+    """One point of the Pareto table: size against quality."""
+    return {"target_bits": target, "avg_code_bits": part["avg_code_bits"], "effective_bits": part["effective_bits"],
+            "mb": round(part["budget"]["total_bytes"] / 2**20, 3), "kl": part.get("evopress", {}).get("fitness"),
+            "ppl": part.get("ppl"), "plan_file": part["plan_file"], "seconds": round(seconds, 2)}
+
+
+def run_sweep(setup: Setup) -> list[dict]:
+    """One allocation per target, sharing the variant database and the dense targets; each
+    target's plan and report go to RUN_DIR/sweep/ as it finishes, so a resumed sweep skips
+    finished targets and continues the unfinished one from its own EvoPress checkpoint."""
+    from .. import atomic
+
+    spec, ctx = setup.spec, setup.ctx
+    folder = ctx.run_dir.path / SWEEP_DIR
+    folder.mkdir(exist_ok=True)
+    rows = []
+    for index, target in enumerate(spec.targets):
+        done_file = folder / f"report-{target:g}.json"
+        if ctx.resume and done_file.is_file():
+            row = json.loads(done_file.read_text())
+            ctx.emitter.log(f"sweep: {target:g} bits already done ({row['plan_file']})")
+        else:
+            started = time.time()
+            spec_t = replace(spec, target_bits=target)
+            point = replace(setup, spec=spec_t, target=code_target(spec_t, setup.layers), tag=f"-{target:g}")
+            ctx.emitter.stage(f"sweep {target:g}", "start")
+            row = _sweep_row(target, allocate(point, folder / f"plan-{target:g}.json"), time.time() - started)
+            atomic.write_json(done_file, row)
+            ctx.emitter.stage(f"sweep {target:g}", "end")
+        rows.append(row)
+        ctx.emitter.metric("sweep_point", row["ppl"], step=index, split="sweep",
+                           **{k: row[k] for k in ("target_bits", "avg_code_bits", "effective_bits", "mb", "kl",
+                                                  "plan_file")})
+    return rows
 
 
 def then_quantize(setup: Setup) -> dict:
@@ -374,7 +531,7 @@ def then_quantize(setup: Setup) -> dict:
 
     spec, ctx = setup.spec, setup.ctx
     qspec = QuantizeSpec(model=spec.model, plan=str(ctx.run_dir.plan_file), calib=spec.quantize_calib,
-                         calib_windows=spec.quantize_windows, seqlen=spec.seqlen, seed=spec.seed)
+                         calib_windows=spec.quantize_windows, seqlen=spec.seqlen, seed=spec.seed, serve=spec.serve)
     ctx.emitter.stage("then_quantize", "start")
     report = run_quantize(qspec, ctx)
     ctx.emitter.stage("then_quantize", "end")

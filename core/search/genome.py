@@ -95,6 +95,33 @@ class SearchSpace:
         return list(by_size.values())
 
 
+@dataclass(frozen=True)
+class Tying:
+    """Units of layers that take one level together: a fused group for vLLM/SGLang
+    (core/serve.py `tie_units`), else one layer per unit. The search runs over the units'
+    space — each unit one gene, its size the sum of its layers' — and `expand` turns a unit
+    genome back into a per-layer one. With one layer per unit both are the same."""
+
+    units: tuple[tuple[int, ...], ...]     # layer indices of each unit, units in inventory order
+
+    def unit_space(self, layers: SearchSpace) -> SearchSpace:
+        names = tuple("+".join(layers.names[i] for i in unit) for unit in self.units)
+        numels = tuple(sum(layers.numels[i] for i in unit) for unit in self.units)
+        return SearchSpace(names, numels, layers.levels)
+
+    def expand(self, genome: Genome) -> Genome:
+        """Unit genome -> layer genome (every layer of a unit at the unit's level)."""
+        layer_genome = [0] * sum(len(unit) for unit in self.units)
+        for unit, level in zip(self.units, genome):
+            for i in unit:
+                layer_genome[i] = level
+        return tuple(layer_genome)
+
+    def unit_values(self, per_layer: Sequence[float], combine=sum) -> list[float]:
+        """One value per unit from one per layer (summed errors, the largest spike score)."""
+        return [combine(per_layer[i] for i in unit) for unit in self.units]
+
+
 def check_target(space: SearchSpace, target: float) -> None:
     """A target outside [lowest level, highest level] cannot be met by any genome."""
     low, high = space.levels[0], space.levels[-1]
@@ -235,5 +262,5 @@ def start_candidates(space: SearchSpace, target: float, n: int, rng: random.Rand
     return [lower_to_budget(space, top, target, rng) for _ in range(max(1, n))]
 
 
-__all__ = ["Genome", "SearchSpace", "check_target", "flip", "mutate", "offspring", "Exchange", "exchanges",
+__all__ = ["Genome", "SearchSpace", "Tying", "check_target", "flip", "mutate", "offspring", "Exchange", "exchanges",
            "exchange_flip", "lower_to_budget", "start_candidates"]

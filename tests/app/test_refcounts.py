@@ -15,8 +15,10 @@ import pytest
 
 EMITS = 3000
 REPAINTS = 300
-# A leaking binding loses one reference per emit or paint: thousands. Ordinary caching in Qt,
-# pyqtgraph and numpy holds or releases a few dozen at most.
+# A binding that drops references loses one per emit or paint: thousands, and the process
+# dies once a count reaches zero. Ordinary caching in Qt, pyqtgraph and numpy releases a few
+# dozen at most. Counts that GROW are harmless for these singletons (6.11.3 adds about 12
+# references to None per repaint that it never drops: no memory is held), so only a fall fails.
 TOLERANCE = 100
 
 
@@ -54,8 +56,8 @@ def test_signal_emits_keep_refcounts(opened):
         for line in lines:
             w.client._dispatch(line)
     deltas = _deltas(before)
-    assert all(abs(d) < TOLERANCE for d in deltas.values()), (
-        f"reference counts moved by {deltas} over ~{EMITS} signal emits: this PySide6 leaks "
+    assert all(d > -TOLERANCE for d in deltas.values()), (
+        f"reference counts fell by {deltas} over ~{EMITS} signal emits: this PySide6 leaks "
         "references (6.12.0 on Python 3.11 does); install the locked version")
 
 
@@ -81,6 +83,6 @@ def test_repaints_keep_refcounts(opened):
     for i in range(REPAINTS):
         repaint(i)
     deltas = _deltas(before)
-    assert all(abs(d) < TOLERANCE for d in deltas.values()), (
-        f"reference counts moved by {deltas} over {REPAINTS} repaints: this PySide6 leaks "
+    assert all(d > -TOLERANCE for d in deltas.values()), (
+        f"reference counts fell by {deltas} over {REPAINTS} repaints: this PySide6 leaks "
         "references while painting (6.12.0 on Python 3.11 does); install the locked version")

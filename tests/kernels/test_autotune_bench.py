@@ -7,7 +7,8 @@ import os
 import subprocess
 import sys
 
-os.environ["TRITON_INTERPRET"] = "1"
+if os.environ.get("BITSMITH_TEST_DEVICE", "cpu") == "cpu":
+    os.environ["TRITON_INTERPRET"] = "1"  # under the interpreter nothing is timed
 
 import pytest
 import torch
@@ -71,14 +72,21 @@ def test_choice_cache_persists_as_json(tmp_path, monkeypatch):
     autotune.clear_cache()
 
 
-def test_benchmark_on_cpu_reports_json(capsys):
+def test_benchmark_on_cpu_reports_json(capsys, tmp_path, monkeypatch):
+    from bitsmith.kernels import bench
     from bitsmith.kernels.bench import _table, run_kernel_benchmark
 
     if torch.cuda.is_available():
         pytest.skip("CPU mode only")
-    result = run_kernel_benchmark(json_output=True, quick=True)
+    written = []   # (complete, rows) of each write of --out: one per row, then the final one
+    write = bench._write_json
+    monkeypatch.setattr(bench, "_write_json", lambda path, doc: (written.append((doc["complete"], len(doc["rows"]))),
+                                                                 write(path, doc)))
+    result = run_kernel_benchmark(json_output=True, quick=True, out=tmp_path / "bench.json")
     printed = json.loads(capsys.readouterr().out)
-    assert printed == result
+    assert printed == result == json.loads((tmp_path / "bench.json").read_text())
+    n = len(result["rows"])
+    assert written == [(False, i) for i in range(1, n + 1)] + [(True, n)]
     assert result["device"] == "cpu" and "no CUDA GPU" in result["note"]
     assert {r["bits"] for r in result["rows"]} == {2, 3, 4, 8}
     assert all(r["time_us"] > 0 and r["dense_fp32_time_us"] > 0 for r in result["rows"])

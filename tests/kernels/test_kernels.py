@@ -1,11 +1,14 @@
 """Triton kernels (GEMV, tl.dot, both split-K) against the fp32 torch reference, on the CPU
-under TRITON_INTERPRET=1: every bit-width, awkward shapes, fp16 and fp32, poisoned outputs."""
+under TRITON_INTERPRET=1: every bit-width, awkward shapes, fp16 and fp32, poisoned outputs.
+With BITSMITH_TEST_DEVICE=cuda (packaging/gpu_check.sh) the same cases run on a GPU, compiled."""
 
 from __future__ import annotations
 
 import os
 
-os.environ["TRITON_INTERPRET"] = "1"  # before triton is first imported: kernels run on CPU tensors
+DEVICE = os.environ.get("BITSMITH_TEST_DEVICE", "cpu")
+if DEVICE == "cpu":
+    os.environ["TRITON_INTERPRET"] = "1"  # before triton is first imported: kernels run on CPU tensors
 
 import pytest
 import torch
@@ -37,7 +40,7 @@ def _layer(bits: int, n: int = N, k: int = K, group: int = GROUP, seed: int = 0)
     codes = torch.randint(0, 1 << bits, (n, k), generator=gen)
     scales = torch.rand(k // group, n, generator=gen) * 0.05 + 0.01
     zeros = torch.rand(k // group, n, generator=gen) * ((1 << bits) - 1)  # non-integer zeros too
-    return pack_qweight(codes, bits), scales, zeros
+    return pack_qweight(codes, bits).to(DEVICE), scales.to(DEVICE), zeros.to(DEVICE)
 
 
 def _rel_err(out: torch.Tensor, ref: torch.Tensor) -> float:
@@ -50,10 +53,10 @@ def _rel_err(out: torch.Tensor, ref: torch.Tensor) -> float:
 @pytest.mark.parametrize("kernel", list(CONFIGS))
 def test_kernel_matches_reference(kernel, bits, m, dtype):
     qweight, scales, zeros = _layer(bits)
-    x = torch.randn(m, K, generator=torch.Generator().manual_seed(m)).to(dtype)
+    x = torch.randn(m, K, generator=torch.Generator().manual_seed(m)).to(DEVICE, dtype)
     s, z = scales.to(dtype), zeros.to(dtype)  # scales/zeros stored like the activations
     ref = dequant_matmul_reference(x, qweight, s, z, bits, GROUP)
-    out = torch.full((m, N), float("nan"), dtype=dtype)  # poisoned: an unwritten element fails
+    out = torch.full((m, N), float("nan"), dtype=dtype, device=DEVICE)  # poisoned: an unwritten element fails
     got = quant_matmul(x, qweight, s, z, bits, GROUP, out=out, config=CONFIGS[kernel](m))
     assert got is out or got.data_ptr() == out.data_ptr()
     assert out.dtype == dtype and torch.isfinite(out).all()
@@ -64,7 +67,7 @@ def test_kernel_matches_reference(kernel, bits, m, dtype):
 def test_tiles_smaller_than_a_group_and_fp32_scales_with_fp16_x(bits):
     # group 128 = several K tiles (block_k 32) per scale row; scales/zeros stay fp32 while x is fp16
     qweight, scales, zeros = _layer(bits, n=24, k=256, group=128)
-    x = torch.randn(5, 256).half()
+    x = torch.randn(5, 256).half().to(DEVICE)
     ref = dequant_matmul_reference(x, qweight, scales, zeros, bits, 128)
     for cfg in (Config("gemv", 8, 32, 32, 2), Config("dot", 16, 16, 32, 3)):
         out = quant_matmul(x, qweight, scales, zeros, bits, 128, config=cfg)
@@ -74,7 +77,7 @@ def test_tiles_smaller_than_a_group_and_fp32_scales_with_fp16_x(bits):
 def test_default_choice_and_leading_dims():
     # no config: the heuristic picks (nothing is timed under the interpreter); x may be 3-D
     qweight, scales, zeros = _layer(4, n=24, k=128, group=64)
-    x = torch.randn(2, 3, 128)
+    x = torch.randn(2, 3, 128).to(DEVICE)
     out = quant_matmul(x, qweight, scales, zeros, 4, 64)
     assert out.shape == (2, 3, 24)
     ref = dequant_matmul_reference(x, qweight, scales, zeros, 4, 64)
@@ -88,14 +91,14 @@ def test_group_of_72_uses_small_gemv_tiles():
     cfg = heuristic_config(2, 16, 144, 4, 72)
     assert cfg.kernel == "gemv" and cfg.block_k == 8
     qweight, scales, zeros = _layer(4, n=16, k=144, group=72)
-    x = torch.randn(2, 144)
+    x = torch.randn(2, 144).to(DEVICE)
     out = quant_matmul(x, qweight, scales, zeros, 4, 72, config=cfg)
     assert _rel_err(out, dequant_matmul_reference(x, qweight, scales, zeros, 4, 72)) < TOL[torch.float32]
 
 
 def test_bad_arguments_are_refused():
     qweight, scales, zeros = _layer(4, n=16, k=128, group=64)
-    x = torch.randn(1, 128)
+    x = torch.randn(1, 128).to(DEVICE)
     with pytest.raises(ValueError, match="block_k"):
         quant_matmul(x, qweight, scales, zeros, 4, 64, config=Config("gemv", 1, 16, 128, 1))  # tile > group
     with pytest.raises(ValueError, match=">= 16"):
@@ -107,4 +110,4 @@ def test_bad_arguments_are_refused():
     with pytest.raises(ValueError, match="do not serve"):
         quant_matmul(x, qweight, scales, zeros, 5, 64)
     with pytest.raises(ValueError, match="out"):
-        quant_matmul(x, qweight, scales, zeros, 4, 64, out=torch.empty(1, 16, dtype=torch.float16))
+        quant_matmul(x, qweight, scales, zeros, 4, 64, out=torch.empty(1, 16, dtype=torch.float16, device=DEVICE))

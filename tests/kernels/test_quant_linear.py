@@ -1,5 +1,6 @@
-"""QuantLinear: exact CPU path, caching, state_dict, the kernel path under the interpreter,
-and a tiny Llama whose perplexity does not move when its linears become QuantLinears."""
+"""QuantLinear: exact CPU path, caching, state_dict, the kernel path under the interpreter
+(compiled on a GPU with BITSMITH_TEST_DEVICE=cuda), and a tiny Llama whose perplexity does
+not move when its linears become QuantLinears."""
 
 from __future__ import annotations
 
@@ -7,7 +8,9 @@ import io
 import math
 import os
 
-os.environ["TRITON_INTERPRET"] = "1"  # the backend="triton" cases launch kernels on CPU tensors
+DEVICE = os.environ.get("BITSMITH_TEST_DEVICE", "cpu")
+if DEVICE == "cpu":
+    os.environ["TRITON_INTERPRET"] = "1"  # the backend="triton" cases launch kernels on CPU tensors
 
 import pytest
 import torch
@@ -99,9 +102,9 @@ def test_state_dict_round_trip(tmp_path):
 def test_triton_backend_matches_torch_path_and_backpropagates(bits):
     codes, scales, zeros = _random_qparams(24, 128, bits, 64)
     bias = torch.randn(24)
-    kern = QuantLinear.from_codes(codes, scales, zeros, bits, 64, bias=bias, backend="triton")
-    ref = QuantLinear.from_codes(codes, scales, zeros, bits, 64, bias=bias, backend="torch")
-    x = torch.randn(2, 128, requires_grad=True)
+    kern = QuantLinear.from_codes(codes, scales, zeros, bits, 64, bias=bias, backend="triton").to(DEVICE)
+    ref = QuantLinear.from_codes(codes, scales, zeros, bits, 64, bias=bias, backend="torch").to(DEVICE)
+    x = torch.randn(2, 128).to(DEVICE).requires_grad_()
     assert kern.use_kernel(x) and not ref.use_kernel(x)
     y = kern(x)
     torch.testing.assert_close(y, ref(x), rtol=2e-5, atol=2e-5)
@@ -116,6 +119,20 @@ def test_auto_backend_stays_on_torch_for_cpu_tensors_and_unserved_layers():
     assert not QuantLinear.from_codes(codes, scales, zeros, 4, 32).use_kernel(x)
     codes6, s6, z6 = _random_qparams(8, 64, 6, 32)
     assert not QuantLinear.from_codes(codes6, s6, z6, 6, 32, backend="triton").use_kernel(x)  # 6 bits: torch
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("bits", [2, 3, 4, 8])
+def test_auto_backend_runs_the_kernel_on_cuda_in_bf16(bits):
+    # a Llama-like layer (in 512, out 384, group 128), bf16 activations as a GPU model runs them
+    codes, scales, zeros = _random_qparams(384, 512, bits, 128)
+    layer = QuantLinear.from_codes(codes, scales, zeros, bits, 128, dtype=torch.bfloat16).cuda()
+    x = torch.randn(3, 5, 512, generator=torch.Generator().manual_seed(bits)).to("cuda", torch.bfloat16)
+    assert layer.use_kernel(x)
+    y = layer(x)
+    assert y.shape == (3, 5, 384) and y.dtype == torch.bfloat16
+    ref = x.float() @ layer.dequantize(torch.float32).T  # fp32 reference of the same bf16 inputs
+    assert float((y.float() - ref).abs().max() / ref.abs().max()) < 1e-2  # bf16 output rounding
 
 
 def test_constructor_validation():

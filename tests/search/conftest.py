@@ -13,7 +13,8 @@ from bitsmith.core.rundir import RunDir
 from bitsmith.core.runner import execute
 
 # settings every test search uses, so that they can share the database
-SMALL = dict(windows=4, seqlen=64, eval_windows=1, eval_seqlen=64, threads=1, batch_size=4)
+# budget in code bits: the tests reason about code bits (test_serve.py checks effective budgets)
+SMALL = dict(windows=4, seqlen=64, eval_windows=1, eval_seqlen=64, threads=1, batch_size=4, budget="code")
 EVO_SETTINGS = dict(generations=4, offspring=4, survivors=[2, 1], tokens=[64, 128], fitness_seqlen=32,
            pool_windows=8, kl_topk=0, start_candidates=3, eval_every=2)
 

@@ -135,7 +135,8 @@ def _compressed(settings: dict[str, LayerSetting], options: dict) -> list[Reader
 
 
 def _gguf(settings: dict[str, LayerSetting], options: dict) -> list[ReaderVerdict]:
-    return [ReaderVerdict("llama.cpp", LOADS, CALL_LLAMA, "", "bitsmith verify with llama-perplexity (README.md)"),
+    return [ReaderVerdict("llama.cpp", LOADS, CALL_LLAMA, "", "bitsmith verify with llama-perplexity: Bitsmith's README.md, tests/export/test_readers.py "
+                          "(when it is on PATH)"),
             ReaderVerdict(TRANSFORMERS, LOADS, CALL_HF_GGUF, "dequantizes every tensor to float", TESTS_GGUF,
                           ("gguf",))]
 

@@ -8,8 +8,7 @@ reports after the fact.
 
 from __future__ import annotations
 
-import re
-from collections import Counter, defaultdict
+from collections import Counter
 from dataclasses import dataclass
 from typing import Any
 
@@ -69,15 +68,28 @@ def layer_settings(obj: Any) -> dict[str, LayerSetting]:
     return out
 
 
-def _fusion_groups(names: list[str]) -> dict[tuple[str, str], list[str]]:
-    """{(block prefix, 'qkv' | 'gate_up'): [layer names]} for projections vLLM fuses."""
-    groups: dict[tuple[str, str], list[str]] = defaultdict(list)
-    for name in names:
-        m = re.match(r"(.*)\.(q_proj|k_proj|v_proj|gate_proj|up_proj)$", name)
-        if m:
-            kind = "qkv" if m.group(2) in ("q_proj", "k_proj", "v_proj") else "gate_up"
-            groups[(m.group(1), kind)].append(name)
-    return groups
+def _split_fused(settings: dict[str, LayerSetting], scheme) -> dict[str, list[str]]:
+    """{'qkv' | 'gate/up': ['block: role=setting, …', …]} for the fused groups (core/serve.py)
+    whose layers `scheme(name)` tells apart; vLLM and SGLang serve such a group as one module."""
+    from ..serve import fused_groups
+
+    split: dict[str, list[str]] = {}
+    for group in fused_groups(list(settings)):
+        if len({scheme(n) for n in group}) > 1:
+            kind = "qkv" if group[0].endswith(("q_proj", "k_proj", "v_proj")) else "gate/up"
+            detail = ", ".join(f"{n.rsplit('.', 1)[1]}={_describe(settings[n])}" for n in group)
+            split.setdefault(kind, []).append(f"{group[0].rsplit('.', 1)[0]}: {detail}")
+    return split
+
+
+def _fused_warning(split: dict[str, list[str]], fmt: str) -> list[str]:
+    out = []
+    for kind, cases in split.items():
+        more = f" (and {len(cases) - 1} more)" if len(cases) > 1 else ""
+        out.append(f"{len(cases)} {'block' if len(cases) == 1 else 'blocks'} mix schemes in the projections vLLM "
+                   f"and SGLang fuse ({kind}), which need one scheme, so they refuse this {fmt} file: "
+                   f"{cases[0]}{more}; plan with --serve vllm to give each fused group one setting")
+    return out
 
 
 def _describe(s: LayerSetting) -> str:
@@ -117,6 +129,7 @@ def _gptq(settings: dict[str, LayerSetting]) -> list[str]:
         out.append("mixed settings are written as a GPTQModel `dynamic` block (regex -> overrides, `-:` for kept "
                    "layers), which GPTQModel, vLLM and SGLang read; readers without `dynamic` (transformers' "
                    "GPTQConfig, AutoGPTQ) apply the default bits to every layer")
+    out += _fused_warning(_split_fused(settings, lambda n: settings[n].key()), "GPTQ")
     return out
 
 
@@ -139,16 +152,7 @@ def _compressed(settings: dict[str, LayerSetting], layout: str) -> list[str]:
         bits = sorted({stored[n][0] for n in unserved})
         out.append(f"{_count(unserved)} are stored at {bits} bits: vLLM's compressed-tensors WNA16 scheme takes "
                    "4 and 8 bits only (WNA16_SUPPORTED_BITS in its source; not tried here)")
-    mixed: dict[str, list[str]] = defaultdict(list)      # kind -> "prefix: details" of each mismatch
-    for (prefix, kind), names in sorted(_fusion_groups(list(settings)).items()):
-        schemes = {stored.get(n) or settings[n].keep for n in names}
-        if len(schemes) > 1:
-            detail = ", ".join(f"{n.rsplit('.', 1)[1]}={_describe(settings[n])}" for n in sorted(names))
-            mixed[kind].append(f"{prefix}: {detail}")
-    for kind, cases in mixed.items():
-        more = f" (and {len(cases) - 1} more)" if len(cases) > 1 else ""
-        out.append(f"{len(cases)} {'block' if len(cases) == 1 else 'blocks'} mix schemes in the projections vLLM "
-                   f"fuses ({kind.replace('_', '/')}), which need one scheme: {cases[0]}{more}")
+    out += _fused_warning(_split_fused(settings, lambda n: stored.get(n) or settings[n].keep), "compressed-tensors")
     return out
 
 

@@ -14,7 +14,7 @@ import time
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable
 
 import torch
 
@@ -175,11 +175,25 @@ def sensitivity_genome(setup: Setup, space: SearchSpace, db: VariantDatabase) ->
     return tuple(knapsack(space.numels, space.levels, errors, setup.target))
 
 
+def scored_on_calibration(setup: Setup, stage: str, compute: Callable) -> Any:
+    """Draw the calibration windows and run `compute(windows, check, on_batch)` as `stage`,
+    with progress events per batch (spike and fisher scores)."""
+    from ..jobkinds.common import sampling_hooks
+    from ..pipeline import draw_calibration
+
+    spec, ctx = setup.spec, setup.ctx
+    windows = draw_calibration(spec.calib, setup.loaded.tokenizer, setup.preset.windows, spec.seqlen,
+                               spec.seed, model=setup.model, **sampling_hooks(ctx))
+    ctx.emitter.stage(stage, "start")
+    progress = Progress(ctx.emitter, stage, len(windows))
+    out = compute(windows, ctx.cancel.check, lambda done, total: progress.advance(done - progress.done))
+    ctx.emitter.stage(stage, "end")
+    return out
+
+
 def fisher_genome(setup: Setup, space: SearchSpace, db: VariantDatabase) -> tuple[Genome, dict]:
     """Fisher-weighted output errors of every variant (core/search/fisher.py), summed per unit,
     solved by the knapsack under the budget."""
-    from ..jobkinds.common import sampling_hooks
-    from ..pipeline import draw_calibration
     from .fisher import fisher_scores
     from .knapsack import knapsack
 
@@ -196,13 +210,8 @@ def fisher_genome(setup: Setup, space: SearchSpace, db: VariantDatabase) -> tupl
         scores = {name: {int(b): v for b, v in per.items()} for name, per in json.loads(cached.read_text()).items()}
         ctx.emitter.log(f"fisher scores from {cached}")
     else:
-        windows = draw_calibration(spec.calib, setup.loaded.tokenizer, setup.preset.windows, spec.seqlen,
-                                   spec.seed, model=setup.model, **sampling_hooks(ctx))
-        ctx.emitter.stage("fisher_scores", "start")
-        progress = Progress(ctx.emitter, "fisher_scores", len(windows))
-        scores = fisher_scores(setup.model, setup.layers, windows, db.weight, space.levels, spec.batch_size,
-                               ctx.cancel.check, on_batch=lambda done, total: progress.advance(done - progress.done))
-        ctx.emitter.stage("fisher_scores", "end")
+        scores = scored_on_calibration(setup, "fisher_scores", lambda windows, check, on_batch: fisher_scores(
+            setup.model, setup.layers, windows, db.weight, space.levels, spec.batch_size, check, on_batch))
         atomic.write_json(cached, scores)
     per_layer = [[scores[layer.name][bits] for bits in space.levels] for layer in setup.layers]
     errors = [[sum(per_layer[i][l] for i in unit) for l in range(len(space.levels))] for unit in setup.tying.units]
@@ -218,8 +227,6 @@ def spike_genome(setup: Setup, cache: Path | None = None) -> tuple[SearchSpace, 
 
     `cache`: a folder (the variant database's) where scores are kept for later searches."""
     from .. import atomic
-    from ..jobkinds.common import sampling_hooks
-    from ..pipeline import draw_calibration
     from .spike import choose_kept, spike_allocation, spike_scores
 
     spec, ctx = setup.spec, setup.ctx
@@ -234,13 +241,8 @@ def spike_genome(setup: Setup, cache: Path | None = None) -> tuple[SearchSpace, 
         scores = json.loads(cached.read_text())
         ctx.emitter.log(f"spike scores from {cached}")
     else:
-        windows = draw_calibration(spec.calib, setup.loaded.tokenizer, setup.preset.windows, spec.seqlen,
-                                   spec.seed, model=setup.model, **sampling_hooks(ctx))
-        ctx.emitter.stage("spike_scores", "start")
-        progress = Progress(ctx.emitter, "spike_scores", len(windows))
-        scores = spike_scores(setup.model, names, windows, spec.batch_size, ctx.cancel.check,
-                              on_batch=lambda done, total: progress.advance(done - progress.done))
-        ctx.emitter.stage("spike_scores", "end")
+        scores = scored_on_calibration(setup, "spike_scores", lambda windows, check, on_batch: spike_scores(
+            setup.model, names, windows, spec.batch_size, check, on_batch=on_batch))
         if cached is not None:
             atomic.write_json(cached, scores)
     # a unit scores its spikiest layer: keeping a fused group keeps all of it

@@ -33,7 +33,6 @@ FUSED_ROLES: tuple[frozenset[str], ...] = (
 class ServeTarget:
     name: str
     fused: bool                 # fused groups share one setting
-    mixed_gptq_loads: bool      # a GPTQ export with mixed bits loads there
     note: str                   # one line for help texts and warnings
 
 
@@ -45,16 +44,17 @@ def register_target(target: ServeTarget) -> ServeTarget:
     return target
 
 
-register_target(ServeTarget("any", fused=False, mixed_gptq_loads=True,
-                            note="no runtime constraint (per-layer choices are free)"))
-register_target(ServeTarget("vllm", fused=True, mixed_gptq_loads=True,
-                            note="q/k/v and gate/up are fused: each group shares one setting"))
-register_target(ServeTarget("sglang", fused=True, mixed_gptq_loads=True,
-                            note="q/k/v and gate/up are fused: each group shares one setting"))
-register_target(ServeTarget("llama.cpp", fused=False, mixed_gptq_loads=True,
-                            note="per-tensor GGUF types: every layer may differ"))
-register_target(ServeTarget("transformers", fused=False, mixed_gptq_loads=False,
+register_target(ServeTarget("any", fused=False, note="no runtime constraint (per-layer choices are free)"))
+register_target(ServeTarget("vllm", fused=True, note="q/k/v and gate/up are fused: each group shares one setting"))
+register_target(ServeTarget("sglang", fused=True, note="q/k/v and gate/up are fused: each group shares one setting"))
+register_target(ServeTarget("llama.cpp", fused=False, note="per-tensor GGUF types: every layer may differ"))
+register_target(ServeTarget("transformers", fused=False,
                             note="GPTQ with mixed bits does not load (no `dynamic`): use compressed-tensors"))
+
+
+def serve_help() -> str:
+    """The --serve help text, from the registry."""
+    return "the runtime the plan is for; " + "; ".join(f"{t.name}: {t.note}" for t in SERVE_TARGETS.values())
 
 
 def serve_target(name: str) -> ServeTarget:
@@ -157,5 +157,5 @@ def check_plan_serves(plan: Any, names: Sequence[str], target: ServeTarget, what
         f"(this block), or choose --serve any")
 
 
-__all__ = ["ServeTarget", "SERVE_TARGETS", "register_target", "serve_target", "fused_groups", "tie_units",
+__all__ = ["ServeTarget", "SERVE_TARGETS", "register_target", "serve_help", "serve_target", "fused_groups", "tie_units",
            "split_groups", "check_plan_serves", "group_rule_pattern", "FUSED_ROLES"]

@@ -7,7 +7,7 @@ import argparse
 
 from ..cli import add_model_args, add_output_args, finish, model_spec, run_job_inline
 from ..jobs import make_job
-from ..serve import SERVE_TARGETS
+from ..serve import SERVE_TARGETS, serve_help
 from ..jobkinds.quantize import DEFAULT_CALIB, QuantizeSpec
 from ..plan import uniform_plan_spec
 
@@ -30,8 +30,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="keep layers whose name matches REGEX at 16-bit (repeatable)")
     parser.add_argument("--plan", help="plan.json (rules or per-layer entries); replaces --bits/--group-size/--sym/--keep")
     parser.add_argument("--serve", choices=list(SERVE_TARGETS), default=_D.serve,
-                        help="the runtime the plan is for: vllm/sglang fuse q/k/v and gate/up, so each fused group "
-                        "gets one setting; any: no constraint (default)")
+                        help=serve_help())
     parser.add_argument("--calib", default=DEFAULT_CALIB,
                         help=f"calibration text: builtin | selfgen | file:PATH | hf:NAME; 'a+b' mixes (default {DEFAULT_CALIB})")
     parser.add_argument("--calib-windows", type=int, default=None,

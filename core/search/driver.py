@@ -170,8 +170,7 @@ def sensitivity_genome(setup: Setup, space: SearchSpace, db: VariantDatabase) ->
     unit: a fused group's error at a level is the sum of its layers' errors there."""
     from .knapsack import knapsack
 
-    per_layer = [[db.errors(layer.name)[bits] for bits in space.levels] for layer in setup.layers]
-    errors = [[sum(per_layer[i][l] for i in unit) for l in range(len(space.levels))] for unit in setup.tying.units]
+    errors = setup.tying.unit_errors([[db.errors(layer.name)[bits] for bits in space.levels] for layer in setup.layers])
     return tuple(knapsack(space.numels, space.levels, errors, setup.target))
 
 
@@ -213,8 +212,7 @@ def fisher_genome(setup: Setup, space: SearchSpace, db: VariantDatabase) -> tupl
         scores = scored_on_calibration(setup, "fisher_scores", lambda windows, check, on_batch: fisher_scores(
             setup.model, setup.layers, windows, db.weight, space.levels, spec.batch_size, check, on_batch))
         atomic.write_json(cached, scores)
-    per_layer = [[scores[layer.name][bits] for bits in space.levels] for layer in setup.layers]
-    errors = [[sum(per_layer[i][l] for i in unit) for l in range(len(space.levels))] for unit in setup.tying.units]
+    errors = setup.tying.unit_errors([[scores[layer.name][bits] for bits in space.levels] for layer in setup.layers])
     genome = tuple(knapsack(space.numels, space.levels, errors, setup.target))
     top = max(setup.layers, key=lambda layer: scores[layer.name][space.levels[0]])
     return genome, {"seconds": round(time.time() - started, 2), "scores_file": str(cached),

@@ -117,6 +117,10 @@ class Tying:
                 layer_genome[i] = level
         return tuple(layer_genome)
 
+    def unit_errors(self, per_layer: Sequence[Sequence[float]]) -> list[list[float]]:
+        """[unit][level] errors from [layer][level] ones: a unit's error is its layers' sum."""
+        return [[sum(per_layer[i][l] for i in unit) for l in range(len(per_layer[unit[0]]))] for unit in self.units]
+
     def unit_values(self, per_layer: Sequence[float], combine=sum) -> list[float]:
         """One value per unit from one per layer (summed errors, the largest spike score)."""
         return [combine(per_layer[i] for i in unit) for unit in self.units]

@@ -32,11 +32,14 @@ def add_model_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"])
     parser.add_argument("--trust-remote-code", action="store_true",
                         help="allow the model's own Python code to run (only for authors you trust)")
+    parser.add_argument("--offload", default="auto", choices=["auto", "ram", "disk"],
+                        help="where the weights wait while one block at a time is worked on: CPU RAM in "
+                        "their stored dtype, or (disk) their safetensors files (default auto: ram)")
 
 
 def model_spec(args: argparse.Namespace) -> ModelSpec:
     return ModelSpec(source=args.model, device=args.device, dtype=args.dtype,
-                     trust_remote_code=args.trust_remote_code)
+                     trust_remote_code=args.trust_remote_code, offload=getattr(args, "offload", "auto"))
 
 
 def add_output_args(parser: argparse.ArgumentParser, out_required: bool = False) -> None:

@@ -3,16 +3,55 @@
 from __future__ import annotations
 
 import math
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import torch
 import torch.nn.functional as F
 
-WindowCallback = Callable[[int, int], None]   # (windows done, windows total)
+from .capture import final_hidden
+from .inventory import find_blocks
+from .offload import head_onloaded, is_resident, placement_of, streamed
+
+WindowCallback = Callable[[int, int], None]   # (steps done, steps total): windows, or blocks then windows
+BLOCKWISE_BATCH = 4   # windows per block call when a model is evaluated block by block
 
 
 def _device_of(model: torch.nn.Module) -> torch.device:
-    return next(model.parameters()).device
+    return placement_of(model).device
+
+
+def _window_logits(model: torch.nn.Module, windows: torch.Tensor, on_step: WindowCallback | None = None,
+                   check: Callable[[], None] | None = None) -> Iterator[torch.Tensor]:
+    """Logits [L, V] of each window [L] of `windows` [n, L], one window at a time.
+
+    A resident model runs whole, window by window. A model kept off the work device runs
+    block by block over all windows, as GPTQ's reference evaluation does: each block is
+    onloaded once, the last hidden states [n, L, d] wait on the device, and the final norm
+    and head then make each window's logits. Progress counts n_blocks + n steps."""
+    n = len(windows)
+    if is_resident(model):
+        device = _device_of(model)
+        for i, window in enumerate(windows):
+            if check is not None:
+                check()
+            yield model(input_ids=window[None].to(device), use_cache=False).logits[0]
+            if on_step is not None:
+                on_step(i + 1, n)
+        return
+    n_blocks = len(find_blocks(model)[1])
+    total = n_blocks + n
+    hidden = final_hidden(model, windows, BLOCKWISE_BATCH, check,
+                          on_block=(lambda done, _: on_step(done, total)) if on_step is not None else None)
+    rows = [h[j: j + 1] for h in hidden for j in range(h.shape[0])]      # per window [1, L, d]
+    del hidden
+    with head_onloaded(model) as (norm, head):
+        for i, h in enumerate(rows):
+            if check is not None:
+                check()
+            yield head(norm(h) if norm is not None else h)[0]
+            rows[i] = None                                              # type: ignore[call-overload]
+            if on_step is not None:
+                on_step(n_blocks + i + 1, total)
 
 
 @torch.no_grad()
@@ -22,16 +61,10 @@ def window_nlls(model: torch.nn.Module, windows: torch.Tensor, on_window: Window
 
     Labels are the inputs shifted by one (the standard protocol: L-1 predictions per window).
     """
-    device = _device_of(model)
     nlls = []
-    for i, window in enumerate(windows):
-        if check is not None:
-            check()
-        ids = window[None].to(device)
-        logits = model(input_ids=ids, use_cache=False).logits[0, :-1].float()   # [L-1, V]
-        nlls.append(F.cross_entropy(logits, ids[0, 1:]).double().cpu())
-        if on_window is not None:
-            on_window(i + 1, len(windows))
+    for window, logits in zip(windows, _window_logits(model, windows, on_window, check)):
+        labels = window[1:].to(logits.device)
+        nlls.append(F.cross_entropy(logits[:-1].float(), labels).double().cpu())     # logits [L-1, V]
     return torch.stack(nlls)
 
 
@@ -56,18 +89,14 @@ def kl_per_token(ref_logits: torch.Tensor, logits: torch.Tensor, chunk: int = 12
 @torch.no_grad()
 def kl_divergence(reference: torch.nn.Module, model: torch.nn.Module, windows: torch.Tensor,
                   on_window: WindowCallback | None = None, check: Callable[[], None] | None = None) -> float:
-    """Mean over all tokens of KL(P_reference ‖ Q_model)."""
+    """Mean over all tokens of KL(P_reference ‖ Q_model). Each model runs whole or block
+    by block (see _window_logits); only one window's logits of each are held at a time."""
     total, count = 0.0, 0
-    for i, window in enumerate(windows):
-        if check is not None:
-            check()
-        ref = reference(input_ids=window[None].to(_device_of(reference)), use_cache=False).logits[0]
-        cur = model(input_ids=window[None].to(_device_of(model)), use_cache=False).logits[0]
+    pairs = zip(_window_logits(reference, windows, None, check), _window_logits(model, windows, on_window, check))
+    for ref, cur in pairs:
         kl = kl_per_token(ref, cur.to(ref.device))
         total += kl.double().sum().item()
         count += kl.numel()
-        if on_window is not None:
-            on_window(i + 1, len(windows))
     return total / max(count, 1)
 
 
@@ -85,7 +114,8 @@ def generate_text(model: torch.nn.Module, tokenizer: Any, prompt: str, max_new_t
         text = prompt
     ids = tokenizer(text, return_tensors="pt").input_ids.to(_device_of(model))
     torch.manual_seed(seed)
-    out = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new_tokens,
-                         do_sample=temperature > 0, temperature=temperature if temperature > 0 else None,
-                         top_p=None, top_k=None, pad_token_id=tokenizer.pad_token_id)
+    with streamed(model):            # a model kept off the device: each block onloaded per step
+        out = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new_tokens,
+                             do_sample=temperature > 0, temperature=temperature if temperature > 0 else None,
+                             top_p=None, top_k=None, pad_token_id=tokenizer.pad_token_id)
     return tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True)

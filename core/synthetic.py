@@ -67,3 +67,82 @@ def save_tiny_model(folder: Path, family: str = "llama", seed: int = 0) -> Path:
     tiny_model(family, seed).save_pretrained(folder)
     tiny_tokenizer().save_pretrained(folder)
     return folder
+
+
+# --- sized synthetic Llamas (benchmarks of memory and time against model size) ---------
+
+# name -> Llama shape. Parameters: 2·vocab·hidden (embeddings and an untied head) plus per
+# block 2·h² + 2·h·kv_dim (q, o, k, v) + 3·h·inter (gate, up, down); head dim 64 or 128.
+SIZES: dict[str, dict[str, int]] = {
+    "0.1b": dict(hidden_size=768, intermediate_size=2048, num_hidden_layers=10,
+                 num_attention_heads=12, num_key_value_heads=4),            # 0.11B
+    "0.5b": dict(hidden_size=1536, intermediate_size=4096, num_hidden_layers=16,
+                 num_attention_heads=12, num_key_value_heads=4),            # 0.50B
+    "1b": dict(hidden_size=2048, intermediate_size=5632, num_hidden_layers=20,
+               num_attention_heads=16, num_key_value_heads=4),              # 1.03B
+    "3b": dict(hidden_size=3072, intermediate_size=8192, num_hidden_layers=28,
+               num_attention_heads=24, num_key_value_heads=8),              # 2.97B
+}
+SIZED_VOCAB = 32000
+
+
+def synthetic_llama_config(params: str):
+    """The transformers LlamaConfig of a sized synthetic model ("0.1b", "0.5b", "1b", "3b")."""
+    import transformers as tf
+
+    if params not in SIZES:
+        raise ValueError(f"unknown size {params!r}: use one of {', '.join(SIZES)}")
+    return tf.LlamaConfig(vocab_size=SIZED_VOCAB, max_position_embeddings=4096, tie_word_embeddings=False,
+                          bos_token_id=0, eos_token_id=0, pad_token_id=0, **SIZES[params])
+
+
+def save_synthetic_llama(folder: Path, params: str, dtype: torch.dtype = torch.bfloat16, seed: int = 0) -> Path:
+    """A Hugging Face folder holding a Llama of about `params` parameters with random weights
+    (normal, std 0.02; norms 1), stored in `dtype` safetensors shards of at most 1 GB, with
+    the tiny tokenizer (its 512 tokens index the first rows of the 32k embedding).
+
+    The weights are drawn one tensor at a time into the shard being written, so building a
+    3B model needs about one shard of memory, not the model's size.
+    """
+    import json
+
+    from accelerate import init_empty_weights
+    from safetensors.torch import save_file
+    from transformers import AutoModelForCausalLM
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    config = synthetic_llama_config(params)
+    config.dtype = dtype
+    with init_empty_weights():
+        skeleton = AutoModelForCausalLM.from_config(config)      # names and shapes only
+    gen = torch.Generator().manual_seed(seed)
+    weight_map: dict[str, str] = {}
+    shard: dict[str, torch.Tensor] = {}
+    shard_bytes, shards = 0, 0
+
+    def flush() -> None:
+        nonlocal shard, shard_bytes, shards
+        if shard:
+            name = f"model-{shards + 1:05d}.safetensors"
+            save_file(shard, str(folder / name), metadata={"format": "pt"})
+            weight_map.update({k: name for k in shard})
+            shards += 1
+        shard, shard_bytes = {}, 0
+
+    for name, p in skeleton.state_dict().items():
+        if name.endswith("norm.weight"):
+            tensor = torch.ones(p.shape, dtype=dtype)
+        else:
+            tensor = (torch.randn(p.shape, generator=gen) * 0.02).to(dtype)
+        shard[name] = tensor
+        shard_bytes += tensor.numel() * tensor.element_size()
+        if shard_bytes >= 1 << 30:
+            flush()
+    flush()
+    total = sum(p.numel() * p.element_size() for p in skeleton.state_dict().values())
+    (folder / "model.safetensors.index.json").write_text(
+        json.dumps({"metadata": {"total_size": total}, "weight_map": weight_map}, indent=1))
+    config.save_pretrained(folder)
+    tiny_tokenizer().save_pretrained(folder)
+    return folder

@@ -11,12 +11,14 @@ if TYPE_CHECKING:
     from ..model import LoadedModel
 
 
-def open_model(spec: "ModelSpec", ctx: "RunContext", stage: str = "load") -> "LoadedModel":
+def open_model(spec: "ModelSpec", ctx: "RunContext", stage: str = "load", lean: bool = False) -> "LoadedModel":
+    """`lean`: the job walks the model block by block, so its weights may stay home (core/offload.py)."""
     from ..model import load_model
 
     ctx.emitter.stage(stage, "start")
-    loaded = load_model(spec)
-    ctx.emitter.log(f"opened {loaded.source}: {loaded.architecture} on {loaded.device} ({loaded.dtype})")
+    loaded = load_model(spec, lean=lean)
+    where = "" if loaded.offload == "none" else f", weights in {loaded.offload} as {loaded.stored_dtype}"
+    ctx.emitter.log(f"opened {loaded.source}: {loaded.architecture} on {loaded.device} ({loaded.dtype}{where})")
     ctx.emitter.stage(stage, "end")
     return loaded
 
@@ -35,8 +37,12 @@ def measure_perplexity(loaded: "LoadedModel", windows: "torch.Tensor", ctx: "Run
 
     ctx.emitter.stage(stage, "start")
     progress = Progress(ctx.emitter, stage, len(windows))
-    ppl = perplexity(loaded.model, windows, on_window=lambda done, total: progress.advance(),
-                     check=ctx.cancel.check)
+
+    def on_step(done: int, total: int) -> None:     # windows, or blocks then windows (block by block)
+        progress.total = total
+        progress.advance(done - progress.done)
+
+    ppl = perplexity(loaded.model, windows, on_window=on_step, check=ctx.cancel.check)
     ctx.emitter.metric("ppl", ppl, step=step, split="eval")
     ctx.emitter.stage(stage, "end")
     return ppl

@@ -33,7 +33,7 @@ def run_eval(spec: EvalSpec, ctx: RunContext) -> dict:
     from ..model import load_model
     from .common import eval_windows_for, measure_perplexity, open_model
 
-    loaded = open_model(spec.model, ctx)
+    loaded = open_model(spec.model, ctx, lean=True)
     windows = eval_windows_for(loaded, spec.data, spec.seqlen, spec.windows)
     ppl = measure_perplexity(loaded, windows, ctx)
     report = {"model": loaded.summary(), "inventory": inventory_summary(layer_inventory(loaded.model)),
@@ -41,7 +41,7 @@ def run_eval(spec: EvalSpec, ctx: RunContext) -> dict:
               "tokens": int(windows.numel()), "ppl": ppl, "nll": math.log(ppl)}
     if spec.reference:
         reference = load_model(ModelSpec(spec.reference, spec.model.device, spec.model.dtype,
-                                         spec.model.trust_remote_code))
+                                         spec.model.trust_remote_code, spec.model.offload), lean=True)
         report["kl"] = kl_divergence(reference.model, loaded.model, windows, check=ctx.cancel.check)
         ctx.emitter.metric("kl", report["kl"], split="eval")
     if spec.prompt:

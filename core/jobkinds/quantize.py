@@ -71,48 +71,46 @@ class QuantizeSpec:
 
 @register_job("quantize", QuantizeSpec, "quantize a model per a bit plan with GPTQ or RTN")
 def run_quantize(spec: QuantizeSpec, ctx: RunContext) -> dict:
-    from ..inventory import layer_inventory
-    from ..model import resolve_device
+    from ..inventory import find_blocks, layer_inventory
     from ..quant.resume import BlockStore
 
     started = time.monotonic()
-    work_device = resolve_device(spec.model.device)
-    loaded = _open_dense(spec, ctx, work_device)
+    loaded = _open_dense(spec, ctx)
     layers = layer_inventory(loaded.model)
     plan = _resolve_plan(spec, ctx, layers)
     store = BlockStore(ctx.run_dir.checkpoint_dir)
-    windows, done, start_block = _calibrate_or_resume(spec, ctx, store, loaded, plan)
+    windows, start_block = _calibrate_or_resume(spec, ctx, store, loaded)
     results = dict(store.layer_results)          # {layer name: its `layer` event fields}
 
     ctx.emitter.stage("quantize", "start")
     quantize_started = time.monotonic()
-    quantized = _quantize_blocks(spec, ctx, store, loaded.model, plan, layers, windows, results,
-                                 work_device, start_block)
-    quantized = {**done, **quantized}
+    _quantize_blocks(spec, ctx, store, loaded.model, plan, layers, windows, results, start_block)
     quantize_seconds = time.monotonic() - quantize_started
     ctx.emitter.stage("quantize", "end")
 
     ctx.emitter.stage("save", "start")
     from ..quant.checkpoint import save_quantized
 
-    save_quantized(ctx.run_dir.quantized_dir, loaded.model, loaded.tokenizer, quantized, plan,
+    # the codes come back from checkpoint/, one block file at a time: RAM never held them all
+    # next to the float model (core/offload.release dropped each block's float weights)
+    save_quantized(ctx.run_dir.quantized_dir, loaded.model, loaded.tokenizer,
+                   store.codes(plan, find_blocks(loaded.model)[0]), plan,
                    extra={"base_model": {"source": loaded.source, "location": loaded.location},
                           "provenance": _provenance(spec, windows)})
     ctx.emitter.stage("save", "end")
     return _report(spec, ctx, loaded, layers, plan.budget(), windows, results,
                    {"quantize_seconds": round(quantize_seconds, 2),
                     "total_seconds": round(time.monotonic() - started, 2),
-                    "peak_memory_mb": _peak_memory_mb(work_device),
+                    "peak_memory_mb": _peak_memory_mb(loaded.device),
                     "resumed_at_block": start_block if ctx.resume else None})
 
 
-def _open_dense(spec: QuantizeSpec, ctx: RunContext, work_device: torch.device):
-    """The model to quantize, on the CPU (one block at a time goes to the work device)."""
+def _open_dense(spec: QuantizeSpec, ctx: RunContext):
+    """The model to quantize, its weights home in their stored dtype (CPU RAM, or disk with
+    offload disk); one block at a time goes to the work device (core/offload.py)."""
     from .common import open_model
 
-    load_spec = ModelSpec(spec.model.source, "cpu", _dtype_name(spec.model.dtype, work_device),
-                          spec.model.trust_remote_code)
-    loaded = open_model(load_spec, ctx)
+    loaded = open_model(spec.model, ctx, lean=True)
     if loaded.quantized is not None:
         raise BadInput(f"{spec.model.source} is already quantized", "quantize the original model instead")
     return loaded
@@ -132,12 +130,12 @@ def _resolve_plan(spec: QuantizeSpec, ctx: RunContext, layers: list):
     return plan
 
 
-def _calibrate_or_resume(spec: QuantizeSpec, ctx: RunContext, store, loaded, plan):
-    """(windows [n, seqlen] or None, {layer: quantized} of finished blocks, first block to do).
+def _calibrate_or_resume(spec: QuantizeSpec, ctx: RunContext, store, loaded):
+    """(windows [n, seqlen] or None, first block to do).
 
-    A resumed run reads back its saved windows and finished blocks and applies those blocks
-    to the model, so the next block sees the activations an uninterrupted run would."""
-    from ..pipeline import apply_done_blocks
+    A resumed run reads back its saved windows; its finished blocks are replayed from their
+    files as the pass reaches them (`_quantize_blocks`), so the next block sees the
+    activations an uninterrupted run would."""
     from ..quant.resume import load_windows_or_draw
 
     windows = None
@@ -145,22 +143,24 @@ def _calibrate_or_resume(spec: QuantizeSpec, ctx: RunContext, store, loaded, pla
         ctx.emitter.stage("calibrate", "start")
         windows = load_windows_or_draw(store, ctx.resume, spec, loaded)
         ctx.emitter.stage("calibrate", "end")
-    done = store.load_done(plan) if ctx.resume else {}
     start_block = store.next_block() if ctx.resume else 0
     if not ctx.resume:
         store.reset()
     if start_block:
-        apply_done_blocks(loaded.model, plan, done, start_block)
+        store.blocks = list(range(start_block))
         ctx.emitter.log(f"resuming at block {start_block}: {len(store.layer_results)} layers were done")
-    return windows, done, start_block
+    return windows, start_block
 
 
 def _quantize_blocks(spec: QuantizeSpec, ctx: RunContext, store, model, plan, layers: list, windows,
-                     results: dict, work_device: torch.device, start_block: int) -> dict:
-    """GPTQ/RTN from `start_block` on: a `layer` event per layer, each finished block saved."""
-    from ..pipeline import quantize_model
+                     results: dict, start_block: int) -> None:
+    """GPTQ/RTN from `start_block` on: a `layer` event per layer, each finished block saved
+    to checkpoint/ (and its float weights dropped from the model)."""
+    from ..inventory import find_blocks
+    from ..pipeline import quantize_model, replay_block
 
     progress = _progress(ctx, len(layers), len(results))
+    prefix, _ = find_blocks(model)
 
     def on_layer(result) -> None:
         fields = result.event_fields()
@@ -171,10 +171,12 @@ def _quantize_blocks(spec: QuantizeSpec, ctx: RunContext, store, model, plan, la
     def on_block_done(index: int, quantized: dict) -> None:
         store.save_block(index, quantized, {n: results[n] for n in results if _in_block(n, layers, index)})
 
+    def replay(index: int, block) -> None:
+        replay_block(block, f"{prefix}.{index}", plan, store.load_block(index, plan))
+
     try:
-        return quantize_model(model, plan, windows, _options(spec), device=work_device,
-                              on_layer=on_layer, on_block_done=on_block_done, check=ctx.cancel.check,
-                              start_block=start_block)
+        quantize_model(model, plan, windows, _options(spec), on_layer=on_layer, on_block_done=on_block_done,
+                       check=ctx.cancel.check, start_block=start_block, replay=replay, release=True)
     except Cancelled:
         raise Cancelled(f"cancelled after {store.layers_done()} of {len(layers)} layers "
                         f"(blocks before {store.next_block()} are saved in checkpoint/)")
@@ -195,12 +197,6 @@ def _report(spec: QuantizeSpec, ctx: RunContext, loaded, layers: list, budget, w
             **timing,
             "quantized_dir": str(ctx.run_dir.quantized_dir), "plan_file": str(ctx.run_dir.plan_file),
             "layers": results}
-
-
-def _dtype_name(dtype: str, device: torch.device) -> str:
-    if dtype != "auto":
-        return dtype
-    return "bfloat16" if device.type == "cuda" else "float32"
 
 
 def _options(spec: QuantizeSpec):

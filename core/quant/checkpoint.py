@@ -54,20 +54,27 @@ class QuantCheckpoint:
 
 # --- save ------------------------------------------------------------------------------
 
-def _layer_weight(module: nn.Module) -> torch.Tensor:
-    """[d_out, d_in] float weight of a float layer."""
-    return module.weight.detach().t() if _is_conv1d(module) else module.weight.detach()
+def _layer_weight(model: nn.Module, name: str) -> torch.Tensor:
+    """[d_out, d_in] float weight of the float layer `name` (read from disk when offloaded)."""
+    from ..offload import home_tensor
+
+    module = model.get_submodule(name)
+    weight = home_tensor(model, f"{name}.weight", module.weight).detach()
+    return weight.t() if _is_conv1d(module) else weight
 
 
 def _dense_state(model: nn.Module, skip_modules: set[str]) -> dict[str, torch.Tensor]:
     """State dict without the quantized/fp8 layers' own tensors (their bias is kept), each
     shared tensor (tied embeddings) stored once."""
+    from ..offload import home_tensor
+
     state: dict[str, torch.Tensor] = {}
     seen: set[tuple[int, int]] = set()
     for key, tensor in model.state_dict().items():
         owner, _, leaf = key.rpartition(".")
         if owner in skip_modules and leaf != "bias":
             continue
+        tensor = home_tensor(model, key, tensor)     # a block left on disk (core/offload.py) is read
         ident = (tensor.untyped_storage().data_ptr(), tensor.storage_offset())
         if ident in seen and tensor.numel() > 0:
             continue
@@ -92,7 +99,7 @@ def save_quantized(path: str | Path, model: nn.Module, tokenizer: Any, quantized
         tensors[f"{name}.scales"] = qw.scales.to("cpu", torch.float32).contiguous()
         tensors[f"{name}.zeros"] = qw.zeros.to("cpu", torch.float32).contiguous()
     for name in fp8_names:
-        values, scale = quantize_fp8(_layer_weight(model.get_submodule(name)))
+        values, scale = quantize_fp8(_layer_weight(model, name))
         tensors[f"{name}.weight_fp8"] = values.cpu().contiguous()
         tensors[f"{name}.weight_scale"] = scale.cpu().contiguous()
     for name, (a, b) in (adapters or {}).items():

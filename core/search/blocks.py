@@ -16,37 +16,30 @@ import torch
 from torch import nn
 
 from ..inventory import find_blocks
-
-FINAL_NORM_NAMES = ("norm", "ln_f", "final_layernorm", "final_layer_norm", "norm_f")
+from ..offload import FINAL_NORM_NAMES, final_norm, head_onloaded, onloaded, outside_onloaded, placement_of
 
 
 class _Stop(Exception):
     """Raised by the block-0 hook to end the forward once its inputs are captured."""
 
 
-def _parent(model: nn.Module, dotted: str) -> nn.Module:
-    module = model
-    for part in dotted.split(".")[:-1] if "." in dotted else []:
-        module = getattr(module, part)
-    return module
-
-
 class BlockRunner:
     """model(ids).logits computed as head(norm(block_{n-1}(…block_0(embed(ids))))).
 
-    hidden states: [B, L, d]; logits: [B, L, V].
+    hidden states: [B, L, d]; logits: [B, L, V]. Each piece is onloaded to the work device
+    for its call (core/offload.py): a no-op for a resident model, one block's weights at a
+    time for a model kept in RAM or on disk.
     """
 
     def __init__(self, model: nn.Module) -> None:
         self.model = model
         prefix, self.blocks = find_blocks(model)
         self.prefix = prefix
-        parent = _parent(model, prefix)
-        self.final_norm = next((getattr(parent, n) for n in FINAL_NORM_NAMES if hasattr(parent, n)), None)
+        self.final_norm = final_norm(model)
         self.head = model.get_output_embeddings()
         if self.head is None:
             raise ValueError(f"{type(model).__name__} has no output embeddings (LM head)")
-        self.device = next(model.parameters()).device
+        self.device = placement_of(model).device
         self._kwargs: dict[tuple, dict] = {}
 
     @property
@@ -67,7 +60,8 @@ class BlockRunner:
 
         handle = self.blocks[0].register_forward_pre_hook(hook, with_kwargs=True)
         try:
-            self.model(input_ids=ids.to(self.device), use_cache=False)
+            with outside_onloaded(self.model):
+                self.model(input_ids=ids.to(self.device), use_cache=False)
         except _Stop:
             pass
         finally:
@@ -82,14 +76,16 @@ class BlockRunner:
     def block(self, index: int, hidden: torch.Tensor, kwargs: dict) -> torch.Tensor:
         extra = kwargs.get("__args__", ())
         rest = {k: v for k, v in kwargs.items() if k != "__args__"}
-        out = self.blocks[index](hidden, *extra, **rest)
+        with onloaded(self.model, index) as block:
+            out = block(hidden, *extra, **rest)
         return out[0] if isinstance(out, (tuple, list)) else out
 
     @torch.no_grad()
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
-        if self.final_norm is not None:
-            hidden = self.final_norm(hidden)
-        return self.head(hidden)
+        with head_onloaded(self.model) as (norm, head):
+            if norm is not None:
+                hidden = norm(hidden)
+            return head(hidden)
 
     @torch.no_grad()
     def forward(self, ids: torch.Tensor) -> torch.Tensor:

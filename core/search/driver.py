@@ -88,9 +88,12 @@ def ensure_database(setup: Setup) -> VariantDatabase:
     settings = database_settings(setup)
     levels = sorted(b for b in set(spec.levels) if b != 16)
     cache = int(spec.cache_gb * 2**30)
+    # dequantized variants live where the weights they replace live: the work device for a
+    # resident model, the CPU for one whose blocks are onloaded per call
+    db_device = setup.loaded.device if setup.loaded.offload == "none" else torch.device("cpu")
     if spec.database:
         folder = find_database(spec.database, settings)
-        db = open_database(folder, cache, setup.loaded.device)
+        db = open_database(folder, cache, db_device)
         missing = [b for b in levels if b not in db.levels]
         if missing:
             raise BadInput(f"the database at {folder} has no variants at {missing} bits",
@@ -116,7 +119,7 @@ def ensure_database(setup: Setup) -> VariantDatabase:
     build_database(folder, settings, levels, setup.model, setup.layers, windows,
                    emit_layer=ctx.emitter.layer, check=ctx.cancel.check, on_progress=on_progress)
     ctx.emitter.stage("database", "end")
-    db = open_database(folder, cache, setup.loaded.device)
+    db = open_database(folder, cache, db_device)
     ctx.emitter.log(f"variant database: {len(setup.layers)} layers × {levels} bits in {db.seconds:.0f} s")
     return db
 
@@ -312,7 +315,7 @@ def _run_search(spec: "SearchSpec", ctx: "RunContext") -> dict:
 
     started = time.time()
     preset = resolved_preset(spec)
-    loaded = open_model(spec.model, ctx)
+    loaded = open_model(spec.model, ctx, lean=True)      # blocks onloaded one at a time (core/offload.py)
     if loaded.quantized is not None:
         raise BadInput(f"{spec.model.source} is already quantized", "search on the original model")
     layers = layer_inventory(loaded.model)

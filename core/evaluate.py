@@ -34,9 +34,10 @@ def _window_logits(model: torch.nn.Module, windows: torch.Tensor, on_step: Windo
         for i, window in enumerate(windows):
             if check is not None:
                 check()
-            yield model(input_ids=window[None].to(device), use_cache=False).logits[0]
+            logits = model(input_ids=window[None].to(device), use_cache=False).logits[0]
             if on_step is not None:
                 on_step(i + 1, n)
+            yield logits
         return
     n_blocks = len(find_blocks(model)[1])
     total = n_blocks + n
@@ -48,10 +49,11 @@ def _window_logits(model: torch.nn.Module, windows: torch.Tensor, on_step: Windo
         for i, h in enumerate(rows):
             if check is not None:
                 check()
-            yield head(norm(h) if norm is not None else h)[0]
+            logits = head(norm(h) if norm is not None else h)[0]
             rows[i] = None                                              # type: ignore[call-overload]
             if on_step is not None:
                 on_step(n_blocks + i + 1, total)
+            yield logits
 
 
 @torch.no_grad()
@@ -62,8 +64,8 @@ def window_nlls(model: torch.nn.Module, windows: torch.Tensor, on_window: Window
     Labels are the inputs shifted by one (the standard protocol: L-1 predictions per window).
     """
     nlls = []
-    for window, logits in zip(windows, _window_logits(model, windows, on_window, check)):
-        labels = window[1:].to(logits.device)
+    for i, logits in enumerate(_window_logits(model, windows, on_window, check)):
+        labels = windows[i, 1:].to(logits.device)
         nlls.append(F.cross_entropy(logits[:-1].float(), labels).double().cpu())     # logits [L-1, V]
     return torch.stack(nlls)
 

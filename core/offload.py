@@ -128,7 +128,7 @@ def _swapped(model: nn.Module, module: nn.Module, prefix: str, cast: bool, write
     for owner, leaf, name, tensor, is_param in need:
         work = _working(tensor, loaded.get(name), placement, cast and is_param)
         if is_param:
-            owner._parameters[leaf] = nn.Parameter(work, requires_grad=tensor.requires_grad)
+            owner._parameters[leaf] = nn.Parameter(work, requires_grad=False)   # never trained through
         else:
             owner._buffers[leaf] = work
         swaps.append((owner, leaf, name, tensor, is_param))

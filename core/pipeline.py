@@ -167,7 +167,7 @@ class BlockQuantizer:
             qw = None
         elif entry.keep == "fp8":
             round_fp8_in_place(module)
-            err = rel_error(W, linear_weight(module).float(), H) if H is not None else None
+            err = rel_error(W, linear_weight(module).detach().float(), H) if H is not None else None
             result = LayerResult(name, index, 8, 0, err, time.monotonic() - start, keep="fp8")
             qw = None
         else:

@@ -28,7 +28,7 @@ import torch
 from torch import nn
 
 from .inventory import find_blocks, is_linear
-from .offload import onloaded, outside_onloaded, placement_of
+from .offload import onloaded, outside_onloaded, placement_of, trim_memory
 
 
 class _StopForward(Exception):
@@ -232,6 +232,8 @@ def iterate_blocks(model: nn.Module, windows: torch.Tensor,
                 on_outputs(index, inputs)
         if after_block is not None:
             after_block(index)
+        if not placement_of(model).resident:
+            trim_memory()
     return inputs
 
 

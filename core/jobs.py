@@ -42,6 +42,7 @@ class ModelSpec:
     # auto: the job decides (CPU RAM in the stored dtype for quantize, search and eval);
     # ram: CPU RAM in the stored dtype; disk: the blocks stay in their safetensors files
     offload: Literal["auto", "ram", "disk"] = "auto"
+    max_memory_gb: float | None = None   # RAM the job may use; one estimated to need more is refused
 
 
 S = TypeVar("S")

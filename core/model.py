@@ -254,9 +254,9 @@ def load_model(spec: ModelSpec | str, lean: bool = False) -> LoadedModel:
         return load_quantized_model(path, spec, device, resolve_dtype(spec.dtype, device))
     if offload == "disk":
         return _load_disk(spec, source, path, device)
-    # "none" loads in the compute dtype; "ram" keeps the stored dtype (None: what the files hold)
-    load_dtype = resolve_dtype(spec.dtype, device) if offload == "none" else None
-    model, tokenizer, location = _load_any(spec, source, path, load_dtype, device)
+    if offload == "ram":
+        return _load_ram(spec, source, path, device)
+    model, tokenizer, location = _load_any(spec, source, path, resolve_dtype(spec.dtype, device), device)
     return _finish(model, tokenizer, source, location, device, spec.dtype, offload)
 
 
@@ -323,53 +323,104 @@ def _finish(model: Any, tokenizer: Any, source: str, location: str, device: torc
 
 # --- blocks left on disk -----------------------------------------------------------------
 
-def _disk_folder(source: str, path: Path) -> Path:
+def _files_folder(source: str, path: Path) -> Path | None:
+    """The folder of safetensors files a model's blocks can be read from, if it has one."""
     if source == "default":
         folder = _default_cache_folder()
         if not (folder / "config.json").is_file():
             _load_default(torch.float32)       # writes the safetensors copy on first use
         return folder
-    if path.is_dir():
-        return path
-    raise BadInput(f"--offload disk reads the blocks from safetensors files, and {source} is not a model folder",
-                   "pass a Hugging Face folder (save a .gguf or hub model with save_pretrained first), "
-                   "or use --offload ram")
+    return path if path.is_dir() and any(path.glob("*.safetensors")) else None
+
+
+def _disk_folder(source: str, path: Path) -> Path:
+    folder = _files_folder(source, path)
+    if folder is None:
+        raise BadInput(f"--offload disk reads the blocks from safetensors files, and {source} is not a folder "
+                       "of them", "pass a Hugging Face folder (save a .gguf or hub model with save_pretrained "
+                       "first), or use --offload ram")
+    return folder
+
+
+class _Unmappable(Exception):
+    """The files' tensor names do not map onto the model's (an architecture renamed on load)."""
+
+
+def _config_dtype(config: Any) -> torch.dtype:
+    stored = getattr(config, "dtype", None) or getattr(config, "torch_dtype", None) or torch.float32
+    return getattr(torch, stored) if isinstance(stored, str) else stored
+
+
+def _load_from_files(spec: ModelSpec, source: str, folder: Path, device: torch.device, offload: str) -> LoadedModel:
+    """The model built empty from its config, its tensors read from the safetensors files
+    with safetensors (each file mapped only while a block is read, then closed): everything
+    outside the decoder blocks into RAM; the blocks into RAM too ("ram", one block at a
+    time, so no mapping of the whole model lingers in the process) or left in the files
+    ("disk": meta tensors, read when onloaded)."""
+    from accelerate import init_empty_weights
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, GenerationConfig
+
+    from .inventory import find_blocks
+    from .offload import DiskWeights, map_checkpoint_names, safetensors_index
+
+    _check_hf_folder(folder, spec.trust_remote_code)
+    config = AutoConfig.from_pretrained(str(folder), trust_remote_code=spec.trust_remote_code)
+    with init_empty_weights():
+        model = AutoModelForCausalLM.from_config(config, trust_remote_code=spec.trust_remote_code,
+                                                 dtype=_config_dtype(config))
+    index, missing = map_checkpoint_names(model, safetensors_index(folder))
+    prefix, blocks = find_blocks(model)
+    in_blocks = [n for n in model.state_dict() if n.startswith(prefix + ".")]
+    unmapped = [n for n in in_blocks if n in missing]
+    if unmapped:
+        raise _Unmappable(unmapped[0])
+    files = DiskWeights(index)
+    outside = [n for n in index if not n.startswith(prefix + ".")]
+    model.load_state_dict(files.load(outside), strict=False, assign=True)
+    if offload == "ram":
+        for i in range(len(blocks)):
+            # copied out of the file mapping (which safetensors' tensors share per read), so
+            # that dropping a quantized block's weights (offload.release) frees its memory
+            mine = [n for n in in_blocks if n.startswith(f"{prefix}.{i}.")]
+            model.load_state_dict({n: t.clone() for n, t in files.load(mine).items()}, strict=False, assign=True)
+    if getattr(config.get_text_config(), "tie_word_embeddings", False):
+        model.tie_weights()
+    left = [n for n, t in list(model.named_parameters()) + list(model.named_buffers())
+            if t.device.type == "meta" and (offload == "ram" or not n.startswith(prefix + "."))]
+    if left:
+        raise BadInput(f"{folder}'s files lack {left[0]}", "the model folder is incomplete: fetch it again")
+    if (folder / "generation_config.json").is_file():
+        model.generation_config = GenerationConfig.from_pretrained(str(folder))
+    tokenizer = AutoTokenizer.from_pretrained(str(folder), trust_remote_code=spec.trust_remote_code)
+    disk = DiskWeights({n: index[n] for n in in_blocks}) if offload == "disk" else None
+    return _finish(model, tokenizer, source, str(folder), device, spec.dtype, offload, disk)
+
+
+def _load_ram(spec: ModelSpec, source: str, path: Path, device: torch.device) -> LoadedModel:
+    """Weights in RAM in their stored dtype. A folder of safetensors whose blocks will be
+    onloaded (not resident) is read block by block; anything else goes through
+    transformers (GGUF, hub ids, renamed architectures, the resident fp32 case)."""
+    from transformers import AutoConfig
+
+    folder = _files_folder(source, path)
+    if folder is not None:
+        config = AutoConfig.from_pretrained(str(folder), trust_remote_code=spec.trust_remote_code)
+        stored = _config_dtype(config)
+        if device.type != "cpu" or compute_dtype(spec.dtype, device, stored) != stored:
+            try:
+                return _load_from_files(spec, source, folder, device, "ram")
+            except _Unmappable:
+                pass
+    model, tokenizer, location = _load_any(spec, source, path, None, device)
+    return _finish(model, tokenizer, source, location, device, spec.dtype, "ram")
 
 
 def _load_disk(spec: ModelSpec, source: str, path: Path, device: torch.device) -> LoadedModel:
     """The model with its decoder blocks on the meta device, read from their files when
     onloaded; embeddings, final norm and head loaded into RAM."""
-    from accelerate import init_empty_weights
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
-
-    from .inventory import find_blocks
-    from .offload import DiskWeights, map_checkpoint_names, safetensors_index
-
     folder = _disk_folder(source, path)
-    _check_hf_folder(folder, spec.trust_remote_code)
-    config = AutoConfig.from_pretrained(str(folder), trust_remote_code=spec.trust_remote_code)
-    stored = getattr(config, "dtype", None) or getattr(config, "torch_dtype", None) or torch.float32
-    stored = getattr(torch, stored) if isinstance(stored, str) else stored
-    with init_empty_weights():
-        model = AutoModelForCausalLM.from_config(config, trust_remote_code=spec.trust_remote_code, dtype=stored)
-    keys = safetensors_index(folder)
-    if not keys:
-        raise BadInput(f"{folder} holds no safetensors files", "--offload disk needs them; use --offload ram")
-    index, missing = map_checkpoint_names(model, keys)
-    prefix, _ = find_blocks(model)
-    in_blocks = [n for n in model.state_dict() if n.startswith(prefix + ".")]
-    unmapped = [n for n in in_blocks if n in missing]
-    if unmapped:
-        raise BadInput(f"--offload disk cannot find {unmapped[0]} in {folder}'s files "
-                       f"(this architecture renames its weights when loading)", "use --offload ram")
-    disk = DiskWeights({n: index[n] for n in in_blocks})
-    outside = [n for n in index if not n.startswith(prefix + ".")]
-    model.load_state_dict(DiskWeights(index).load(outside), strict=False, assign=True)
-    if getattr(config.get_text_config(), "tie_word_embeddings", False):
-        model.tie_weights()
-    left = [n for n, t in list(model.named_parameters()) + list(model.named_buffers())
-            if t.device.type == "meta" and not n.startswith(prefix + ".")]
-    if left:
-        raise BadInput(f"{folder}'s files lack {left[0]}", "the model folder is incomplete: fetch it again")
-    tokenizer = AutoTokenizer.from_pretrained(str(folder), trust_remote_code=spec.trust_remote_code)
-    return _finish(model, tokenizer, source, str(folder), device, spec.dtype, "disk", disk)
+    try:
+        return _load_from_files(spec, source, folder, device, "disk")
+    except _Unmappable as err:
+        raise BadInput(f"--offload disk cannot find {err.args[0]} in {folder}'s files "
+                       "(this architecture renames its weights when loading)", "use --offload ram") from None

@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from .capture import BlockInputs, block_linears, iterate_blocks, record_inputs, run_block, sequential_groups
-from .offload import onloaded
+from .offload import onloaded, trim_memory
 from .inventory import _is_conv1d, find_blocks, linear_weight
 from .plan import LayerPlan, Plan
 from .quant.gptq import HessianAccumulator, gptq_quantize, rel_error
@@ -249,6 +249,7 @@ def quantize_model(model: nn.Module, plan: Plan, windows: torch.Tensor | None, o
             with onloaded(model, index, write_back=not release) as block:
                 worker(index, block, BlockInputs([], [], []))
             after_block(index)
+            trim_memory()
         return worker.quantized
     iterate_blocks(model, windows, worker, device=device, batch_size=options.batch_size, start=start_block,
                    check=check, replay=replay, write_back=not release, after_block=after_block)

@@ -46,6 +46,7 @@ class QuantizeSpec:
     block_size: int = 128
     true_sequential: bool = True
     batch_size: int = 8
+    threads: int | None = None        # torch CPU threads; null: 1 when the CPU is oversubscribed
 
     @property
     def clips(self) -> bool:
@@ -63,6 +64,8 @@ class QuantizeSpec:
             raise BadInput(f"damp {self.damp} must be positive", "use e.g. --damp 0.01 or 0.1")
         if not 0 < self.clip_min_shrink <= 1:
             raise BadInput(f"clip_min_shrink {self.clip_min_shrink} must be in (0, 1]", "use e.g. 0.8")
+        if self.threads is not None and self.threads < 1:
+            raise BadInput(f"threads {self.threads} must be at least 1", "use e.g. --threads 2")
         if self.block_size < 1 or self.batch_size < 1:
             raise BadInput("block_size and batch_size must be at least 1", "use the defaults (128, 8)")
         if isinstance(self.plan, PlanSpec):
@@ -71,10 +74,23 @@ class QuantizeSpec:
 
 @register_job("quantize", QuantizeSpec, "quantize a model per a bit plan with GPTQ or RTN")
 def run_quantize(spec: QuantizeSpec, ctx: RunContext) -> dict:
+    from .common import cpu_threads
+
+    with cpu_threads(spec.threads) as threads:
+        ctx.emitter.log(f"torch CPU threads: {threads}")
+        report = _run_quantize(spec, ctx)
+    report["threads"] = threads
+    return report
+
+
+def _run_quantize(spec: QuantizeSpec, ctx: RunContext) -> dict:
     from ..inventory import find_blocks, layer_inventory
     from ..quant.resume import BlockStore
 
+    from .common import preflight
+
     started = time.monotonic()
+    estimate = preflight("quantize", spec, ctx)     # refuses a job that cannot fit, before loading
     loaded = _open_dense(spec, ctx)
     layers = layer_inventory(loaded.model)
     plan = _resolve_plan(spec, ctx, layers)
@@ -102,6 +118,7 @@ def run_quantize(spec: QuantizeSpec, ctx: RunContext) -> dict:
                    {"quantize_seconds": round(quantize_seconds, 2),
                     "total_seconds": round(time.monotonic() - started, 2),
                     "peak_memory_mb": _peak_memory_mb(loaded.device),
+                    "estimate": estimate,
                     "resumed_at_block": start_block if ctx.resume else None})
 
 

@@ -8,9 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import time
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -18,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from ..config import to_dict
+from ..jobkinds.common import cpu_threads
 from ..errors import BadInput
 from ..events import Progress
 from ..inventory import LayerInfo, inventory_summary, layer_inventory
@@ -285,22 +284,6 @@ def plan_perplexity(setup: Setup, space: SearchSpace, genome: Genome, db: Varian
 
 # --- the job -----------------------------------------------------------------------------
 
-@contextmanager
-def cpu_threads(threads: int | None):
-    """Torch CPU threads for the job. Auto: all cores, but 1 when the machine is already
-    oversubscribed (load average above the core count) — there, the intra-op threads of
-    the many small GPTQ and block operations wait on each other and run several times slower."""
-    before = torch.get_num_threads()
-    if threads is None:
-        cores = os.cpu_count() or 1
-        threads = 1 if os.getloadavg()[0] > cores else before
-    torch.set_num_threads(threads)
-    try:
-        yield threads
-    finally:
-        torch.set_num_threads(before)
-
-
 def run_search_job(spec: "SearchSpec", ctx: "RunContext") -> dict:
     with cpu_threads(spec.threads) as threads:
         ctx.emitter.log(f"torch CPU threads: {threads}")
@@ -313,8 +296,11 @@ def _run_search(spec: "SearchSpec", ctx: "RunContext") -> dict:
     from ..jobkinds.common import open_model
     from ..plan import plan_from_bits, save_plan
 
+    from ..jobkinds.common import preflight
+
     started = time.time()
     preset = resolved_preset(spec)
+    estimate = preflight("search", spec, ctx)        # refuses a search that cannot fit, before loading
     loaded = open_model(spec.model, ctx, lean=True)      # blocks onloaded one at a time (core/offload.py)
     if loaded.quantized is not None:
         raise BadInput(f"{spec.model.source} is already quantized", "search on the original model")
@@ -322,7 +308,7 @@ def _run_search(spec: "SearchSpec", ctx: "RunContext") -> dict:
     setup = Setup(spec, preset, ctx, loaded, layers)
     report: dict[str, Any] = {"model": loaded.summary(), "inventory": inventory_summary(layers),
                               "method": spec.method, "target_bits": spec.target_bits, "preset": spec.preset,
-                              "levels": sorted(set(spec.levels))}
+                              "levels": sorted(set(spec.levels)), "estimate": estimate}
     db = None
     if spec.method == "spike":
         check_target(SearchSpace.from_layers(layers, [b for b in spec.levels if b != 16] or [16]), spec.target_bits)

@@ -28,6 +28,7 @@ from __future__ import annotations
 import math
 import os
 import shutil
+import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -115,6 +116,30 @@ def _duration(seconds: float) -> str:
 def current_rss() -> int:
     with open("/proc/self/statm") as f:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def peak_rss() -> int:
+    """This process's peak resident memory: VmHWM, the high-water mark of its own address
+    space. (ru_maxrss would also count the parent's memory at fork time, which a small
+    process started from a large one inherits through fork and exec.)"""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def startup_seconds() -> float:
+    """Seconds since this process started: called once torch and transformers are imported
+    and the model sized, it measures what the job's worker pays before it loads anything."""
+    import psutil
+
+    return max(0.0, time.time() - psutil.Process().create_time())
 
 
 def codes_bytes(params: int, group_size: int) -> int:
@@ -310,7 +335,7 @@ def estimate(facts: ModelFacts, w: Workload, probe: Any = None, run_dir: Path | 
     phases = _phases(facts, w, base)
     seconds = None
     if probe is not None:
-        times = _seconds(facts, w, probe)
+        times = {"start": probe.start_s, **_seconds(facts, w, probe)}
         for name, s in times.items():
             phases.setdefault(name, {"ram": base, "gpu": 0})["seconds"] = round(s, 2)
         seconds = sum(times.values())
@@ -410,11 +435,13 @@ def estimate_job(job: Any, probe: bool = True, run_dir: Path | None = None) -> E
 
     base = current_rss()                      # before the probe: what the job's process starts from
     facts = model_facts(model)
+    started = startup_seconds()
     w = workload_of(job.kind, spec, facts)
     times = None
     if probe:
         with cpu_threads(getattr(spec, "threads", None)):     # the thread policy the job will run with
             times = _probe(facts, w, model, spec)
+        times.start_s = started
     return estimate(facts, w, times, run_dir, base)
 
 

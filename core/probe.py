@@ -37,6 +37,7 @@ class BlockTimes:
     block_quant_s: float = 0.0              # every layer of one block
     head_s_per_token: float = 0.0           # final norm + head (full vocabulary)
     probe_s: float = 0.0
+    start_s: float = 0.0                    # process start-up to a sized model (set by the estimate)
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -9,7 +9,6 @@ block. Cancellation is checked between layers.
 
 from __future__ import annotations
 
-import resource
 import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Literal
@@ -244,7 +243,9 @@ def _provenance(spec: QuantizeSpec, windows: torch.Tensor | None) -> dict:
 
 
 def _peak_memory_mb(device: torch.device) -> dict:
-    peak = {"cpu_rss": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}
+    from ..estimate import peak_rss
+
+    peak = {"cpu_rss": round(peak_rss() / 2**20, 1)}
     if device.type == "cuda":
         import torch
 

@@ -3,11 +3,11 @@ of `quantize` against model size, and the pre-flight estimate against the measur
 
 For each size a synthetic Llama with random weights is saved as bf16 safetensors
 (core/synthetic.save_synthetic_llama; kept in --work and reused). Each row is a real
-`quantize` job in its own worker process: its peak RSS (the kernel's ru_maxrss of that
-process, from wait4) and wall time, against `bitsmith quantize --dry-run --json` run just
+`quantize` job in its own worker process: its peak RSS and wall time, against `bitsmith quantize --dry-run --json` run just
 before in a fresh process (its timing probe of one block on this machine included).
 
-The capped row runs with `--offload disk` under a memory cap below the model's own size:
+The peak RSS is the worker's own VmHWM (read by the job at its end, and sampled by the
+benchmark while it runs). The capped row runs with `--offload disk` under a memory cap below the model's own size:
 the benchmark passes the cap to the job (`--max-memory`, which the job's pre-flight check
 enforces) and watches the worker's resident memory itself, killing it if it ever exceeds
 the cap. Halfway through, it kills the worker (SIGKILL) and resumes the run; the resumed
@@ -70,12 +70,17 @@ def _estimate(folder: Path, method: str, args: argparse.Namespace, offload: str)
         return None
 
 
-def _rss(pid: int) -> int:
+def _status(pid: int) -> dict[str, int]:
+    """VmRSS and VmHWM (bytes) of a running process."""
+    out = {}
     try:
-        with open(f"/proc/{pid}/statm") as f:
-            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-    except (OSError, IndexError):
-        return 0
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith(("VmRSS:", "VmHWM:")):
+                    out[line.split(":")[0]] = int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return out
 
 
 class _Watch:
@@ -85,12 +90,15 @@ class _Watch:
         self.proc, self.cap, self.stop_when = proc, cap, stop_when
         self.over_cap = False
         self.killed_on_purpose = False
+        self.hwm = 0            # the worker's own high-water mark (VmHWM), last seen
         self.thread = threading.Thread(target=self._run, daemon=True)
         self.thread.start()
 
     def _run(self) -> None:
         while self.proc.poll() is None:
-            if self.cap is not None and _rss(self.proc.pid) > self.cap:
+            status = _status(self.proc.pid)
+            self.hwm = max(self.hwm, status.get("VmHWM", 0))
+            if self.cap is not None and status.get("VmRSS", 0) > self.cap:
                 self.over_cap = True
                 self.proc.send_signal(signal.SIGKILL)
                 return
@@ -109,12 +117,31 @@ def _run(run_dir: Path, job_doc: dict | None, resume: bool = False, cap: int | N
     proc = subprocess.Popen(worker_command(run.path, resume=resume), stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
     watch = _Watch(proc, cap, stop_when)
-    _, status, usage = os.wait4(proc.pid, 0)
-    proc.returncode = os.waitstatus_to_exitcode(status)
+    proc.wait()
+    wall = time.monotonic() - start
     watch.thread.join(timeout=1)
-    return {"code": proc.returncode, "wall_s": round(time.monotonic() - start, 2),
-            "peak_rss": usage.ru_maxrss * 1024, "over_cap": watch.over_cap,
-            "killed": watch.killed_on_purpose, "report": run.read_report() if proc.returncode == 0 else None}
+    report = run.read_report() if proc.returncode == 0 else None
+    # the peak the job itself read from VmHWM at its end, or the watchdog's last sample of it
+    # (ru_maxrss from wait4 would count this benchmark's own memory, inherited at fork)
+    reported = int(((report or {}).get("peak_memory_mb") or {}).get("cpu_rss", 0) * 2**20)
+    return {"code": proc.returncode, "wall_s": round(wall, 2), "peak_rss": max(reported, watch.hwm),
+            "over_cap": watch.over_cap, "killed": watch.killed_on_purpose, "report": report}
+
+
+def _stage_seconds(run_dir: Path) -> dict[str, float]:
+    """Measured seconds of each stage of the job, from its events (start: until the job began)."""
+    from ..events import read_events
+
+    events = read_events(run_dir / "events.jsonl")
+    starts: dict[str, float] = {}
+    out: dict[str, float] = {}
+    for e in events:
+        if e["type"] == "stage" and e["stage"] in ("load", "calibrate", "quantize", "save"):
+            if e["state"] == "start":
+                starts[e["stage"]] = e["t"]
+            elif e["stage"] in starts:
+                out[e["stage"]] = round(out.get(e["stage"], 0.0) + e["t"] - starts.pop(e["stage"]), 2)
+    return out
 
 
 def _block_work(est: dict) -> int:
@@ -140,7 +167,8 @@ def _row(size: str, method: str, offload: str, folder: Path, est: dict | None, o
                     "est_seconds": round(est["seconds"], 1) if est.get("seconds") else None,
                     "time_error": round(est["seconds"] / out["wall_s"] - 1, 3) if est.get("seconds") else None,
                     "block_work_gb": round(work / GB, 3), "rss_target_gb": round(limit / GB, 3),
-                    "within_rss_target": out["peak_rss"] <= limit})
+                    "within_rss_target": out["peak_rss"] <= limit,
+                    "est_phase_seconds": {k: v.get("seconds") for k, v in est["phases"].items()}})
     return row
 
 
@@ -233,6 +261,7 @@ def main(argv: list[str] | None = None) -> int:
                     shutil.rmtree(run_dir)
                 out = _run(run_dir, _job(folder, method, args, offload))
                 rows.append(_row(size, method, offload, folder, est, out))
+                rows[-1]["phase_seconds"] = _stage_seconds(run_dir)
                 if out["code"] == 0:
                     references.setdefault((size, method), run_dir / "quantized")
                 print(json.dumps(rows[-1]), file=sys.stderr, flush=True)

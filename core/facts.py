@@ -123,7 +123,7 @@ def model_facts(spec: ModelSpec, compute_dtype: str = "float32") -> ModelFacts:
     heads = int(getattr(text, "num_attention_heads", None) or getattr(text, "n_head"))
     kv = [l.d_out for l in layers if l.block == 0 and l.role in ("k_proj", "key")]
     kv_dim = kv[0] if kv else hidden
-    shapes = sorted({(l.d_out, l.d_in) for l in layers}, key=lambda s: -s[0] * s[1])
+    shapes = sorted({(l.d_out, l.d_in) for l in layers}, key=lambda s: (-s[0] * s[1], s))
     roles = {l.role for l in layers if l.block == 0}
     groups = _group_count(roles)
     archs = getattr(config, "architectures", None) or [type(model).__name__]

@@ -13,9 +13,10 @@ or an analysis registers forward hooks there to collect per-layer input statisti
             run_block(block, inputs)
     iterate_blocks(model, windows, on_block)
 
-Block 0's inputs are caught with a forward pre-hook that stores the positional and
-keyword arguments (attention mask, position embeddings, ... whatever this architecture
-passes) and raises to stop the forward pass, so nothing after block 0 runs.
+The inputs are caught in one pass with every block replaced by the identity: block 0's
+hidden states, and each block's positional and keyword arguments (attention mask, position
+embeddings, ... whatever this architecture passes; blocks of different types get their
+own), so no block computes during the capture.
 """
 
 from __future__ import annotations
@@ -42,9 +43,18 @@ class BlockInputs:
     hidden: list[torch.Tensor]     # per batch: [B, L, hidden] on the work device
     args: list[tuple]              # per batch: further positional arguments (usually empty)
     kwargs: list[dict[str, Any]]   # per batch: keyword arguments of the block call
+    # per block, per batch: (args, kwargs) of that block's call. Blocks of different types
+    # get different ones (Gemma 2/3: sliding-window or global mask and rotary tables)
+    calls: list[list[tuple[tuple, dict[str, Any]]]] | None = None
 
     def __len__(self) -> int:
         return len(self.hidden)
+
+    def for_block(self, index: int, hidden: list[torch.Tensor]) -> "BlockInputs":
+        """`hidden` with the arguments block `index` is called with."""
+        if self.calls is None or index >= len(self.calls):
+            return BlockInputs(hidden, self.args, self.kwargs, self.calls)
+        return BlockInputs(hidden, [c[0] for c in self.calls[index]], [c[1] for c in self.calls[index]], self.calls)
 
     @property
     def tokens(self) -> int:
@@ -71,25 +81,34 @@ def model_device(model: nn.Module) -> torch.device:
 @torch.no_grad()
 def capture_block_inputs(model: nn.Module, windows: torch.Tensor, device: torch.device | str | None = None,
                          batch_size: int = 8) -> BlockInputs:
-    """Run the windows [N, L] up to decoder block 0 and keep what it would receive."""
+    """Run the windows [N, L] through the model with every decoder block replaced by the
+    identity, keeping what each block is called with: block 0's hidden states, and every
+    block's own arguments (`calls`). No block computes and no block weight is touched; the
+    pass stops at the last block, before the final norm and head."""
     device = model_device(model) if device is None else torch.device(device)
     _, blocks = find_blocks(model)
-    captured = BlockInputs([], [], [])
     if device != model_device(model):
         raise ValueError(f"the model computes on {model_device(model)}, not {device}: load it for that device")
+    first: list[torch.Tensor] = []
+    calls: list[list[tuple[tuple, dict[str, Any]]]] = [[] for _ in blocks]
 
-    def hook(module: nn.Module, args: tuple, kwargs: dict) -> None:
-        if args:
-            hidden, rest = args[0], tuple(args[1:])
-        else:
-            kwargs = dict(kwargs)
-            hidden, rest = kwargs.pop("hidden_states"), ()
-        captured.hidden.append(hidden.detach())
-        captured.args.append(rest)
-        captured.kwargs.append({k: v for k, v in kwargs.items()})
-        raise _StopForward
+    def stub_for(index: int) -> Callable:
+        def stub(*args: Any, **kwargs: Any) -> torch.Tensor:
+            if args:
+                hidden, rest = args[0], tuple(args[1:])
+            else:
+                kwargs = dict(kwargs)
+                hidden, rest = kwargs.pop("hidden_states"), ()
+            if index == 0:
+                first.append(hidden.detach())
+            calls[index].append((rest, dict(kwargs)))
+            if index == len(blocks) - 1:
+                raise _StopForward
+            return hidden            # transformers 5 blocks return the hidden states
+        return stub
 
-    handle = blocks[0].register_forward_pre_hook(hook, with_kwargs=True)
+    for index, block in enumerate(blocks):
+        block.forward = stub_for(index)          # an instance attribute shadows the method
     try:
         with outside_onloaded(model):
             for batch in windows.split(batch_size):
@@ -98,8 +117,11 @@ def capture_block_inputs(model: nn.Module, windows: torch.Tensor, device: torch.
                 except _StopForward:
                     pass
     finally:
-        handle.remove()
-    return captured
+        for block in blocks:
+            block.__dict__.pop("forward", None)
+    if any(len(c) != len(first) for c in calls):     # a model that does not call its blocks in turn
+        calls = [calls[0]] * len(blocks)
+    return BlockInputs(first, [c[0] for c in calls[0]], [c[1] for c in calls[0]], calls)
 
 
 def _block_output(out: Any) -> torch.Tensor:
@@ -219,6 +241,7 @@ def iterate_blocks(model: nn.Module, windows: torch.Tensor,
     for index in range(len(blocks)):
         if check is not None:
             check()
+        inputs = inputs.for_block(index, inputs.hidden)      # this block's own mask, rotary tables
         with onloaded(model, index, write_back=write_back) as block:
             outs = None
             if index >= start:
@@ -227,7 +250,7 @@ def iterate_blocks(model: nn.Module, windows: torch.Tensor,
                 replay(index, block)
             if outs is None:
                 outs = run_block(block, inputs, stop_early=False)
-            inputs = BlockInputs(outs, inputs.args, inputs.kwargs)
+            inputs = BlockInputs(outs, inputs.args, inputs.kwargs, inputs.calls)
             if on_outputs is not None:
                 on_outputs(index, inputs)
         if after_block is not None:

@@ -1,7 +1,8 @@
 """Synthetic models built from a transformers config with random, seeded weights (no downloads).
 
 Tiny ones for the tests: each family gets 2 decoder blocks, hidden size 64, vocabulary 512,
-and a 512-token BPE tokenizer trained on CPython's docs.
+and a 512-token BPE tokenizer trained on CPython's docs. Gemma 3 (text) stands for the
+hybrid-attention families: its two blocks are called with different masks and rotary tables.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from pathlib import Path
 import torch
 
 VOCAB = 512
-FAMILIES = ("llama", "mistral", "qwen2", "phi3", "gpt2")
+FAMILIES = ("llama", "mistral", "qwen2", "phi3", "gpt2", "gemma3")
 
 
 @lru_cache(maxsize=1)
@@ -47,6 +48,11 @@ def tiny_config(family: str):
         return tf.Qwen2Config(**common)
     if family == "phi3":
         return tf.Phi3Config(**common)
+    if family == "gemma3":
+        # a sliding-window block then a global one (as Gemma 3 alternates them), each with its
+        # own mask and rotary table; a window shorter than the test sequences, so it matters
+        return tf.Gemma3TextConfig(**common, head_dim=16, sliding_window=8,
+                                   layer_types=["sliding_attention", "full_attention"])
     if family == "gpt2":
         return tf.GPT2Config(vocab_size=VOCAB, n_embd=64, n_layer=2, n_head=4, n_positions=1024,
                              bos_token_id=0, eos_token_id=0)

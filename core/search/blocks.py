@@ -3,24 +3,19 @@
 The search evaluates many candidate models that differ in a few layers; running the
 model block by block lets candidates that agree on their first blocks share those
 blocks' outputs (core/search/fitness.py). The block inputs (hidden states and the extra
-arguments the model passes to every block — attention mask, rotary embeddings, positions)
-are captured once per input shape by stopping the model's own forward at block 0, so
-every architecture that transformers runs works the same way.
+arguments the model passes to each block — attention mask, rotary embeddings, positions)
+are captured per batch by running the model's own forward with its blocks replaced by the
+identity, so every architecture that transformers runs works the same way.
 """
 
 from __future__ import annotations
 
-from typing import Any
 
 import torch
 from torch import nn
 
 from ..inventory import find_blocks
-from ..offload import FINAL_NORM_NAMES, final_norm, head_onloaded, onloaded, outside_onloaded, placement_of
-
-
-class _Stop(Exception):
-    """Raised by the block-0 hook to end the forward once its inputs are captured."""
+from ..offload import final_norm, head_onloaded, onloaded, placement_of
 
 
 class BlockRunner:
@@ -40,7 +35,6 @@ class BlockRunner:
         if self.head is None:
             raise ValueError(f"{type(model).__name__} has no output embeddings (LM head)")
         self.device = placement_of(model).device
-        self._kwargs: dict[tuple, dict] = {}
 
     @property
     def n_blocks(self) -> int:
@@ -48,36 +42,20 @@ class BlockRunner:
 
     @torch.no_grad()
     def embed(self, ids: torch.Tensor) -> tuple[torch.Tensor, dict]:
-        """(hidden states entering block 0 [B, L, d], keyword arguments for every block)."""
-        captured: dict[str, Any] = {}
+        """(hidden states entering block 0 [B, L, d], the blocks' call arguments): each
+        block's own (core/capture.capture_block_inputs), under "__calls__"."""
+        from ..capture import capture_block_inputs
 
-        def hook(module: nn.Module, args: tuple, kwargs: dict) -> None:
-            hidden = args[0] if args else kwargs.pop("hidden_states")
-            captured["hidden"] = hidden
-            captured["args"] = args[1:]
-            captured["kwargs"] = {k: v for k, v in kwargs.items() if k != "hidden_states"}
-            raise _Stop
-
-        handle = self.blocks[0].register_forward_pre_hook(hook, with_kwargs=True)
-        try:
-            with outside_onloaded(self.model):
-                self.model(input_ids=ids.to(self.device), use_cache=False)
-        except _Stop:
-            pass
-        finally:
-            handle.remove()
-        if "hidden" not in captured:
+        captured = capture_block_inputs(self.model, ids, batch_size=len(ids))
+        if not captured.hidden:
             raise RuntimeError("the model never reached its first decoder block")
-        if captured["args"]:
-            captured["kwargs"]["__args__"] = captured["args"]
-        return captured["hidden"], captured["kwargs"]
+        return captured.hidden[0], {"__calls__": [calls[0] for calls in captured.calls]}
 
     @torch.no_grad()
     def block(self, index: int, hidden: torch.Tensor, kwargs: dict) -> torch.Tensor:
-        extra = kwargs.get("__args__", ())
-        rest = {k: v for k, v in kwargs.items() if k != "__args__"}
+        args, rest = kwargs["__calls__"][index]
         with onloaded(self.model, index) as block:
-            out = block(hidden, *extra, **rest)
+            out = block(hidden, *args, **rest)
         return out[0] if isinstance(out, (tuple, list)) else out
 
     @torch.no_grad()

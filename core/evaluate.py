@@ -14,6 +14,7 @@ from .offload import head_onloaded, is_resident, placement_of, streamed
 
 WindowCallback = Callable[[int, int], None]   # (steps done, steps total): windows, or blocks then windows
 BLOCKWISE_BATCH = 4   # windows per block call when a model is evaluated block by block
+POSITION_CHUNK = 256  # positions whose logits exist at once there: [256, V] fp32 is 256 MB at V = 256k
 
 
 def _device_of(model: torch.nn.Module) -> torch.device:
@@ -21,13 +22,16 @@ def _device_of(model: torch.nn.Module) -> torch.device:
 
 
 def _window_logits(model: torch.nn.Module, windows: torch.Tensor, on_step: WindowCallback | None = None,
-                   check: Callable[[], None] | None = None) -> Iterator[torch.Tensor]:
-    """Logits [L, V] of each window [L] of `windows` [n, L], one window at a time.
+                   check: Callable[[], None] | None = None) -> Iterator[Iterator[torch.Tensor]]:
+    """For each window [L] of `windows` [n, L], its logits as consecutive chunks of
+    positions ([rows, V] each, together [L, V]), one window at a time.
 
-    A resident model runs whole, window by window. A model kept off the work device runs
-    block by block over all windows, as GPTQ's reference evaluation does: each block is
-    onloaded once, the last hidden states [n, L, d] wait on the device, and the final norm
-    and head then make each window's logits. Progress counts n_blocks + n steps."""
+    A resident model runs whole, window by window (one chunk: the model's own logits). A
+    model kept off the work device runs block by block over all windows, as GPTQ's
+    reference evaluation does: each block is onloaded once, the last hidden states
+    [n, L, d] wait on the device, and the final norm and head make each window's logits
+    POSITION_CHUNK positions at a time, so a 256k vocabulary costs [256, V] at once, not
+    [L, V]. Progress counts windows, or n_blocks + n steps."""
     n = len(windows)
     if is_resident(model):
         device = _device_of(model)
@@ -37,23 +41,30 @@ def _window_logits(model: torch.nn.Module, windows: torch.Tensor, on_step: Windo
             logits = model(input_ids=window[None].to(device), use_cache=False).logits[0]
             if on_step is not None:
                 on_step(i + 1, n)
-            yield logits
+            yield iter([logits])
         return
     n_blocks = len(find_blocks(model)[1])
     total = n_blocks + n
     hidden = final_hidden(model, windows, BLOCKWISE_BATCH, check,
                           on_block=(lambda done, _: on_step(done, total)) if on_step is not None else None)
-    rows = [h[j: j + 1] for h in hidden for j in range(h.shape[0])]      # per window [1, L, d]
+    rows = [h[j] for h in hidden for j in range(h.shape[0])]      # per window [L, d]
     del hidden
     with head_onloaded(model) as (norm, head):
-        for i, h in enumerate(rows):
+        for i in range(n):
             if check is not None:
                 check()
-            logits = head(norm(h) if norm is not None else h)[0]
-            rows[i] = None                                              # type: ignore[call-overload]
+            h, rows[i] = rows[i], None                               # type: ignore[call-overload]
+            yield (head(norm(h[s: s + POSITION_CHUNK]) if norm is not None else h[s: s + POSITION_CHUNK])
+                   for s in range(0, h.shape[0], POSITION_CHUNK))
             if on_step is not None:
                 on_step(n_blocks + i + 1, total)
-            yield logits
+
+
+def _rechunk(chunks: Iterator[torch.Tensor], size: int) -> Iterator[torch.Tensor]:
+    """The same rows in chunks of `size` (views where they can be)."""
+    for chunk in chunks:
+        for s in range(0, chunk.shape[0], size):
+            yield chunk[s: s + size]
 
 
 @torch.no_grad()
@@ -64,9 +75,22 @@ def window_nlls(model: torch.nn.Module, windows: torch.Tensor, on_window: Window
     Labels are the inputs shifted by one (the standard protocol: L-1 predictions per window).
     """
     nlls = []
-    for i, logits in enumerate(_window_logits(model, windows, on_window, check)):
-        labels = windows[i, 1:].to(logits.device)
-        nlls.append(F.cross_entropy(logits[:-1].float(), labels).double().cpu())     # logits [L-1, V]
+    L = windows.shape[1]
+    for i, chunks in enumerate(_window_logits(model, windows, on_window, check)):
+        labels = windows[i, 1:]
+        parts = list(chunks) if is_resident(model) else None
+        if parts is not None and len(parts) == 1:      # the whole window at once, as always
+            logits = parts[0]
+            nlls.append(F.cross_entropy(logits[:-1].float(), labels.to(logits.device)).double().cpu())
+            continue
+        total, start = torch.zeros((), dtype=torch.float64), 0
+        for logits in (parts or chunks):                 # [rows, V]; position t predicts token t + 1
+            end = min(start + logits.shape[0], L - 1)
+            if end > start:
+                total += F.cross_entropy(logits[: end - start].float(), labels[start:end].to(logits.device),
+                                         reduction="sum").double().cpu()
+            start += logits.shape[0]
+        nlls.append(total / (L - 1))
     return torch.stack(nlls)
 
 
@@ -95,10 +119,11 @@ def kl_divergence(reference: torch.nn.Module, model: torch.nn.Module, windows: t
     by block (see _window_logits); only one window's logits of each are held at a time."""
     total, count = 0.0, 0
     pairs = zip(_window_logits(reference, windows, None, check), _window_logits(model, windows, on_window, check))
-    for ref, cur in pairs:
-        kl = kl_per_token(ref, cur.to(ref.device))
-        total += kl.double().sum().item()
-        count += kl.numel()
+    for ref_chunks, cur_chunks in pairs:            # the same positions, POSITION_CHUNK at a time
+        for ref, cur in zip(_rechunk(ref_chunks, POSITION_CHUNK), _rechunk(cur_chunks, POSITION_CHUNK)):
+            kl = kl_per_token(ref, cur.to(ref.device))
+            total += kl.double().sum().item()
+            count += kl.numel()
     return total / max(count, 1)
 
 

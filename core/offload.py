@@ -340,10 +340,6 @@ def map_checkpoint_names(model: nn.Module, keys: dict[str, tuple[str, str]]) -> 
     return index, missing
 
 
-def persistent_names(model: nn.Module) -> set[str]:
-    return set(model.state_dict())
-
-
 __all__ = ["Placement", "DiskWeights", "attach", "placement_of", "is_resident", "onloaded", "outside_onloaded",
            "head_onloaded", "streamed", "final_norm", "home_tensor", "release", "safetensors_index",
            "map_checkpoint_names"]

@@ -19,7 +19,8 @@ def open_model(spec: "ModelSpec", ctx: "RunContext", stage: str = "load", lean: 
 
     ctx.emitter.stage(stage, "start")
     loaded = load_model(spec, lean=lean)
-    where = "" if loaded.offload == "none" else f", weights in {loaded.offload} as {loaded.stored_dtype}"
+    stored = str(loaded.stored_dtype).replace("torch.", "")
+    where = "" if loaded.offload == "none" else f"; weights kept in {loaded.offload.upper()} as {stored}"
     ctx.emitter.log(f"opened {loaded.source}: {loaded.architecture} on {loaded.device} ({loaded.dtype}{where})")
     ctx.emitter.stage(stage, "end")
     return loaded

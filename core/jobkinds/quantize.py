@@ -86,8 +86,10 @@ def _run_quantize(spec: QuantizeSpec, ctx: RunContext) -> dict:
     from ..inventory import find_blocks, layer_inventory
     from ..quant.resume import BlockStore
 
+    from ..estimate import current_rss
     from .common import preflight
 
+    rss_at_start = current_rss()                     # the interpreter with torch and transformers
     started = time.monotonic()
     estimate = preflight("quantize", spec, ctx)     # refuses a job that cannot fit, before loading
     loaded = _open_dense(spec, ctx)
@@ -116,7 +118,8 @@ def _run_quantize(spec: QuantizeSpec, ctx: RunContext) -> dict:
     return _report(spec, ctx, loaded, layers, plan.budget(), windows, results,
                    {"quantize_seconds": round(quantize_seconds, 2),
                     "total_seconds": round(time.monotonic() - started, 2),
-                    "peak_memory_mb": _peak_memory_mb(loaded.device),
+                    "peak_memory_mb": {**_peak_memory_mb(loaded.device),
+                                       "cpu_rss_at_start": round(rss_at_start / 2**20, 1)},
                     "estimate": estimate,
                     "resumed_at_block": start_block if ctx.resume else None})
 

@@ -158,7 +158,8 @@ def _row(size: str, method: str, offload: str, folder: Path, est: dict | None, o
            "bytes_on_disk": facts.get("bytes_on_disk"), "ok": out["code"] == 0,
            "wall_s": out["wall_s"], "quantize_s": report.get("quantize_seconds"),
            "s_per_billion": round(out["wall_s"] / (params / 1e9), 1) if params else None,
-           "peak_rss_gb": round(out["peak_rss"] / GB, 3), "threads": report.get("threads")}
+           "peak_rss_gb": round(out["peak_rss"] / GB, 3), "threads": report.get("threads"),
+           "rss_at_start_gb": round(((report.get("peak_memory_mb") or {}).get("cpu_rss_at_start") or 0) / 1024, 3)}
     if est:
         work = _block_work(est)
         limit = (1.3 * facts["bytes_on_disk"] if offload != "disk" else 2 * GB) + work
@@ -168,6 +169,8 @@ def _row(size: str, method: str, offload: str, folder: Path, est: dict | None, o
                     "time_error": round(est["seconds"] / out["wall_s"] - 1, 3) if est.get("seconds") else None,
                     "block_work_gb": round(work / GB, 3), "rss_target_gb": round(limit / GB, 3),
                     "within_rss_target": out["peak_rss"] <= limit,
+                    # the same, not counting the interpreter with torch and transformers loaded
+                    "within_rss_target_above_start": out["peak_rss"] - row["rss_at_start_gb"] * GB <= limit,
                     "est_phase_seconds": {k: v.get("seconds") for k, v in est["phases"].items()}})
     return row
 

@@ -66,12 +66,17 @@ class BlockRunner:
             return head(hidden)
 
     @torch.no_grad()
-    def forward(self, ids: torch.Tensor) -> torch.Tensor:
-        """The whole model, block by block (for checks and for dense targets)."""
+    def final(self, ids: torch.Tensor) -> torch.Tensor:
+        """The last block's outputs [B, L, d] (before the final norm)."""
         hidden, kwargs = self.embed(ids)
         for b in range(self.n_blocks):
             hidden = self.block(b, hidden, kwargs)
-        return self.logits(hidden)
+        return hidden
+
+    @torch.no_grad()
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        """The whole model, block by block (for checks)."""
+        return self.logits(self.final(ids))
 
 
 __all__ = ["BlockRunner"]

@@ -158,3 +158,18 @@ def test_offload_is_refused_where_it_cannot_work(tiny_llama, tmp_path):
     gguf.write_bytes(b"GGUF" + b"\0" * 64)
     with pytest.raises(BadInput, match="safetensors"):
         load_model(ModelSpec(str(gguf), offload="disk"), lean=True)
+
+
+def test_logits_in_position_chunks_give_the_same_nll_and_kl(tiny_bf16, monkeypatch):
+    """Block by block, the head makes a window's logits a few positions at a time (large
+    vocabularies); chunks of 7 positions over windows of 24 give the whole-window numbers."""
+    import bitsmith.core.evaluate as evaluate
+
+    monkeypatch.setattr(evaluate, "POSITION_CHUNK", 7)
+    bf16, fp32 = tiny_bf16["gemma3"]
+    windows = _windows(3, 24)
+    whole, lean = _open(fp32).model, _open(bf16, "ram").model
+    assert torch.allclose(window_nlls(lean, windows), window_nlls(whole, windows), rtol=1e-6, atol=1e-6)
+    other = _open(tiny_bf16["llama"][1]).model
+    expected = kl_divergence(whole, other, windows)
+    assert abs(kl_divergence(lean, other, windows) - expected) < 1e-5 * expected

@@ -59,3 +59,33 @@ def test_lean_fitness_matches_resident(db_run, tiny_bf16):
     assert fitness[0][0] > fitness[0][1] > 0
     for a, b in zip(*fitness):
         assert abs(a - b) < 1e-2 * a
+
+
+def test_targets_and_fitness_made_a_chunk_of_positions_at_a_time(db_run, tiny_llama, monkeypatch):
+    """Large vocabularies: the dense targets (full and top-k) and the candidates' KL come out
+    the same when the logits are made 5 positions at a time."""
+    import bitsmith.core.search.fitness as fitness
+
+    loaded = load_model(str(tiny_llama))
+    layers = layer_inventory(loaded.model)
+    space = SearchSpace.from_layers(layers, [2, 3, 4, 16])
+    db = open_database(next(db_run.glob("database-*")))
+    windows = torch.randint(0, 512, (4, 16), generator=torch.Generator().manual_seed(1))
+    genomes = [space.uniform(2), space.uniform(3)]
+    results = []
+    for budget in (fitness.LOGIT_BYTES, 5 * 4 * 512):             # whole batches, then 5 positions
+        monkeypatch.setattr(fitness, "LOGIT_BYTES", budget)
+        runner = BlockRunner(loaded.model)
+        assembler = Assembler(loaded.model, layers, space, db)
+        out = []
+        for topk in (None, 8):
+            targets = dense_targets(runner, windows, topk=topk, batch_size=2)
+            scorer = CandidateScorer(runner, [l.block for l in layers], assembler.set_layer, targets, batch_size=2)
+            out.append((targets, scorer.score(genomes, range(4))))
+        assembler.restore()
+        results.append(out)
+    for (t_a, s_a), (t_b, s_b) in zip(*results):
+        for name in ("logp", "top_logp"):
+            a, b = getattr(t_a, name), getattr(t_b, name)
+            assert (a is None) == (b is None) and (a is None or torch.allclose(a, b, atol=1e-5))
+        assert all(abs(x - y) <= 1e-5 * x for x, y in zip(s_a, s_b))

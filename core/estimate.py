@@ -336,6 +336,7 @@ def estimate(facts: ModelFacts, w: Workload, probe: Any = None, run_dir: Path | 
     seconds = None
     if probe is not None:
         times = {"start": probe.start_s, **_seconds(facts, w, probe)}
+        phases = {"start": {"ram": base, "gpu": 0}, **phases}
         for name, s in times.items():
             phases.setdefault(name, {"ram": base, "gpu": 0})["seconds"] = round(s, 2)
         seconds = sum(times.values())
@@ -437,12 +438,38 @@ def estimate_job(job: Any, probe: bool = True, run_dir: Path | None = None) -> E
     facts = model_facts(model)
     started = startup_seconds()
     w = workload_of(job.kind, spec, facts)
+    if w.selfgen and _selfgen_cached(facts, w, spec):
+        w = replace(w, selfgen=False)         # sampled before: read from the cache, no sampling
     times = None
     if probe:
         with cpu_threads(getattr(spec, "threads", None)):     # the thread policy the job will run with
             times = _probe(facts, w, model, spec)
         times.start_s = started
     return estimate(facts, w, times, run_dir, base)
+
+
+def _selfgen_cached(facts: ModelFacts, w: Workload, spec: Any) -> bool:
+    """Whether the job's selfgen windows are already in the sample cache (core/data.py):
+    the cache key is computed from the model's files, as the loaded model would give it."""
+    from pathlib import Path
+
+    from transformers import AutoTokenizer
+
+    from .data import _selfgen_cache_file
+    from .facts import _resolve, empty_model
+    from .offload import DiskWeights, Placement, attach, map_checkpoint_names, safetensors_index
+
+    if facts.files is None or spec.calib.strip() != "selfgen":
+        return False
+    try:
+        model = empty_model(_resolve(spec.model)[0], spec.model.trust_remote_code)
+        index, _ = map_checkpoint_names(model, safetensors_index(Path(facts.files)))
+        attach(model, Placement(torch.device(w.device), getattr(torch, w.compute_dtype), "disk", DiskWeights(index)))
+        tokenizer = AutoTokenizer.from_pretrained(facts.files, trust_remote_code=spec.model.trust_remote_code)
+        file = _selfgen_cache_file(model, tokenizer, w.calib_windows, w.seqlen, spec.seed, 64)
+    except Exception:  # noqa: BLE001 - a key that cannot be made means: it will be sampled
+        return False
+    return file is not None and file.is_file()
 
 
 def _probe(facts: ModelFacts, w: Workload, model: Any, spec: Any) -> Any:

@@ -118,6 +118,15 @@ def current_rss() -> int:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
+def _file_rss() -> int:
+    """Resident file-backed pages of this process (mostly the code of torch's libraries)."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("RssFile:"):
+                return int(line.split()[1]) * 1024
+    return 0
+
+
 def peak_rss() -> int:
     """This process's peak resident memory: VmHWM, the high-water mark of its own address
     space. (ru_maxrss would also count the parent's memory at fork time, which a small
@@ -165,6 +174,8 @@ def _block_work(f: ModelFacts, w: Workload, tokens: int, quantizing: bool) -> in
     and (quantizing) the largest layer's GPTQ or RTN copies and the block's codes."""
     bc = _BYTES[getattr(torch, w.compute_dtype)]
     onload = 0 if w.offload == "none" else f.block_params * bc
+    if w.offload == "disk":          # read from its file in the stored dtype, then cast: both at once
+        onload += f.block_params * f.stored_bytes_per_param
     acts = 2 * tokens * f.hidden * bc
     batch_tokens = min(tokens, w.batch_size * w.seqlen)
     batch = batch_tokens * (3 * f.intermediate + 4 * f.hidden) * bc \
@@ -435,6 +446,7 @@ def estimate_job(job: Any, probe: bool = True, run_dir: Path | None = None) -> E
     from .jobkinds.common import cpu_threads
 
     base = current_rss()                      # before the probe: what the job's process starts from
+    code_pages = _file_rss()
     facts = model_facts(model)
     started = startup_seconds()
     w = workload_of(job.kind, spec, facts)
@@ -445,6 +457,9 @@ def estimate_job(job: Any, probe: bool = True, run_dir: Path | None = None) -> E
         with cpu_threads(getattr(spec, "threads", None)):     # the thread policy the job will run with
             times = _probe(facts, w, model, spec)
         times.start_s = started
+        # torch's kernels page their code in on first use (about 90 MB of a CPU build): what
+        # running one block added to the resident library pages counts from then on
+        base += max(0, _file_rss() - code_pages)
     return estimate(facts, w, times, run_dir, base)
 
 

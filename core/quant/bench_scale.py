@@ -162,7 +162,7 @@ def _row(size: str, method: str, offload: str, folder: Path, est: dict | None, o
            "rss_at_start_gb": round(((report.get("peak_memory_mb") or {}).get("cpu_rss_at_start") or 0) / 1024, 3)}
     if est:
         work = _block_work(est)
-        limit = (1.3 * facts["bytes_on_disk"] if offload != "disk" else 2 * GB) + work
+        limit = (2 * GB if offload.startswith("disk") else 1.3 * facts["bytes_on_disk"]) + work
         row.update({"est_peak_ram_gb": round(est["peak_ram"] / GB, 3),
                     "ram_error": round(est["peak_ram"] / out["peak_rss"] - 1, 3),
                     "est_seconds": round(est["seconds"], 1) if est.get("seconds") else None,
@@ -223,13 +223,15 @@ def _capped(size: str, folder: Path, args: argparse.Namespace, work: Path, refer
 
 
 def _table(rows: list[dict]) -> str:
-    head = ("| size | method | offload | params | peak RSS GB | estimate GB | RSS target GB | wall s | "
-            "s / B params | estimate s |")
+    head = ("| size | method | offload | peak RSS GB (at start) | estimate GB | RSS target GB | wall s | "
+            "quantize s | quantize s / B params | estimate s |")
     lines = [head, "|" + "---|" * 10]
     for r in rows:
-        lines.append(f"| {r['size']} | {r['method']} | {r['offload']} | {r['params'] / 1e9:.2f}B | "
-                     f"{r['peak_rss_gb']:.2f} | {r.get('est_peak_ram_gb', '–')} | {r.get('rss_target_gb', '–')} | "
-                     f"{r['wall_s']:.0f} | {r['s_per_billion']} | {r.get('est_seconds', '–')} |")
+        per_b = round(r["quantize_s"] / (r["params"] / 1e9)) if r.get("quantize_s") and r["params"] else "–"
+        lines.append(f"| {r['size']} | {r['method']} | {r['offload']} | {r['peak_rss_gb']:.2f} "
+                     f"({r.get('rss_at_start_gb', 0):.2f}) | {r.get('est_peak_ram_gb', '–')} | "
+                     f"{r.get('rss_target_gb', '–')} | {r['wall_s']:.0f} | {r.get('quantize_s') or '–'} | {per_b} | "
+                     f"{r.get('est_seconds', '–')} |")
     return "\n".join(lines)
 
 

@@ -100,3 +100,14 @@ def test_dry_run_prints_the_estimate_and_runs_nothing(tiny_bf16, tmp_path):
     assert set(est["phases"]) >= {"load", "quantize", "save", "start"}
     assert est["seconds"] > 0 and est["probe"]["forward_s_per_token"] > 0
     assert est["probe"]["layer_s"]["64x128"] > 0 and est["peak_ram"] > est["model"]["bytes_on_disk"]
+
+
+def test_synthetic_sizes_have_the_parameters_they_are_named_for(tmp_path):
+    """The benchmark's models (config only here: an empty model, no weights)."""
+    from bitsmith.core.facts import empty_model
+    from bitsmith.core.synthetic import SIZES
+
+    for name in SIZES:
+        params = sum(p.numel() for p in empty_model(synthetic_llama_config(name)).parameters())
+        nominal = float(name.removesuffix("b")) * 1e9
+        assert abs(params / nominal - 1) < 0.13, (name, params)

@@ -88,4 +88,5 @@ def test_mixed_calibration_sources():
 def test_bench_targets_are_discovered_by_name():
     targets = bench_targets()
     assert targets["quantize"] == "bitsmith.core.quant.bench_quantize:main"
+    assert targets["scale"] == "bitsmith.core.quant.bench_scale:main"
     assert targets.get("kernels") == "bitsmith.kernels.bench:main"

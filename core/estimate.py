@@ -204,7 +204,8 @@ def _eval_work(f: ModelFacts, w: Workload) -> int:
     bc = _BYTES[getattr(torch, w.compute_dtype)]
     tokens = w.eval_windows * w.eval_seqlen
     head = 0 if w.offload == "none" else (f.vocab * f.hidden * bc if f.vocab else 0)
-    logits = w.eval_seqlen * f.vocab * 4 * 3
+    positions = w.eval_seqlen if w.offload == "none" else min(w.eval_seqlen, 256)   # core/evaluate.POSITION_CHUNK
+    logits = positions * f.vocab * 4 * 3
     hidden = 0 if w.offload == "none" else 2 * tokens * f.hidden * bc
     per_window = w.eval_seqlen * (3 * f.intermediate + 4 * f.hidden) * bc + f.heads * w.eval_seqlen ** 2 * bc
     onload = 0 if w.offload == "none" else f.block_params * bc

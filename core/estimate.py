@@ -455,7 +455,7 @@ def estimate_job(job: Any, probe: bool = True, run_dir: Path | None = None) -> E
         w = replace(w, selfgen=False)         # sampled before: read from the cache, no sampling
     times = None
     if probe:
-        with cpu_threads(getattr(spec, "threads", None)):     # the thread policy the job will run with
+        with cpu_threads(getattr(spec, "threads", None), follow_load=job.kind == "search"):   # as the job will
             times = _probe(facts, w, model, spec)
         times.start_s = started
         # torch's kernels page their code in on first use (about 90 MB of a CPU build): what

@@ -48,7 +48,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     clip.add_argument("--no-clip", dest="clip", action="store_false")
     parser.add_argument("--batch-size", type=int, default=_D.batch_size,
                         help=f"calibration windows per forward pass (default {_D.batch_size})")
-    parser.add_argument("--threads", type=int, help="torch CPU threads (default: 1 on a busy machine, else all)")
+    parser.add_argument("--threads", type=int, help="torch CPU threads (default: all cores; on a busy machine 1 "
+                        "runs GPTQ several times faster, with slightly different numbers)")
     add_output_args(parser)
     parser.set_defaults(func=run)
 

@@ -45,7 +45,11 @@ class QuantizeSpec:
     block_size: int = 128
     true_sequential: bool = True
     batch_size: int = 8
-    threads: int | None = None        # torch CPU threads; null: 1 when the CPU is oversubscribed
+    # torch CPU threads; null: torch's default (every core). GPTQ's many small operations run
+    # several times faster on 1 thread when the machine is busy, but the result depends on the
+    # thread count (float sums in another order): default 4-bit WikiText-2 42.72 on 2 threads,
+    # 43.06 on 1; so the default does not follow the load
+    threads: int | None = None
 
     @property
     def clips(self) -> bool:
@@ -75,7 +79,7 @@ class QuantizeSpec:
 def run_quantize(spec: QuantizeSpec, ctx: RunContext) -> dict:
     from .common import cpu_threads
 
-    with cpu_threads(spec.threads) as threads:
+    with cpu_threads(spec.threads, follow_load=False) as threads:
         ctx.emitter.log(f"torch CPU threads: {threads}")
         report = _run_quantize(spec, ctx)
     report["threads"] = threads

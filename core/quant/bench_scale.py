@@ -217,6 +217,8 @@ def _capped(size: str, folder: Path, args: argparse.Namespace, work: Path, refer
                 "exceeded_cap": first["over_cap"] or second["over_cap"],
                 "resumed_at_block": (second["report"] or {}).get("resumed_at_block"),
                 "wall_s": round(first["wall_s"] + second["wall_s"], 2)})
+    if row.get("est_seconds"):                      # against both processes' time together
+        row["time_error"] = round(row["est_seconds"] / row["wall_s"] - 1, 3)
     if reference is not None and second["code"] == 0:
         row["same_codes_as_uncapped"] = _same_codes(reference, run_dir / "quantized")
     return row

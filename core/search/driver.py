@@ -8,10 +8,8 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import shutil
 import time
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
@@ -19,6 +17,7 @@ from typing import TYPE_CHECKING, Any, Callable
 import torch
 
 from ..config import to_dict
+from ..jobkinds.common import cpu_threads
 from ..errors import BadInput
 from ..events import Progress
 from ..inventory import LayerInfo, inventory_summary, layer_inventory
@@ -130,9 +129,12 @@ def ensure_database(setup: Setup) -> VariantDatabase:
     settings = database_settings(setup)
     levels = sorted(b for b in set(spec.levels) if b != 16)
     cache = int(spec.cache_gb * 2**30)
+    # dequantized variants live where the weights they replace live: the work device for a
+    # resident model, the CPU for one whose blocks are onloaded per call
+    db_device = setup.loaded.device if setup.loaded.offload == "none" else torch.device("cpu")
     if spec.database:
         folder = find_database(spec.database, settings)
-        db = open_database(folder, cache, setup.loaded.device)
+        db = open_database(folder, cache, db_device)
         missing = [b for b in levels if b not in db.levels]
         if missing:
             raise BadInput(f"the database at {folder} has no variants at {missing} bits",
@@ -158,7 +160,7 @@ def ensure_database(setup: Setup) -> VariantDatabase:
     build_database(folder, settings, levels, setup.model, setup.layers, windows,
                    emit_layer=ctx.emitter.layer, check=ctx.cancel.check, on_progress=on_progress)
     ctx.emitter.stage("database", "end")
-    db = open_database(folder, cache, setup.loaded.device)
+    db = open_database(folder, cache, db_device)
     ctx.emitter.log(f"variant database: {len(setup.layers)} layers × {levels} bits in {db.seconds:.0f} s")
     return db
 
@@ -375,22 +377,6 @@ def plan_perplexity(setup: Setup, space: SearchSpace, genome: Genome, db: Varian
 
 # --- the job -----------------------------------------------------------------------------
 
-@contextmanager
-def cpu_threads(threads: int | None):
-    """Torch CPU threads for the job. Auto: all cores, but 1 when the machine is already
-    oversubscribed (load average above the core count) — there, the intra-op threads of
-    the many small GPTQ and block operations wait on each other and run several times slower."""
-    before = torch.get_num_threads()
-    if threads is None:
-        cores = os.cpu_count() or 1
-        threads = 1 if os.getloadavg()[0] > cores else before
-    torch.set_num_threads(threads)
-    try:
-        yield threads
-    finally:
-        torch.set_num_threads(before)
-
-
 def run_search_job(spec: "SearchSpec", ctx: "RunContext") -> dict:
     with cpu_threads(spec.threads) as threads:
         ctx.emitter.log(f"torch CPU threads: {threads}")
@@ -400,11 +386,12 @@ def run_search_job(spec: "SearchSpec", ctx: "RunContext") -> dict:
 
 
 def _run_search(spec: "SearchSpec", ctx: "RunContext") -> dict:
-    from ..jobkinds.common import open_model
+    from ..jobkinds.common import open_model, preflight
 
     started = time.time()
     preset = resolved_preset(spec)
-    loaded = open_model(spec.model, ctx)
+    estimate = preflight("search", spec, ctx)        # refuses a search that cannot fit, before loading
+    loaded = open_model(spec.model, ctx, lean=True)      # blocks onloaded one at a time (core/offload.py)
     if loaded.quantized is not None:
         raise BadInput(f"{spec.model.source} is already quantized", "search on the original model")
     layers = layer_inventory(loaded.model)
@@ -412,7 +399,7 @@ def _run_search(spec: "SearchSpec", ctx: "RunContext") -> dict:
     report: dict[str, Any] = {"model": loaded.summary(), "inventory": inventory_summary(layers),
                               "method": spec.method, "target_bits": spec.target_bits, "preset": spec.preset,
                               "serve": spec.serve, "units": len(setup.tying.units), "budget_kind": spec.budget,
-                              "levels": sorted(set(spec.levels))}
+                              "levels": sorted(set(spec.levels)), "estimate": estimate}
     if spec.targets:
         report["sweep"] = run_sweep(setup)
         chosen = next((row for row in report["sweep"] if row["target_bits"] == spec.target_bits), report["sweep"][-1])

@@ -162,8 +162,8 @@ def test_the_1b_shape_has_about_a_billion_parameters():
     import torch
     from transformers import AutoModelForCausalLM
 
-    from bitsmith.core.synthetic import sized_llama_config
+    from bitsmith.core.synthetic import synthetic_llama_config
 
     with torch.device("meta"):
-        model = AutoModelForCausalLM.from_config(sized_llama_config("1b"))
+        model = AutoModelForCausalLM.from_config(synthetic_llama_config("1.1b"))
     assert sum(p.numel() for p in model.parameters()) == 1_100_048_384

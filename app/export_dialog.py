@@ -12,9 +12,10 @@ from pathlib import Path
 from PySide6.QtWidgets import (QDialog, QDialogButtonBox, QFileDialog, QFormLayout, QHBoxLayout, QLabel, QLineEdit,
                                QPlainTextEdit, QPushButton, QVBoxLayout, QWidget)
 
+from bitsmith.core.files import QUANT_MANIFEST
+
 from .widgets import ComboBox, window_hint
 
-MANIFEST = "bitsmith-quant.json"
 FORMAT_FOLDER = {"gptq": "gptq", "compressed-tensors": "compressed-tensors", "gguf": "gguf", "native": "native"}
 
 
@@ -95,7 +96,7 @@ class ExportDialog(QDialog):
         if not path:
             return None
         try:
-            return json.loads((Path(path) / MANIFEST).read_text(encoding="utf-8"))
+            return json.loads((Path(path) / QUANT_MANIFEST).read_text(encoding="utf-8"))
         except (OSError, ValueError):
             return None
 

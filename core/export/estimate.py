@@ -23,7 +23,8 @@ import math
 import struct
 from pathlib import Path
 
-MANIFEST = "bitsmith-quant.json"
+from ..files import QUANT_MANIFEST
+
 WEIGHTS = "bitsmith-weights.safetensors"
 ELEMENT_BYTES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1,
                  "BOOL": 1, "F8_E4M3": 1, "F8_E5M2": 1}
@@ -94,12 +95,12 @@ def estimate_export(checkpoint: str | Path, fmt: str, lowbit: str = "lossless", 
     `checkpoint` (a RUN/quantized folder) as `fmt`. An estimate: GGUF's choice between Q4_0 and
     Q4_1 assumes integer zero points unless the checkpoint was tuned."""
     folder = Path(checkpoint)
-    manifest = json.loads((folder / MANIFEST).read_text(encoding="utf-8"))
+    manifest = json.loads((folder / QUANT_MANIFEST).read_text(encoding="utf-8"))
     header = safetensors_header(folder / WEIGHTS)
     layers = manifest.get("layers") or {}
     tuned = bool((manifest.get("provenance") or {}).get("tuning"))
     small_files = sum(p.stat().st_size for p in folder.iterdir()
-                      if p.is_file() and p.suffix != ".safetensors" and p.name != MANIFEST)
+                      if p.is_file() and p.suffix != ".safetensors" and p.name != QUANT_MANIFEST)
     if fmt == "native":
         total = sum(p.stat().st_size for p in folder.iterdir() if p.is_file())
         return {"bytes": total, "stores": FORMAT_STORES[fmt], "types": {}, **_params(layers, header)}

@@ -12,9 +12,9 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import Any
 
+from .gguf_policy import BLOCK as GGUF_BLOCK, GGUF_ARCHES
+
 FORMATS = ("gptq", "compressed-tensors", "gguf", "native")
-GGUF_BLOCK = 32                       # Q4_0 / Q4_1 / Q8_0 blocks hold 32 weights
-GGUF_ARCHES = ("llama", "mistral")    # written as llama.cpp's `llama` architecture
 KERNEL_GROUPS = (32, 64, 128)         # group sizes GPTQ / vLLM fast kernels take
 
 

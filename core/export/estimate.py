@@ -24,11 +24,11 @@ import struct
 from pathlib import Path
 
 from ..files import QUANT_MANIFEST
+from .gguf_policy import BITS_PER_WEIGHT as GGUF_BPW, planned_block_type
 
 WEIGHTS = "bitsmith-weights.safetensors"
 ELEMENT_BYTES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1,
                  "BOOL": 1, "F8_E4M3": 1, "F8_E5M2": 1}
-GGUF_BPW = {"Q4_0": 4.5, "Q4_1": 5.0, "Q8_0": 8.5, "Q2_K": 2.625, "Q3_K": 3.4375, "F16": 16.0}
 QUANT_PARTS = (".codes", ".scales", ".zeros")
 EMBEDDINGS = ("model.embed_tokens.weight", "lm_head.weight")     # GGUF's token_embd and output
 
@@ -58,16 +58,6 @@ def safetensors_header(path: Path) -> dict[str, dict]:
 
 def _numel(shape: list[int]) -> int:
     return math.prod(shape) if shape else 1
-
-
-def _gguf_type(bits: int, d_in: int, group: int, sym: bool, integer_zeros: bool, lowbit: str) -> str:
-    if group % 32:
-        return "F16"
-    if bits in (2, 3) and lowbit == "kquant" and d_in % 256 == 0 and group % 16 == 0:
-        return "Q2_K" if bits == 2 else "Q3_K"     # K-quant super-blocks hold 256 inputs
-    if bits <= 4:
-        return "Q4_0" if integer_zeros and (bits < 4 or sym) else "Q4_1"
-    return "Q8_0" if integer_zeros else "F16"
 
 
 def _layer_bytes(fmt: str, d_out: int, d_in: int, bits: int, group: int, sym: bool, gguf_type: str,
@@ -113,7 +103,7 @@ def estimate_export(checkpoint: str | Path, fmt: str, lowbit: str = "lossless", 
         quantized_names.add(name)
         d_out, d_in = (int(v) for v in e["shape"])
         bits, group, sym = int(e["bits"]), int(e.get("group_size") or d_in), bool(e.get("sym"))
-        kind = _gguf_type(bits, d_in, group, sym, not tuned, lowbit)
+        kind = planned_block_type(bits, d_in, group, sym, not tuned, lowbit)
         types[kind] = types.get(kind, 0) + 1
         linear += _layer_bytes(fmt, d_out, d_in, bits, group, sym, kind, ct_layout)
     other = 0.0

@@ -9,6 +9,7 @@ from pathlib import Path
 
 # Marks a native quantized checkpoint folder (RUN_DIR/quantized); quant/checkpoint.py writes it.
 QUANT_MANIFEST = "bitsmith-quant.json"
+QUANT_WEIGHTS = "bitsmith-weights.safetensors"    # its dense tensors and the layers' codes, scales, zeros
 
 # WikiText-2's raw test split in the shared data folder beside the repository (core/ is two
 # levels below it). Tests and benchmarks evaluate on it; DESIGN.md: never calibrate on it.

@@ -146,3 +146,17 @@ def test_a_new_format_is_one_file(mixed_checkpoint, tmp_path):
     stores, warnings, lowbit_enabled = found["dialog"]
     assert stores == "every quantized layer's bits, as JSON" and "toy leaves out 2 kept layers" in warnings
     assert "cat loads" in warnings and not lowbit_enabled
+
+
+def test_the_registry_and_the_pure_checks_leave_torch_out():
+    """What the window imports (the package, the checks, the estimate, every format file)."""
+    script = ("import sys\n"
+              "from bitsmith.core.export import export_warnings, format_names\n"
+              "from bitsmith.core.export.estimate import estimate_export\n"
+              "from bitsmith.core.export.registry import export_formats, reader_verdicts\n"
+              "from bitsmith.core.jobs import job_kinds\n"
+              "job_kinds(); export_formats()\n"
+              "print(sorted(m for m in ('torch', 'transformers') if m in sys.modules))")
+    out = subprocess.run(python_command("-c", script), capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip() == "[]"

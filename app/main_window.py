@@ -97,10 +97,6 @@ class MainWindow(QMainWindow):
         self.picker.openRequested.connect(self.open_model)
         self.summary = QLabel("Open a model to begin.", objectName="summary", wordWrap=True)
         self.export_button = QPushButton("Export…", clicked=self.open_export)
-        if "export" not in job_kinds():
-            self.export_button.setEnabled(False)
-            self.export_button.setToolTip("needs the export job, which this build does not have yet: "
-                                          "issue 8 (core/jobkinds/export.py)")
 
         self.layers = LayerTableModel(self)
         self.layers.planChanged.connect(self.update_budget)
@@ -229,7 +225,7 @@ class MainWindow(QMainWindow):
     def _on_layer(self, event: dict) -> None:
         self.plots.feed(event)
         self.layers.set_result(event.get("name", ""), rel_error=event.get("rel_error"),
-                               spike=event.get("spike", event.get("spike_score")), bits=event.get("bits"))
+                               spike=event.get("spike_score"), bits=event.get("bits"))
 
     def _on_plan(self, layers: dict) -> None:
         self.plan_source = f"by the {self.current_kind} run {self.client.run_dir.path.name}"

@@ -190,7 +190,7 @@ def export_gguf(source: ExportSource, folder: Path, options: dict | None = None)
                               **({"note": enc.note} if enc.note else {})}
 
     types = [e.qtype for e in encoded.values()]
-    main_type = max(set(types), key=types.count) if types else "F16"
+    main_type = max(sorted(set(types)), key=types.count) if types else "F16"   # ties: the first name, not the hash seed
     file_name = options.get("file_name") or f"model.{main_type}.gguf"
     writer = gguf.GGUFWriter(str(folder / file_name), arch="llama")
     _add_architecture(writer, config, options.get("name") or "bitsmith-export", GGUF_FILE_TYPE.get(main_type, 1))

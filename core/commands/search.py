@@ -67,6 +67,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="the runtime the plan is for: vllm/sglang fuse q/k/v and gate/up, so each fused group "
                         "gets one setting; any: no constraint (default)")
     parser.add_argument("--threads", type=int, help="torch CPU threads (default: 1 on a busy machine, else all)")
+    parser.add_argument("--cluster", help="score EvoPress candidates on Ray (pip install 'bitsmith[cluster]'): "
+                        "local:N (N actors on this machine), ray://HOST:PORT (a running cluster), or auto "
+                        "(RAY_ADDRESS or `ray start`); the run directory must be on storage every node mounts")
+    parser.add_argument("--cluster-actors", type=int,
+                        help="actors on a ray:// or auto cluster (default: one per GPU, else one per node)")
     evo = parser.add_argument_group("EvoPress (defaults from the preset)")
     evo.add_argument("--generations", type=int)
     evo.add_argument("--offspring", type=int)
@@ -106,7 +111,8 @@ def run(args: argparse.Namespace) -> int:
                    database_inputs=args.database_inputs,
                    spike_threshold=args.spike_threshold, spike_top_k=args.spike_top_k,
                    spike_keep_bits=args.keep_bits, then_quantize=args.then_quantize, threads=args.threads,
-                   serve=args.serve, budget=args.budget, targets=args.targets)
+                   serve=args.serve, budget=args.budget, targets=args.targets, cluster=args.cluster,
+                   cluster_actors=args.cluster_actors)
     code, report = run_job_inline(job, args)
     summary = None
     if report and "sweep" in report:

@@ -47,6 +47,7 @@ class Setup:
     tying: Tying                 # units of layers that share one level (fused groups for vLLM/SGLang)
     target: float                # the budget in average code bits (see `code_target`)
     tag: str = ""                # names this allocation's checkpoint apart (a sweep's target)
+    cluster: Any = None          # a ClusterSession (core/search/cluster.py) with --cluster
 
     @classmethod
     def create(cls, spec: "SearchSpec", preset: Preset, ctx: "RunContext", loaded: "LoadedModel",
@@ -260,6 +261,10 @@ def evopress_genome(setup: Setup, space: SearchSpace, db: VariantDatabase) -> tu
     targets = load_or_compute_targets(setup, runner)
     scorer = CandidateScorer(runner, [l.block for l in setup.layers], assembler.set_layer, targets,
                              spec.batch_size, spec.share_prefixes)
+    if setup.cluster is not None:       # the same scoring on Ray actors (core/search/cluster.py)
+        from .cluster import actor_job
+
+        scorer = setup.cluster.pool(actor_job(setup, space.levels, db, dense_targets_path(setup)), ctx.cancel.check)
     eval_windows = _eval_windows(setup) if preset.eval_every else None
     progress = Progress(ctx.emitter, "search", cfg.generations)
     started = time.time()
@@ -280,7 +285,7 @@ def evopress_genome(setup: Setup, space: SearchSpace, db: VariantDatabase) -> tu
             ctx.emitter.metric("ppl", ppl, step=g, split="eval")
 
     ctx.emitter.stage("search", "start")
-    key = _hash({"spec": to_dict(spec), "db": db.meta["key"], "target": setup.target})
+    key = _hash({"spec": search_key_fields(spec), "db": db.meta["key"], "target": setup.target})
     def score(genomes, rows):
         return scorer.score([expand(g) for g in genomes], rows, ctx.cancel.check)
 
@@ -296,7 +301,22 @@ def evopress_genome(setup: Setup, space: SearchSpace, db: VariantDatabase) -> tu
         "prefix_saving": round(1 - state.forward_tokens / state.candidate_tokens, 4) if state.candidate_tokens else 0.0,
         "search_seconds": round(state.seconds, 2), "this_session_seconds": round(time.time() - started, 2),
         "dense_target_tokens": int(targets.windows.numel()), "kl_topk": targets.topk,
-        "config": asdict(cfg), "history": state.history}
+        "config": asdict(cfg), "history": state.history,
+        **({"cluster": scorer.summary()} if setup.cluster is not None else {})}
+
+
+def search_key_fields(spec: "SearchSpec") -> dict:
+    """The spec fields a search's result depends on: where it is scored is not one of them
+    (a clustered search gives the local one's result), so a run resumes either way."""
+    return {k: v for k, v in to_dict(spec).items() if k not in ("cluster", "cluster_actors")}
+
+
+def dense_targets_path(setup: Setup) -> Path:
+    """checkpoint/dense-<key>.safetensors: the fitness pool and its dense log-probabilities."""
+    spec, preset = setup.spec, setup.preset
+    key = _hash({"model": model_fingerprint(setup.model), "calib": spec.calib, "seed": spec.seed,
+                 "pool": preset.pool_windows, "seqlen": preset.fitness_seqlen, "topk": preset.kl_topk or None})
+    return setup.ctx.run_dir.checkpoint_dir / f"dense-{key}.safetensors"
 
 
 def load_or_compute_targets(setup: Setup, runner) -> "Any":
@@ -309,9 +329,7 @@ def load_or_compute_targets(setup: Setup, runner) -> "Any":
 
     spec, preset, ctx = setup.spec, setup.preset, setup.ctx
     topk = preset.kl_topk or None
-    key = _hash({"model": model_fingerprint(setup.model), "calib": spec.calib,
-                 "seed": spec.seed, "pool": preset.pool_windows, "seqlen": preset.fitness_seqlen, "topk": topk})
-    path = ctx.run_dir.checkpoint_dir / f"dense-{key}.safetensors"
+    path = dense_targets_path(setup)
     if path.is_file():
         t = load_file(str(path))
         return DenseTargets(t["windows"], t.get("logp"), t.get("top_logp"), t.get("top_idx"))
@@ -376,14 +394,18 @@ def cpu_threads(threads: int | None):
 
 
 def run_search_job(spec: "SearchSpec", ctx: "RunContext") -> dict:
-    with cpu_threads(spec.threads) as threads:
+    from .cluster import open_cluster
+
+    # the cluster first: an unreachable one is one error line before any work
+    with open_cluster(spec.cluster, ctx.emitter, spec.threads, spec.cluster_actors) as cluster, \
+            cpu_threads(spec.threads) as threads:
         ctx.emitter.log(f"torch CPU threads: {threads}")
-        report = _run_search(spec, ctx)
+        report = _run_search(spec, ctx, cluster)
     report["threads"] = threads
     return report
 
 
-def _run_search(spec: "SearchSpec", ctx: "RunContext") -> dict:
+def _run_search(spec: "SearchSpec", ctx: "RunContext", cluster: Any = None) -> dict:
     from ..jobkinds.common import open_model
 
     started = time.time()
@@ -392,7 +414,7 @@ def _run_search(spec: "SearchSpec", ctx: "RunContext") -> dict:
     if loaded.quantized is not None:
         raise BadInput(f"{spec.model.source} is already quantized", "search on the original model")
     layers = layer_inventory(loaded.model)
-    setup = Setup.create(spec, preset, ctx, loaded, layers)
+    setup = replace(Setup.create(spec, preset, ctx, loaded, layers), cluster=cluster)
     report: dict[str, Any] = {"model": loaded.summary(), "inventory": inventory_summary(layers),
                               "method": spec.method, "target_bits": spec.target_bits, "preset": spec.preset,
                               "serve": spec.serve, "units": len(setup.tying.units), "budget_kind": spec.budget,

@@ -125,6 +125,10 @@ def run(args: argparse.Namespace) -> int:
             e = report["evopress"]
             lines.append(f"  {e['generations']} generations, KL {e['fitness']:.4f}, {e['forward_tokens']} forward "
                          f"tokens ({e['prefix_saving']:.0%} saved by shared prefixes), {e['search_seconds']:.0f} s")
+            if "cluster" in e:
+                c = e["cluster"]
+                lines.append(f"  scored on {c['actors']} Ray actors ({', '.join(map(str, c['hosts']))}), "
+                             f"{len(c['lost_actors'])} lost, {c['rescored_units']} units re-scored")
         if "database" in report:
             lines.append(f"  variant database built in {report['database']['build_seconds']:.0f} s")
         if "spike" in report:

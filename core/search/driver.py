@@ -262,7 +262,7 @@ def evopress_genome(setup: Setup, space: SearchSpace, db: VariantDatabase) -> tu
     scorer = CandidateScorer(runner, [l.block for l in setup.layers], assembler.set_layer, targets,
                              spec.batch_size, spec.share_prefixes)
     if setup.cluster is not None:       # the same scoring on Ray actors (core/search/cluster.py)
-        from .cluster import actor_job
+        from .cluster_units import actor_job
 
         scorer = setup.cluster.pool(actor_job(setup, space.levels, db, dense_targets_path(setup)), ctx.cancel.check)
     eval_windows = _eval_windows(setup) if preset.eval_every else None

@@ -1,4 +1,4 @@
-"""EvoPress scoring on Ray (core/search/cluster.py): the same fitness however the stage is cut
+"""EvoPress scoring on Ray (core/search/cluster.py, cluster_units.py): the same fitness however the stage is cut
 and wherever it runs, lost actors, cancel, and the errors before any work.
 
 The Ray tests share one local instance (`ray.init(num_cpus=2)`, no network) and skip when
@@ -23,8 +23,8 @@ from bitsmith.core.jobs import ModelSpec, make_job
 from bitsmith.core.model import load_model, model_fingerprint
 from bitsmith.core.search.assemble import Assembler
 from bitsmith.core.search.blocks import BlockRunner
-from bitsmith.core.search.cluster import (ActorJob, ActorShape, ScoringPool, TargetRows, UnitScorer,
-                                          combine_units, init_local_ray, parse_cluster, plan_units, size_pool)
+from bitsmith.core.search.cluster import ActorShape, ScoringPool, init_local_ray, parse_cluster, size_pool
+from bitsmith.core.search.cluster_units import ActorJob, TargetRows, UnitScorer, combine_units, plan_units
 from bitsmith.core.search.database import open_database
 from bitsmith.core.search.fitness import CandidateScorer, dense_targets
 from bitsmith.core.search.genome import SearchSpace

@@ -161,7 +161,9 @@ def connect(address: ClusterAddress) -> tuple[Any, bool]:
             ray.init(address=address.text, log_to_driver=False, configure_logging=False)
     except (ConnectionError, TimeoutError, OSError, RuntimeError) as err:
         fix = ("start one with `ray start --head` or set RAY_ADDRESS, or use --cluster local:N"
-               if address.kind == "auto" else "check that the cluster runs the same Ray version, or use --cluster local:N")
+               if address.kind == "auto" else
+               "a cluster with token authentication (Ray's default for `ray start`) needs RAY_AUTH_MODE=token and "
+               "its token (~/.ray/auth_token or RAY_AUTH_TOKEN) here; check that it runs the same Ray version")
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise BadInput(f"cannot connect to the Ray cluster at {address.text}: {first}", fix) from None
     return ray, True

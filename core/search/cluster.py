@@ -128,8 +128,8 @@ def init_local_ray(num_cpus: int, **kwargs: Any) -> Any:
     """A private Ray instance on this machine (the `local:N` kind, and the tests'); no dashboard,
     and the actors' output kept off the driver's stdout (a worker's stdout carries events only)."""
     ray = import_ray()
-    with _ray_init_safely():
-        ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=False,
+    with _ray_init_safely():       # address "local": a new instance, even where `ray start` left a cluster address
+        ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, log_to_driver=False,
                  configure_logging=False, **kwargs)
     return ray
 

@@ -344,6 +344,8 @@ class ScoringPool:
         """Mean KL per token of each genome (per-layer genomes) over the pool windows `rows`."""
         if self.closed:
             raise RuntimeError("this scoring pool was cancelled or closed")
+        if not genomes:
+            return []
         units = plan_units(genomes, rows, self.batch_size, len(self.alive))
         pending = deque(range(len(units)))
         idle = list(self.alive)

@@ -131,10 +131,12 @@ def test_unreachable_cluster_is_one_line_before_any_work(tiny_llama, tmp_path, c
 @pytest.fixture(scope="module")
 def ray_local():
     ray = pytest.importorskip("ray")
-    if not ray.is_initialized():
+    started = not ray.is_initialized()
+    if started:
         init_local_ray(2)
     yield ray
-    ray.shutdown()
+    if started:
+        ray.shutdown()
 
 
 def _pool(ray, scoring, tiny_llama, share_prefixes=True, batch_size=2) -> tuple[ScoringPool, list[dict]]:

@@ -1,4 +1,7 @@
-"""Blocks × roles heat map of the plan's bits, or of the last measured relative error."""
+"""Blocks × roles heat map of the plan's bits, or of the last measured relative error.
+
+A cell without a value (a layer not measured yet, or a role a block lacks) is left
+transparent over a grey hatch: it must not look like the best colour."""
 
 from __future__ import annotations
 
@@ -6,8 +9,9 @@ import math
 
 import numpy as np
 import pyqtgraph as pg
-from PySide6.QtCore import QTimer
-from PySide6.QtWidgets import QComboBox, QHBoxLayout, QLabel, QVBoxLayout, QWidget
+from PySide6.QtCore import QRectF, Qt, QTimer
+from PySide6.QtGui import QBrush, QColor, QPen
+from PySide6.QtWidgets import QComboBox, QGraphicsRectItem, QHBoxLayout, QLabel, QVBoxLayout, QWidget
 
 from .layer_model import KEEP_BITS, LayerTableModel
 
@@ -28,12 +32,19 @@ class HeatMap(QWidget):
         self.plot.setMenuEnabled(False)
         self.plot.setMouseEnabled(x=False, y=False)
         self.plot.invertY(True)
+        # The hatch shows through NaN cells, which ImageItem draws fully transparent.
+        self.hatch = QGraphicsRectItem(QRectF(0, 0, 1, 1))
+        self.hatch.setBrush(QBrush(QColor("#9aa0a6"), Qt.BrushStyle.BDiagPattern))
+        self.hatch.setPen(QPen(Qt.PenStyle.NoPen))
+        self.hatch.setZValue(-10)
+        self.hatch.setVisible(False)
+        self.plot.addItem(self.hatch)
         self.image = pg.ImageItem(axisOrder="row-major")
         self.plot.addItem(self.image)
         self.bar = pg.ColorBarItem(values=(2, KEPT_LEVEL), colorMap=pg.colormap.get("viridis"), interactive=False, width=12)
         self.bar.setImageItem(self.image, insert_in=self.plot.getPlotItem())
         self.plot.setLabel("left", "block")
-        self.caption = QLabel()
+        self.caption = QLabel(wordWrap=True)
         top = QHBoxLayout()
         top.addWidget(QLabel("Heat map of"))
         top.addWidget(self.what)
@@ -83,18 +94,26 @@ class HeatMap(QWidget):
         else:
             low, high = 2.0, float(KEPT_LEVEL)
         self.bar.setLevels((low, high))
-        self.image.setImage(np.nan_to_num(grid, nan=low), levels=(low, high))
-        self.plot.getAxis("bottom").setTicks([[(i + 0.5, r) for i, r in enumerate(roles)]])
+        self.image.setImage(grid, levels=(low, high))          # NaN cells: transparent, over the hatch
+        self.hatch.setRect(QRectF(0, 0, len(roles), len(blocks)))
+        self.hatch.setVisible(bool(np.isnan(grid).any()))
+        # short role names ("gate" for gate_proj): the long ones do not all fit under the cells
+        self.plot.getAxis("bottom").setTicks([[(i + 0.5, r.removesuffix("_proj")) for i, r in enumerate(roles)]])
         step = max(1, len(blocks) // 15)
         self.plot.getAxis("left").setTicks([[(i + 0.5, str(b)) for i, b in enumerate(blocks) if i % step == 0]])
         self.plot.setXRange(0, len(roles), padding=0)
         self.plot.setYRange(0, len(blocks), padding=0)
-        missing = int(np.isnan(grid).sum())
-        exact = sum(1 for r in self.model.rows if r.rel_error == 0)
-        if errors and exact:
-            missing -= exact
-        self.caption.setText(("log10 of relative output error" +
-                              (f"; {exact} exact (kept) layers drawn at the lowest colour" if exact else "")
-                              if errors else
-                              f"bits per layer, 2–8; the top colour ({KEPT_LEVEL}) = kept at 16-bit")
-                             + (f"; {missing} cells without a value yet" if errors and missing else ""))
+        absent = grid.size - len(self.model.rows)                    # roles some blocks lack
+        missing = sum(1 for r in self.model.rows if r.rel_error is None)
+        exact = sum(1 for r in self.model.rows if r.rel_error == 0)    # kept at 16-bit: no error
+        if errors:
+            text = "log10 of relative output error (lower is better)"
+            hatched = ([f"not measured: {missing} layer{'s' if missing != 1 else ''}"] if missing else []) + \
+                      ([f"kept at 16-bit (no error): {exact}"] if exact else [])
+            if hatched:
+                text += "; hatched grey = " + ", ".join(hatched)
+        else:
+            text = f"bits per layer, 2–8; the top colour ({KEPT_LEVEL}) = kept at 16-bit"
+        if absent > 0:
+            text += f"; hatched grey: {absent} cells where the block has no such layer"
+        self.caption.setText(text)

@@ -43,6 +43,7 @@ class RunRecord:
     report: dict | None = None
     plan: dict | None = None
     extra: dict = field(default_factory=dict)
+    evals: list["RunRecord"] = field(default_factory=list)    # finished evals of this run's checkpoint, newest first
 
     @property
     def kind(self) -> str:
@@ -57,9 +58,40 @@ class RunRecord:
         return self.run.path.name
 
     @property
-    def ppl(self) -> float | None:
+    def method(self) -> str:
+        """gptq | rtn (quantize), evopress | spike | sensitivity (search), pv | ste | ... (tune)."""
+        return str(self.job.get("method") or "")
+
+    @property
+    def own_ppl(self) -> float | None:
+        """The perplexity this run measured itself (an eval, a search's final eval, a tune)."""
         value = _dig(self.report, "ppl", "eval.ppl", "after.ppl", "quantized.ppl", "best.ppl")
         return float(value) if isinstance(value, (int, float)) else None
+
+    @property
+    def measured_by(self) -> "RunRecord | None":
+        """The newest finished evaluation of this run's checkpoint, if the run has none of its own."""
+        return self.evals[0] if self.own_ppl is None and self.evals else None
+
+    @property
+    def ppl(self) -> float | None:
+        """Its own perplexity, else that of the newest evaluation of its checkpoint."""
+        if self.own_ppl is not None:
+            return self.own_ppl
+        return self.measured_by.own_ppl if self.measured_by is not None else None
+
+    @property
+    def kl(self) -> float | None:
+        value = _dig(self.report, "kl", "best.kl", "last.kl")
+        if value is None and self.measured_by is not None:
+            value = _dig(self.measured_by.report, "kl")
+        return float(value) if isinstance(value, (int, float)) else None
+
+    @property
+    def ppl_data(self) -> str:
+        """The text the perplexity was measured on."""
+        source = self.report if self.own_ppl is not None else (self.measured_by.report if self.measured_by else None)
+        return str(_dig(source, "data") or _dig(self.job, "eval_data", "data") or "")
 
     @property
     def avg_bits(self) -> float | None:
@@ -87,11 +119,32 @@ def read_run(path: Path) -> RunRecord | None:
 
 
 def scan_runs(root: Path) -> list[RunRecord]:
-    """Every run directory under root, newest first."""
+    """Every run directory under root, newest first; each finished evaluation of a run's
+    checkpoint (RUN/quantized) is attached to that run's `evals`."""
     if not root.is_dir():
         return []
     records = [r for p in root.iterdir() if p.is_dir() and (r := read_run(p)) is not None]
-    return sorted(records, key=lambda r: r.started, reverse=True)
+    records.sort(key=lambda r: r.started, reverse=True)
+    by_path = {str(r.run.path): r for r in records}
+    for r in records:
+        source = Path(r.source.rstrip("/"))
+        if r.kind == "eval" and r.state == "done" and source.name == "quantized" and r.own_ppl is not None:
+            parent = by_path.get(str(source.parent))
+            if parent is not None:
+                parent.evals.append(r)
+    return records
+
+
+def checkpoint_label(record: RunRecord, bits: float | None = None) -> str:
+    """Tells two checkpoints with the same bits apart: name, time, bits, method, perplexity."""
+    parts = [started_text(record)]
+    if record.method:
+        parts.append(record.method.upper() if record.method in ("gptq", "rtn") else record.method)
+    if bits:
+        parts.append(f"{bits:.2f} bits")
+    if record.ppl is not None:
+        parts.append(f"ppl {record.ppl:.2f}")
+    return f"{record.name} ({', '.join(parts)})"
 
 
 def model_of(record: RunRecord, by_path: dict[str, RunRecord], depth: int = 0) -> tuple[str, float | None]:
@@ -113,16 +166,29 @@ def pareto_points(records: list[RunRecord], model_source: str, current: str | No
     by_path = {str(r.run.path): r for r in records}
     points = []
     for r in records:
-        if r.state != "done" or r.ppl is None:
+        if r.state != "done" or r.own_ppl is None:        # an attached eval is a point of its own
             continue
         source, bits = model_of(r, by_path)
         if bits is None or source != model_source:
             continue
-        points.append({"bits": bits, "ppl": r.ppl, "label": f"{r.name} ({r.kind})", "current": r.name == current})
+        plan = r.run.plan_file if r.run.plan_file.is_file() else None
+        points.append({"bits": bits, "ppl": r.own_ppl, "label": f"{r.name} ({r.kind})", "current": r.name == current,
+                       "plan_file": str(plan) if plan else None})
+    for r in records:                                    # every target of a budget sweep is a point
+        if r.kind == "search" and model_of(r, by_path)[0] == model_source:
+            points.extend(sweep_points(r.report.get("sweep") or [], r.name))
     return points
 
 
-COLUMNS = ("run", "kind", "model", "state", "perplexity", "avg bits")
+def sweep_points(rows: list[dict], run_name: str) -> list[dict]:
+    """Pareto points of a budget sweep's rows (report["sweep"] or live `sweep_point` events)."""
+    return [{"bits": row["avg_code_bits"] if "avg_code_bits" in row else row["target_bits"],
+             "ppl": row["ppl"], "label": f"{run_name}: {row['target_bits']:g}-bit target",
+             "current": False, "plan_file": row.get("plan_file")}
+            for row in rows if row.get("ppl")]
+
+
+COLUMNS = ("run", "kind", "method", "model", "state", "perplexity", "avg bits")
 
 
 class HistoryPanel(QWidget):
@@ -165,16 +231,20 @@ class HistoryPanel(QWidget):
         self.tree.clear()
         for i, r in enumerate(self.records):
             ppl, bits = r.ppl, r.avg_bits
-            item = QTreeWidgetItem([r.name, r.kind, r.source, r.state, "" if ppl is None else f"{ppl:.3f}",
+            ppl_text = "" if ppl is None else f"{ppl:.3f}" + (" (eval)" if r.measured_by is not None else "")
+            item = QTreeWidgetItem([r.name, r.kind, r.method, r.source, r.state, ppl_text,
                                     "" if bits is None else f"{bits:.3f}"])
             item.setData(0, Qt.ItemDataRole.UserRole, i)
             item.setToolTip(0, str(r.run.path))
+            if r.measured_by is not None:
+                item.setToolTip(COLUMNS.index("perplexity"), f"measured by {r.measured_by.name} on {r.ppl_data}")
             self.tree.addTopLevelItem(item)
         self.tree.setSortingEnabled(True)
         self.tree.sortByColumn(0, Qt.SortOrder.DescendingOrder)
         for c in range(len(COLUMNS)):
             self.tree.resizeColumnToContents(c)
-        self.summary.setText(f"{len(self.records)} runs in {self.root_fn()}")
+        n = len(self.records)
+        self.summary.setText(f"{n} run{'' if n == 1 else 's'} in {self.root_fn()}")
         self._update_buttons()
 
     def selected(self) -> list[RunRecord]:

@@ -34,9 +34,27 @@ def slug(text: str, limit: int = 32) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "-", name)[:limit].strip("-") or "model"
 
 
+# Opening a model runs an `inspect` job; those runs are bookkeeping, not results: they live
+# in a hidden folder (History lists only the runs root's own folders) and the newest few stay.
+INSPECT_FOLDER = ".inspect"
+KEEP_INSPECT_RUNS = 8
+
+
+def _prune(folder: Path, keep: int) -> None:
+    import shutil
+
+    runs = sorted((p for p in folder.iterdir() if p.is_dir()), key=lambda p: p.stat().st_mtime, reverse=True)
+    for old in runs[keep:]:
+        shutil.rmtree(old, ignore_errors=True)
+
+
 def new_run_path(kind: str, model_source: str) -> Path:
     """A fresh, unique run folder name: 20261122-101500-quantize-SmolLM2 (-2, -3 ...)."""
     root = runs_root()
+    if kind == "inspect":
+        root = root / INSPECT_FOLDER
+        root.mkdir(exist_ok=True)
+        _prune(root, KEEP_INSPECT_RUNS - 1)
     base = f"{time.strftime('%Y%m%d-%H%M%S')}-{kind}-{slug(model_source)}"
     path, n = root / base, 2
     while path.exists():

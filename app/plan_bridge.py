@@ -37,11 +37,45 @@ def layer_bytes(plan: Plan) -> dict[str, float]:
 
 
 def budget_line(budget: Budget) -> str:
+    """The linear layers only (what a plan decides): code bits, with scale/zero overhead, and
+    their size against the same layers at 16-bit."""
     if budget.layers == 0:
         return "no model open"
     return (f"avg code bits {budget.avg_code_bits:.3f}  ·  effective bits {budget.effective_bits:.3f}  ·  "
-            f"{budget.total_bytes / 2**20:.2f} MiB of {budget.bytes_16bit / 2**20:.2f} MiB at 16-bit "
+            f"linear layers {budget.total_bytes / 2**20:.2f} MiB of {budget.bytes_16bit / 2**20:.2f} MiB at 16-bit "
             f"({budget.compression:.2f}×)  ·  {budget.kept_layers} kept")
+
+
+def shadowed_rules(rules: list[tuple[str, int]], layers: Sequence[dict]) -> list[tuple[int, int, list[int]]]:
+    """Rules that match layers but never apply, because earlier rules take every one of
+    them (first match wins): [(rule index, layers it matches, [indices of the earlier rules])]."""
+    import re
+
+    out = []
+    claimed: dict[str, int] = {}             # layer -> the rule that takes it
+    for i, (pattern, _) in enumerate(rules):
+        try:
+            regex = re.compile(pattern)
+        except re.error:
+            return out                         # core/plan reports the bad pattern
+        hits = [l["name"] for l in layers if regex.search(l["name"])]
+        if hits and all(h in claimed for h in hits):
+            out.append((i, len(hits), sorted({claimed[h] for h in hits})))
+        for h in hits:
+            claimed.setdefault(h, i)
+    return out
+
+
+def plan_differences(plan: Plan, table: dict[str, tuple[int, int]]) -> int:
+    """How many layers the table ({name: (bits, group_size)}) sets otherwise than `plan`."""
+    differ = 0
+    for name, entry in plan.entries.items():
+        bits, group = table.get(name, (None, None))
+        if entry.keep == "16":
+            differ += bits != KEEP_BITS
+        else:
+            differ += bits != entry.bits or (entry.requested_group_size or entry.group_size) != group
+    return differ
 
 
 def resolve_rules(rules: list[tuple[str, int]], default_bits: int, group_size: int, sym: bool,

@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import time
 
-from PySide6.QtCore import QTimer, Signal
+from PySide6.QtCore import Qt, QTimer, Signal
 from PySide6.QtWidgets import QHBoxLayout, QLabel, QPlainTextEdit, QProgressBar, QPushButton, QVBoxLayout, QWidget
 
+from .widgets import window_hint
 from .worker_client import WorkerClient
 
 
@@ -19,6 +20,25 @@ def eta_text(eta_s) -> str:
 
 
 LEVEL_COLOURS = {"error": "#a61b1b", "warn": "#8a5a00", "ok": "#1f6f2f"}
+
+
+class EtaSmoother:
+    """The shown ETA: counts down between updates and moves only part of the way to each
+    new estimate, so one slow step (a Hessian capture, a long layer) does not make it jump
+    from 4:34 to 19:44. A new stage starts afresh."""
+
+    WEIGHT = 0.25          # share of a new estimate taken at each update
+
+    def __init__(self) -> None:
+        self.stage, self.value, self.at = None, None, 0.0
+
+    def update(self, stage: str, eta_s: float | None, now: float) -> float | None:
+        if stage != self.stage or eta_s is None or self.value is None:
+            self.stage, self.value, self.at = stage, eta_s, now
+            return eta_s
+        predicted = max(self.value - (now - self.at), 0.0)
+        self.value, self.at = predicted + self.WEIGHT * (eta_s - predicted), now
+        return self.value
 
 
 class RunsPanel(QWidget):
@@ -34,6 +54,10 @@ class RunsPanel(QWidget):
         self.cancel_button = QPushButton("Cancel", clicked=self.cancel, enabled=False)
         self.resume_button = QPushButton("Resume", clicked=self._resume, enabled=False)
         self.message = QLabel("", wordWrap=True, objectName="message")
+        # Room for three lines always (a message and its hint, wrapped): a message appearing
+        # must not move the page above, and the Run buttons on it, by resizing this panel.
+        self.message.setFixedHeight(3 * self.message.fontMetrics().lineSpacing() + 6)
+        self.message.setAlignment(Qt.AlignmentFlag.AlignTop | Qt.AlignmentFlag.AlignLeft)
         self.log = QPlainTextEdit(readOnly=True, maximumBlockCount=500)
         self.log.setMaximumHeight(90)
         row = QHBoxLayout()
@@ -52,16 +76,20 @@ class RunsPanel(QWidget):
         self._pending_progress = None
         self._progress_timer = QTimer(self, singleShot=True, interval=100, timeout=self._show_progress)
         self.started_at = 0.0
+        self.eta_smoother = EtaSmoother()
+        self.level, self.warning = "info", ""
         client.stage.connect(self._on_stage)
         client.progress.connect(self._on_progress)
         client.error.connect(self._on_error)
         client.crashed.connect(self._on_crashed)
+        client.warning.connect(self._on_warning)
         client.log.connect(self.append_log)
         client.finished.connect(self._on_finished)
 
     def job_started(self, kind: str, run_dir, resumed: bool = False) -> None:
         self.outcome, self.resumable = None, None
         self.started_at = time.monotonic()
+        self.eta_smoother, self.warning = EtaSmoother(), ""
         self.title.setText(f"{'Resuming' if resumed else 'Running'} {kind}")
         self.stage_label.setText("starting worker…")
         self._idle_bar("starting")
@@ -78,6 +106,7 @@ class RunsPanel(QWidget):
         self.level = level
         colour = LEVEL_COLOURS.get(level)
         self.message.setText(f"<span style='color:{colour}'>{html}</span>" if colour and html else html)
+        self.message.setToolTip(html)          # the whole text, should it ever need more lines
 
     def append_log(self, text: str) -> None:
         self.log.appendPlainText(text)
@@ -124,12 +153,17 @@ class RunsPanel(QWidget):
         self.bar.setRange(0, max(total, 1))
         self.bar.setValue(done)
         self.bar.setFormat(f"{done} / {total}")
-        self.eta.setText(eta_text(eta_s))
+        self.eta.setText(eta_text(self.eta_smoother.update(stage, eta_s, time.monotonic())))
 
     def _on_error(self, kind: str, message: str, hint: str) -> None:
         level = "warn" if kind == "cancelled" else "error"
+        hint = window_hint(hint)
         self.set_message(f"<b>{'Cancelled' if kind == 'cancelled' else 'Error'}:</b> {message}"
                          + (f"<br><i>{hint}</i>" if hint else ""), level)
+
+    def _on_warning(self, event: dict) -> None:
+        self.warning = event.get("message", "")
+        self.set_message(f"<b>Warning:</b> {self.warning}", "warn")
 
     def _on_crashed(self, message: str) -> None:
         self.set_message("<b>Worker crashed.</b> " + message.replace("\n", "<br>"), "error")
@@ -151,5 +185,7 @@ class RunsPanel(QWidget):
         if outcome in ("cancelled", "crashed") and self.client.run_dir is not None:
             self.resumable = self.client.run_dir
             self.resume_button.setEnabled(True)
-        elif outcome == "done":
+        elif outcome == "done" and not self.warning:
             self.set_message(f"Done: {self.client.run_dir.path.name}", "ok")
+        elif outcome == "done":                  # keep the run's warning in view
+            self.set_message(f"Done: {self.client.run_dir.path.name}. <b>Warning:</b> {self.warning}", "warn")

@@ -11,6 +11,8 @@ from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
 
 from PySide6.QtWidgets import QCheckBox, QComboBox, QDoubleSpinBox, QFormLayout, QLineEdit, QSpinBox, QWidget
 
+from .widgets import ComboBox, DoubleSpinBox, SpinBox
+
 FILLED_BY_WINDOW = ("model", "plan")
 # Text-source fields get an editable list of the sources core/data.py understands.
 SOURCE_FIELDS = ("data", "calib", "eval_data", "calib_data", "eval")
@@ -49,7 +51,10 @@ class SpecForm(QWidget):
         self.getters: dict[str, typing.Callable[[], Any]] = {}
         self.widgets: dict[str, QWidget] = {}
         hints = get_type_hints(spec_cls)
+        self.used_by: dict[str, tuple[str, ...]] = {}
+        self._own_tips: dict[str, str] = {}
         layout = QFormLayout(self)
+        self.form_layout = layout
         layout.setContentsMargins(0, 0, 0, 0)
         for f in dataclasses.fields(spec_cls):
             if f.name in skip or not f.init:
@@ -64,21 +69,21 @@ class SpecForm(QWidget):
     def _widget(self, tp: Any, default: Any, name: str = ""):
         base, optional = _unwrap_optional(tp)
         if base is str and name in SOURCE_FIELDS:
-            combo = QComboBox(editable=True)
+            combo = ComboBox(editable=True)
             combo.addItems([s for s in SOURCES if s != default])
             combo.setEditText("" if default is None else str(default))
             combo.setToolTip("builtin | builtin-eval | selfgen | file:PATH | hf:NAME[:CONFIG[:SPLIT]]"
                              " (never calibrate on WikiText-2 test)")
             return combo, lambda: (combo.currentText().strip() or None) if optional else combo.currentText().strip()
         if get_origin(base) is Literal:
-            combo = QComboBox()
+            combo = ComboBox()
             for choice in get_args(base):
                 combo.addItem(str(choice), choice)
             if default in get_args(base):
                 combo.setCurrentIndex(list(get_args(base)).index(default))
             return combo, combo.currentData
         if base is bool and optional:       # None: the engine decides (e.g. clip: on for GPTQ only)
-            combo = QComboBox()
+            combo = ComboBox()
             combo.addItems(list(TRI_STATE))
             combo.setCurrentText(_tri_state_label(default))
             return combo, lambda: TRI_STATE[combo.currentText()]
@@ -87,10 +92,10 @@ class SpecForm(QWidget):
             return box, box.isChecked
         if base in (int, float, str):
             if not optional and base is int:
-                spin = QSpinBox(minimum=-1, maximum=10**9, value=int(default or 0))
+                spin = SpinBox(minimum=-1, maximum=10**9, value=int(default or 0))
                 return spin, spin.value
             if not optional and base is float:
-                spin = QDoubleSpinBox(minimum=-1e9, maximum=1e9, decimals=6, value=float(default or 0.0))
+                spin = DoubleSpinBox(minimum=-1e9, maximum=1e9, decimals=6, value=float(default or 0.0))
                 spin.setStepType(QDoubleSpinBox.StepType.AdaptiveDecimalStepType)
                 return spin, spin.value
             edit = QLineEdit("" if default is None else str(default))
@@ -115,6 +120,30 @@ class SpecForm(QWidget):
                 return [item(v) for v in text.replace(" ", "").split(",") if v]
             return edit, get_list
         return None     # dicts, nested specs: defaults from the engine
+
+    def set_used_by(self, switch: str, used_by: dict[str, tuple[str, ...]]) -> None:
+        """Fields only some values of the `switch` field use (e.g. GPTQ's damp): disabled,
+        with a tooltip saying which, while another value is chosen."""
+        self.used_by = dict(used_by)
+        combo = self.widgets[switch]
+        combo.currentIndexChanged.connect(lambda *_: self._update_used(switch))
+        self._update_used(switch)
+
+    def _update_used(self, switch: str) -> None:
+        current = str(self.getters[switch]())
+        for name, methods in self.used_by.items():
+            widget = self.widgets.get(name)
+            if widget is None:
+                continue
+            used = current in methods
+            label = self.form_layout.labelForField(widget)
+            tip = "" if used else f"used by {' / '.join(m.upper() if len(m) <= 4 else m for m in methods)} only"
+            own = self._own_tips.setdefault(name, widget.toolTip())
+            widget.setEnabled(used)
+            widget.setToolTip(own if used else tip)
+            if label is not None:
+                label.setEnabled(used)
+                label.setToolTip(tip)
 
     def values(self) -> dict[str, Any]:
         """Field values; a text that does not parse raises ValueError naming the field."""

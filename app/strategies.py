@@ -7,6 +7,8 @@ from __future__ import annotations
 from PySide6.QtCore import Signal
 from PySide6.QtWidgets import QComboBox, QFormLayout, QLabel, QPushButton, QScrollArea, QTabWidget, QVBoxLayout, QWidget
 
+from .widgets import ComboBox
+
 from bitsmith.core.jobs import ModelSpec, job_kinds
 
 from .spec_form import SpecForm
@@ -27,6 +29,18 @@ ACTIONS = {
 # Kinds whose model is chosen on the page: the open model, or a quantized run's checkpoint.
 CHOOSE_MODEL = {"eval": True, "tune": False}     # kind -> whether the open (dense) model is a choice
 
+# Fields only some methods use: disabled while another method is chosen (field -> methods).
+_EVOPRESS = ("generations", "offspring", "survivors", "tokens", "fitness_seqlen", "pool_windows",
+             "start_candidates", "kl_topk", "mutation", "share_prefixes", "eval_every")
+USED_BY = {
+    "quantize": {f: ("gptq",) for f in ("damp", "act_order", "static_groups", "block_size", "true_sequential")},
+    "search": {**{f: ("evopress",) for f in _EVOPRESS},
+               **{f: ("spike",) for f in ("spike_threshold", "spike_top_k", "spike_keep_bits")}},
+    "tune": {"tau": ("pv",), "rank": ("eora",),
+             **{f: ("pv", "ste") for f in ("code_lr", "code_beta1", "code_precondition", "code_lr_in_grid_steps",
+                                           "check_codes", "check_z", "delta_decay")}},
+}
+
 
 class StrategiesPanel(QTabWidget):
     runRequested = Signal(str, dict)      # kind, spec fields from the form
@@ -45,12 +59,15 @@ class StrategiesPanel(QTabWidget):
             button = QPushButton(f"Run {kind}", objectName="primary")
             if kind in kinds:
                 if kind in CHOOSE_MODEL:
-                    combo = QComboBox()
+                    combo = ComboBox(minimumContentsLength=30)
+                    combo.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)
                     self.model_choice[kind] = combo
                     row = QFormLayout()
                     row.addRow("Model", combo)
                     layout.addLayout(row)
                 form = SpecForm(kinds[kind].spec_cls)
+                if "method" in form.widgets and kind in USED_BY:
+                    form.set_used_by("method", {f: m for f, m in USED_BY[kind].items() if f in form.widgets})
                 self.forms[kind] = form
                 scroll = QScrollArea(widgetResizable=True)
                 scroll.setWidget(form)

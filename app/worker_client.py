@@ -48,6 +48,7 @@ class WorkerClient(QObject):
     error = Signal(str, str, str)        # kind, message, hint
     result = Signal(dict)                # the report
     log = Signal(str)
+    warning = Signal(dict)               # a `log` event with level "warning" (e.g. tuning diverging)
     crashed = Signal(str)                # a message for the user: what happened, how to resume
     finished = Signal(str, int)          # outcome (done | failed | cancelled | crashed), exit code
 
@@ -61,6 +62,7 @@ class WorkerClient(QObject):
         self._kill_timer = QTimer(self, singleShot=True, timeout=self._kill_after_grace)
         self._seen_event = False
         self._cancel_grace_ms: int | None = None     # set by cancel() before the first event
+        self.cancel_requested = False                # a kill after Cancel ends as "cancelled"
 
     # --- control ----------------------------------------------------------------------
 
@@ -74,6 +76,7 @@ class WorkerClient(QObject):
         self.run_dir = run_dir if isinstance(run_dir, RunDir) else RunDir(run_dir)
         self._buffer, self._ended_with = b"", None
         self._seen_event, self._cancel_grace_ms = False, None
+        self.cancel_requested = False
         self._stderr_tail.clear()
         proc = QProcess(self)
         proc.readyReadStandardOutput.connect(self._read_stdout)
@@ -88,6 +91,7 @@ class WorkerClient(QObject):
         """Ask the worker to stop between steps; kill it if it has not after `grace_ms`."""
         if not self.running:
             return
+        self.cancel_requested = True
         self._proc.write((json.dumps({"cmd": "cancel"}) + "\n").encode())
         if self._seen_event:
             self._kill_timer.start(grace_ms)
@@ -144,6 +148,8 @@ class WorkerClient(QObject):
             self.result.emit(event.get("report", {}))
         elif kind == "log":
             self.log.emit(event.get("message", ""))
+            if event.get("level") == "warning":
+                self.warning.emit(event)
 
     # --- the end --------------------------------------------------------------------------
 
@@ -172,6 +178,12 @@ class WorkerClient(QObject):
             outcome = "cancelled"
         elif self._ended_with is not None:
             outcome = "failed"
+        elif self.cancel_requested:
+            # killed after Cancel (the grace ran out, or "Kill now"): what the user asked for
+            outcome = "cancelled"
+            self.error.emit("cancelled", "stopped after Cancel: the worker was killed before its next check",
+                            f"the run is kept in {self.run_dir.path}; press Resume to go on from its last "
+                            "saved step")
         else:
             outcome = "crashed"
             how = ("was killed" if status == QProcess.ExitStatus.CrashExit

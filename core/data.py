@@ -19,13 +19,15 @@ from __future__ import annotations
 import inspect
 import json
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Callable, Literal
 
 import torch
 
 from .errors import BadInput
 
 Purpose = Literal["calibration", "eval"]
+# on_step(done, total): one call per sampled token position (selfgen), for progress events
+StepCallback = Callable[[int, int], None]
 HELD_OUT_EVERY = 8   # topic i of the sorted pydoc topics is held out when i % 8 == 7
 
 # name -> (dataset, config, split for calibration, split for evaluation, text field)
@@ -147,15 +149,19 @@ def eval_windows(source: str, tokenizer: Any, seqlen: int, max_windows: int | No
 
 
 def calibration_windows(source: str, tokenizer: Any, n_windows: int, seqlen: int, seed: int = 0,
-                        model: torch.nn.Module | None = None) -> torch.Tensor:
-    """[n_windows, seqlen] random windows of the source, reproducible from `seed`."""
+                        model: torch.nn.Module | None = None, on_step: StepCallback | None = None,
+                        check: Callable[[], None] | None = None) -> torch.Tensor:
+    """[n_windows, seqlen] random windows of the source, reproducible from `seed`.
+
+    `on_step` and `check` matter for selfgen only (sampling takes minutes): progress after
+    each sampled token position, and a cancellation check before it."""
     if n_windows < 1 or seqlen < 2:
         raise BadInput(f"need at least 1 window of 2 tokens, got {n_windows} x {seqlen}",
                        "raise --calib-windows / --seqlen")
     if source == "selfgen":
         if model is None:
             raise BadInput("selfgen calibration needs the model", "pass the model to sample from")
-        return selfgen_windows(model, tokenizer, n_windows, seqlen, seed)
+        return selfgen_windows(model, tokenizer, n_windows, seqlen, seed, on_step=on_step, check=check)
     tokens = tokenize_text(load_text(source, "calibration"), tokenizer)
     if tokens.numel() < seqlen + 1:
         raise _too_short(source, tokens.numel(), seqlen + 1)
@@ -185,7 +191,8 @@ def _selfgen_cache_file(model: torch.nn.Module, tokenizer: Any, n_windows: int, 
 
 
 def selfgen_windows(model: torch.nn.Module, tokenizer: Any, n_windows: int, seqlen: int, seed: int = 0,
-                    batch_size: int = 64) -> torch.Tensor:
+                    batch_size: int = 64, on_step: StepCallback | None = None,
+                    check: Callable[[], None] | None = None) -> torch.Tensor:
     """Data-free calibration: text sampled from the model itself (temperature 1).
 
     Each window starts with a token drawn uniformly from the vocabulary (special tokens
@@ -195,7 +202,9 @@ def selfgen_windows(model: torch.nn.Module, tokenizer: Any, n_windows: int, seql
 
     Sampling is deterministic but not cheap (about 3.5 min for 32 × 512 tokens of
     SmolLM2-135M on two cores), so the windows are cached on disk and reused by every later
-    quantization, search or tuning run that asks for the same sample.
+    quantization, search or tuning run that asks for the same sample. `on_step(done, total)`
+    follows the sequential steps (token positions × batches); `check()` runs before each step
+    and may raise to cancel (nothing is cached then).
     """
     from safetensors.torch import load_file, save_file
 
@@ -207,7 +216,7 @@ def selfgen_windows(model: torch.nn.Module, tokenizer: Any, n_windows: int, seql
             return load_file(str(cached))["windows"]
         except Exception:          # a damaged cache entry: sample again and overwrite it
             pass
-    windows = _sample_windows(model, tokenizer, n_windows, seqlen, seed, batch_size)
+    windows = _sample_windows(model, tokenizer, n_windows, seqlen, seed, batch_size, on_step, check)
     if cached is not None:
         try:
             cached.parent.mkdir(parents=True, exist_ok=True)
@@ -220,32 +229,50 @@ def selfgen_windows(model: torch.nn.Module, tokenizer: Any, n_windows: int, seql
 
 @torch.no_grad()
 def _sample_windows(model: torch.nn.Module, tokenizer: Any, n_windows: int, seqlen: int, seed: int,
-                    batch_size: int) -> torch.Tensor:
+                    batch_size: int, on_step: StepCallback | None = None,
+                    check: Callable[[], None] | None = None) -> torch.Tensor:
     """[n_windows, seqlen] sampled sequences (see selfgen_windows)."""
     device = next(model.parameters()).device
     special = set(getattr(tokenizer, "all_special_ids", []) or [])
     vocab = [i for i in range(len(tokenizer)) if i not in special and i < model.config.vocab_size]
     gen = torch.Generator().manual_seed(seed)
     firsts = torch.tensor(vocab)[torch.randint(0, len(vocab), (n_windows,), generator=gen)]
+    batches = range(0, n_windows, batch_size)
+    total = len(batches) * seqlen            # sequential steps: one forward each
     windows = []
-    for start in range(0, n_windows, batch_size):
+    for b, start in enumerate(batches):
         first = firsts[start: start + batch_size].to(device)
-        windows.append(_sample_continuations(model, first, seqlen, gen).cpu())
+
+        def step(done: int, b: int = b) -> None:
+            if on_step is not None:
+                on_step(b * seqlen + done, total)
+
+        windows.append(_sample_continuations(model, first, seqlen, gen, step, check).cpu())
     return torch.cat(windows)
 
 
-def _sample_continuations(model: torch.nn.Module, first: torch.Tensor, seqlen: int,
-                          gen: torch.Generator) -> torch.Tensor:
-    """[b, seqlen] sequences starting at `first` [b], sampled with a KV cache."""
+def _sample_continuations(model: torch.nn.Module, first: torch.Tensor, seqlen: int, gen: torch.Generator,
+                          on_step: Callable[[int], None] | None = None,
+                          check: Callable[[], None] | None = None) -> torch.Tensor:
+    """[b, seqlen] sequences starting at `first` [b], sampled with a KV cache.
+    `on_step(positions done)` after each forward; `check()` before each (may raise)."""
     ids = first[:, None]
     # transformers 5.x names the KV-cache argument `cache` (`past_key_values` is deprecated)
     cache_arg = "cache" if "cache" in inspect.signature(type(model).forward).parameters else "past_key_values"
+    if check is not None:
+        check()
     out = model(input_ids=ids, use_cache=True)
     past, tokens = out.past_key_values, [ids]
-    for _ in range(seqlen - 1):
+    if on_step is not None:
+        on_step(1)
+    for position in range(2, seqlen + 1):
+        if check is not None:
+            check()
         probs = torch.softmax(out.logits[:, -1].float(), dim=-1).cpu()
         nxt = torch.multinomial(probs, 1, generator=gen).to(ids.device)
         tokens.append(nxt)
         out = model(input_ids=nxt, use_cache=True, **{cache_arg: past})
         past = out.past_key_values
+        if on_step is not None:
+            on_step(position)
     return torch.cat(tokens, dim=1)

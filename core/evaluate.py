@@ -73,10 +73,11 @@ def kl_divergence(reference: torch.nn.Module, model: torch.nn.Module, windows: t
 
 @torch.no_grad()
 def generate_text(model: torch.nn.Module, tokenizer: Any, prompt: str, max_new_tokens: int = 64,
-                  seed: int = 0, temperature: float = 0.0) -> str:
+                  seed: int = 0, temperature: float = 0.0, streamer: Any = None) -> str:
     """Continue `prompt`; greedy by default (temperature 0), seeded sampling otherwise.
 
-    Instruct models get their chat template when the tokenizer has one.
+    Instruct models get their chat template when the tokenizer has one. `streamer`: a
+    transformers streamer that sees the tokens as they come (and may raise to stop).
     """
     if getattr(tokenizer, "chat_template", None):
         text = tokenizer.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False,
@@ -87,5 +88,5 @@ def generate_text(model: torch.nn.Module, tokenizer: Any, prompt: str, max_new_t
     torch.manual_seed(seed)
     out = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new_tokens,
                          do_sample=temperature > 0, temperature=temperature if temperature > 0 else None,
-                         top_p=None, top_k=None, pad_token_id=tokenizer.pad_token_id)
+                         top_p=None, top_k=None, pad_token_id=tokenizer.pad_token_id, streamer=streamer)
     return tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True)

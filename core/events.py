@@ -10,7 +10,8 @@ fields (DESIGN.md, "The worker and its events"):
     plan      layers: {layer name: bits}
     error     kind ("bad_input" | "cancelled" | "failure"), message, hint
     result    report
-    log       message (human-readable notes that the window may show)
+    log       message (human-readable notes that the window may show); a warning adds
+              level "warning" and a code ("diverged": tuning got much worse than its best)
 
 An `Emitter` fans each event out to sinks (stdout, `events.jsonl`, a terminal renderer,
 a list in tests). Sinks are plain callables taking the event dict.
@@ -124,8 +125,9 @@ class Emitter:
     def result(self, report: dict) -> dict:
         return self.emit("result", report=report)
 
-    def log(self, message: str) -> dict:
-        return self.emit("log", message=message)
+    def log(self, message: str, **fields: Any) -> dict:
+        """A note; `level="warning"` (with a `code`, e.g. "diverged") asks the window to show it."""
+        return self.emit("log", message=message, **fields)
 
 
 class Progress:

@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from .capture import BlockInputs, block_linears, iterate_blocks, record_inputs, run_block, sequential_groups
+from .errors import Cancelled
 from .inventory import _is_conv1d, find_blocks, linear_weight
 from .plan import LayerPlan, Plan
 from .quant.gptq import HessianAccumulator, gptq_quantize, rel_error
@@ -66,6 +67,9 @@ class LayerResult:
 
 LayerCallback = Callable[[LayerResult], None]
 BlockCallback = Callable[[int, dict[str, QuantizedWeight]], None]
+# on_partial(block, its quantized layers so far, every layer name finished in it): a check
+# stopped the block half way; what was finished can be kept and given back as `partial`
+PartialCallback = Callable[[int, dict[str, QuantizedWeight], list[str]], None]
 
 
 @torch.no_grad()
@@ -97,9 +101,12 @@ class BlockQuantizer:
 
     def __init__(self, prefix: str, plan: Plan, options: QuantizeOptions, calibrated: bool,
                  on_layer: LayerCallback | None, on_block_done: BlockCallback | None,
-                 check: Callable[[], None] | None) -> None:
+                 check: Callable[[], None] | None, on_partial: PartialCallback | None = None,
+                 partial: dict[str, QuantizedWeight | None] | None = None) -> None:
         self.prefix, self.plan, self.options, self.calibrated = prefix, plan, options, calibrated
         self.on_layer, self.on_block_done, self.check = on_layer, on_block_done, check
+        self.on_partial = on_partial
+        self.partial = dict(partial or {})      # resume: layers of the first block already done
         self.groups: list[list[str]] | None = None
         self.quantized: dict[str, QuantizedWeight] = {}
 
@@ -110,21 +117,43 @@ class BlockQuantizer:
         # RTN does not depend on the inputs: one pass measures every layer's error
         sequential = self.options.true_sequential and self.options.method == "gptq"
         groups = self.groups if sequential else [[n for g in self.groups for n in g]]
-        done: dict[str, QuantizedWeight] = {}
-        for group in groups:
-            wanted = [n for n in group if f"{self.prefix}.{index}.{n}" in self.plan.entries]
-            need_h = [n for n in wanted if self.plan.entries[f"{self.prefix}.{index}.{n}"].keep != "16"]
-            hessians = self._hessians(block, inputs, need_h) if self.calibrated else {}
-            for sub in wanted:
-                if self.check is not None:
-                    self.check()
-                name = f"{self.prefix}.{index}.{sub}"
-                qw = self._quantize_one(name, index, linears[sub], hessians.get(sub))
-                if qw is not None:
-                    done[name] = qw
+        done, finished = self._apply_partial(index, block)
+        try:
+            for group in groups:
+                wanted = [n for n in group if f"{self.prefix}.{index}.{n}" in self.plan.entries
+                          and f"{self.prefix}.{index}.{n}" not in finished]
+                need_h = [n for n in wanted if self.plan.entries[f"{self.prefix}.{index}.{n}"].keep != "16"]
+                hessians = self._hessians(block, inputs, need_h) if self.calibrated and wanted else {}
+                for sub in wanted:
+                    if self.check is not None:
+                        self.check()
+                    name = f"{self.prefix}.{index}.{sub}"
+                    qw = self._quantize_one(name, index, linears[sub], hessians.get(sub))
+                    finished.append(name)
+                    if qw is not None:
+                        done[name] = qw
+        except Cancelled:
+            if self.on_partial is not None and finished:
+                self.on_partial(index, done, finished)
+            raise
         self.quantized.update(done)
         if self.on_block_done is not None:
             self.on_block_done(index, done)
+
+    def _apply_partial(self, index: int, block: nn.Module) -> tuple[dict[str, QuantizedWeight], list[str]]:
+        """Put the layers a cancelled run finished in this block back (Ŵ, or fp8 rounding).
+        A group's Hessian depends on the layers before the group only, so the layers still
+        to do see what they would have seen without the interruption."""
+        mine = {n: qw for n, qw in self.partial.items() if n.startswith(f"{self.prefix}.{index}.")}
+        done: dict[str, QuantizedWeight] = {}
+        for name, qw in mine.items():
+            module = block.get_submodule(name[len(f"{self.prefix}.{index}."):])
+            if qw is not None:
+                write_weight(module, qw.dequantize())
+                done[name] = qw
+            elif self.plan.entries[name].keep == "fp8":
+                round_fp8_in_place(module)
+        return done, list(mine)
 
     def _hessians(self, block: nn.Module, inputs: BlockInputs, names: list[str]) -> dict[str, torch.Tensor]:
         """H [d_in, d_in] of each named layer over all batches. Layers that receive the very
@@ -199,14 +228,19 @@ def apply_done_blocks(model: nn.Module, plan: Plan, quantized: dict[str, Quantiz
 def quantize_model(model: nn.Module, plan: Plan, windows: torch.Tensor | None, options: QuantizeOptions,
                    device: torch.device | str | None = None, on_layer: LayerCallback | None = None,
                    on_block_done: BlockCallback | None = None, check: Callable[[], None] | None = None,
-                   start_block: int = 0) -> dict[str, QuantizedWeight]:
+                   start_block: int = 0, on_partial: PartialCallback | None = None,
+                   partial: dict[str, QuantizedWeight | None] | None = None) -> dict[str, QuantizedWeight]:
     """Quantize `model` in place (its layers end up holding Ŵ) and return the codes.
 
     `windows` [N, L] are the calibration token windows; None (RTN only) quantizes without
     data. Blocks before `start_block` must already hold their quantized weights (resume).
+    A check that stops a block half way calls `on_partial` with what the block finished;
+    passing that back as `partial` ({layer: codes, or None for a kept layer}) with the same
+    `start_block` skips those layers and ends with the same codes as an uninterrupted run.
     """
     prefix, blocks = find_blocks(model)
-    worker = BlockQuantizer(prefix, plan, options, windows is not None, on_layer, on_block_done, check)
+    worker = BlockQuantizer(prefix, plan, options, windows is not None, on_layer, on_block_done, check,
+                            on_partial=on_partial, partial=partial)
     if windows is None:
         if options.method == "gptq":
             raise ValueError("GPTQ needs calibration windows")
@@ -220,9 +254,11 @@ def quantize_model(model: nn.Module, plan: Plan, windows: torch.Tensor | None, o
 
 
 def draw_calibration(source: str, tokenizer, n_windows: int, seqlen: int, seed: int = 0,
-                     model: nn.Module | None = None) -> torch.Tensor:
+                     model: nn.Module | None = None, on_step: Callable[[int, int], None] | None = None,
+                     check: Callable[[], None] | None = None) -> torch.Tensor:
     """[n_windows, seqlen] calibration windows; "a+b" draws from each source in turn
-    (n split as evenly as possible, each part seeded), e.g. "builtin+selfgen"."""
+    (n split as evenly as possible, each part seeded), e.g. "builtin+selfgen".
+    `on_step` / `check`: selfgen sampling's progress and cancellation (core/data.py)."""
     from .data import calibration_windows
 
     parts = [p.strip() for p in source.split("+") if p.strip()]
@@ -231,8 +267,9 @@ def draw_calibration(source: str, tokenizer, n_windows: int, seqlen: int, seed: 
 
         raise BadInput("no calibration source given", "use e.g. --calib builtin")
     if len(parts) == 1:
-        return calibration_windows(parts[0], tokenizer, n_windows, seqlen, seed, model=model)
+        return calibration_windows(parts[0], tokenizer, n_windows, seqlen, seed, model=model, on_step=on_step,
+                                   check=check)
     counts = [n_windows // len(parts) + (1 if i < n_windows % len(parts) else 0) for i in range(len(parts))]
-    drawn = [calibration_windows(p, tokenizer, c, seqlen, seed + i, model=model)
+    drawn = [calibration_windows(p, tokenizer, c, seqlen, seed + i, model=model, on_step=on_step, check=check)
              for i, (p, c) in enumerate(zip(parts, counts)) if c > 0]
     return torch.cat(drawn)

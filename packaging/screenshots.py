@@ -5,10 +5,10 @@
 
 Opens the window on the model (an `inspect` job), applies the rule editor's starting
 rules, and — unless --no-jobs — runs real jobs through the worker so the views have
-something to show: a dense evaluation, a GPTQ quantization with those rules, and an
-evaluation of the quantized checkpoint (RTN by default: GPTQ on the default model takes
-many minutes on a CPU). Then it saves one PNG per view. Runs go to
---runs (default: a fresh temporary folder, so your own history is left alone).
+something to show: a dense evaluation, a quantization with those rules and one at uniform
+3-bit (RTN by default: GPTQ on the default model takes many minutes on a CPU), an
+evaluation of each checkpoint, Try it on the first. Then it saves one PNG per view.
+Runs go to --runs (default: a fresh temporary folder, so your own history is left alone).
 """
 
 from __future__ import annotations
@@ -86,6 +86,25 @@ def main() -> int:
         saved.append(str(path))
         print(f"saved {path}", flush=True)
 
+    def evaluate_checkpoint(run) -> None:
+        choice = window.strategies.model_choice["eval"]
+        choice.setCurrentIndex(max(choice.findData(str(run.quantized_dir)), 0))
+        window.tabs.setCurrentIndex(1)
+        window.strategies.setCurrentIndex(list(window.strategies.run_buttons).index("eval"))
+        run_job(lambda: window.start_job("eval", {**window.strategies.forms["eval"].values(),
+                                                  "model": ModelSpec(str(run.quantized_dir))}))
+
+    def try_it(checkpoint: str) -> None:
+        t = window.try_it
+        t.quantized.setCurrentIndex(max(t.quantized.findData(checkpoint), 0))
+        t.tokens.setValue(24)
+        window.tabs.setCurrentIndex(window.tabs.indexOf(t))
+        t.generate()
+        deadline = time.monotonic() + 600
+        while t.running and time.monotonic() < deadline:
+            settle(200)
+        shot("try-it")
+
     print(f"opening {args.model} …", flush=True)
     if run_job(lambda: window.open_model(args.model)) != "done":
         print("could not open the model: " + window.runs.message.text(), file=sys.stderr)
@@ -113,23 +132,22 @@ def main() -> int:
         window.heatmap.what.setCurrentIndex(1)
         shot("plan-error-heatmap")
         window.heatmap.what.setCurrentIndex(0)
-        if window.checkpoints:
-            choice = window.strategies.model_choice["eval"]
-            choice.setCurrentIndex(choice.findData(window.checkpoints[0][1]))
-            window.tabs.setCurrentIndex(1)
-            window.strategies.setCurrentIndex(list(window.strategies.run_buttons).index("eval"))
-            run_job(lambda: window.start_job("eval", {**forms["eval"].values(),
-                                                      "model": ModelSpec(window.checkpoints[0][1])}))
+        first = window.client.run_dir
+        evaluate_checkpoint(first)
+        window.set_uniform(3)                     # a second run to compare with
+        run_job(lambda: window.start_job("quantize", forms["quantize"].values()))
+        second = window.client.run_dir
+        evaluate_checkpoint(second)
         window.tabs.setCurrentIndex(1)
         window.plots.setCurrentIndex(window.plots.count() - 1)
         shot("pareto")
         window.tabs.setCurrentIndex(2)
         window.refresh_history()
         shot("history")
-        records = [r for r in window.history.records if r.kind in ("quantize", "eval") and r.state == "done"]
-        if len(records) >= 2:
-            window._dialog(sorted(records[:2], key=lambda r: r.started))
-            window.last_dialog.resize(1500, 800)
+        by_name = {r.name: r for r in window.history.records}
+        if first.path.name in by_name and second.path.name in by_name:
+            window._dialog([by_name[first.path.name], by_name[second.path.name]])
+            window.last_dialog.resize(1500, 900)
             shot("compare", window.last_dialog)
             window.last_dialog.close()
         if window.checkpoints and window.export_button.isEnabled():
@@ -137,6 +155,7 @@ def main() -> int:
             window.last_dialog.format.setCurrentText("gguf")
             shot("export", window.last_dialog)
             window.last_dialog.close()
+        try_it(str(first.quantized_dir))
     window.tabs.setCurrentIndex(1)
     window.strategies.setCurrentIndex(0)
     shot("strategies")

@@ -1,4 +1,5 @@
-"""`bitsmith export QUANTIZED --format gptq|compressed-tensors|gguf|native --out DIR [--lowbit lossless|kquant]`."""
+"""`bitsmith export QUANTIZED --format gptq|compressed-tensors|gguf|native --out DIR [--lowbit lossless|kquant]
+[--ct-layout sym|asym] [--embed-bits 8|16]`."""
 
 from __future__ import annotations
 
@@ -16,6 +17,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--out", required=True, help="the folder to write (replaced whole if it exists)")
     parser.add_argument("--lowbit", default="lossless", choices=["lossless", "kquant"],
                         help="GGUF: 2/3-bit layers exact in a 4-bit block type (default) or re-encoded to Q2_K/Q3_K")
+    parser.add_argument("--ct-layout", default="sym", choices=["sym", "asym"],
+                        help="compressed-tensors: every layer symmetric, asymmetric ones with one more bit, so "
+                             "transformers loads it (default); or asym: zero points kept at the plan's bits "
+                             "(transformers refuses it)")
+    parser.add_argument("--embed-bits", type=int, default=8, choices=[8, 16],
+                        help="GGUF: the token embedding and the head as Q8_0 (8, default) or F16 (16)")
     parser.add_argument("--checkpoint-format", default="auto", choices=["auto", "v2"],
                         help="GPTQ: v1 when every zero point allows it (auto), or always v2")
     parser.add_argument("--run", help="run directory to record the job in (default: a temporary one)")
@@ -27,7 +34,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     job = make_job("export", source=str(Path(args.quantized).expanduser().resolve()), format=args.format,
                    out=str(Path(args.out).expanduser().resolve()), lowbit=args.lowbit,
-                   checkpoint_format=args.checkpoint_format)
+                   checkpoint_format=args.checkpoint_format, ct_layout=args.ct_layout, embed_bits=args.embed_bits)
     run_args = argparse.Namespace(out=args.run, events=args.events, resume=False)
     code, report = run_job_inline(job, run_args)
     summary = None
@@ -37,6 +44,12 @@ def run(args: argparse.Namespace) -> int:
         if report["format"] == "gguf":
             lines.append(f"GGUF block types {report['types']}, {report['quantized_bits_per_weight']:.3f} bits/weight "
                          f"in the file, max relative weight error {report['max_rel_error']:.2e}")
+        if report.get("weight_bytes"):
+            src = report.get("source_model")
+            lines.append(f"weight files {report['weight_bytes']:,} bytes" + (
+                f", {report['weight_bytes'] / src['bytes']:.3f}x the {src['bytes']:,} bytes of {src['path']}" if src else ""))
+        lines += [f"{r['reader']} {r['verdict']}: {r['call'].format(out=report['out'], gguf_file=report.get('gguf_file'))}"
+                  for r in report.get("readers", [])]
         lines += [f"warning: {w}" for w in report["warnings"]]
         summary = "\n".join(lines)
     return finish(code, report, args, summary)

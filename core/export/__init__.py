@@ -1,26 +1,45 @@
 """Export a Bitsmith quantized checkpoint to formats other tools load.
 
-    gptq                GPTQModel / AutoGPTQ layout (transformers, vLLM, SGLang)
-    compressed-tensors  pack-quantized (vLLM, transformers, llm-compressor)
+    gptq                GPTQModel layout; mixed plans in its `dynamic` block (GPTQModel, vLLM,
+                        SGLang; transformers reads uniform plans only)
+    compressed-tensors  pack-quantized, every layer symmetric by default (transformers, the
+                        compressed-tensors library; vLLM for 4/8-bit layers)
     gguf                llama.cpp (and transformers' GGUF loader), Llama architectures
     native              a copy of the Bitsmith checkpoint with plan, report, provenance
 
 `export_checkpoint(source, format, out)` writes the folder atomically (staged, then renamed)
-with a README model card and returns a report: files, per-format warnings, which layers the
-format cannot represent exactly, and the measured cost of what it rounds.
-`export_warnings(plan_or_manifest, format)` gives the warnings up front, from the plan alone.
+with a README model card and a bitsmith-export.json record, and returns a report: files,
+per-format warnings, which layers the format cannot represent exactly, the measured cost of
+what it rounds, which readers load the file (readers.py), and its size against the model it
+was quantized from.
+`export_warnings(plan_or_manifest, format)` gives the warnings up front, from the plan alone,
+including every reader that will refuse or misread the file (readers.reader_verdicts).
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 from ..atomic import staged_dir
 from .checks import FORMATS, export_warnings, layer_settings
-from .source import ExportSource, open_source, source_from_model
+
+if TYPE_CHECKING:
+    from .source import ExportSource
+
+
+def __getattr__(name: str):
+    """ExportSource, open_source, source_from_model on first use: source.py imports torch,
+    and the window imports this package (for the checks and estimates) without torch."""
+    if name in ("ExportSource", "open_source", "source_from_model"):
+        from . import source
+
+        return getattr(source, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 LOWBIT_MODES = ("lossless", "kquant")
+EMBED_BITS = (8, 16)
+EXPORT_RECORD = "bitsmith-export.json"     # what `bitsmith verify` reads: format, source checkpoint, options
 
 
 def _writer(fmt: str) -> Callable:
@@ -45,10 +64,6 @@ def _data_warnings(fmt: str, report: dict) -> list[str]:
         worst = max(r["added_rel_error"] for r in rounded.values())
         out.append(f"{len(rounded)} layers have fractional zero points (after tuning); {fmt} stores integers, "
                    f"so they were rounded (added relative weight error up to {worst:.2e})")
-    if fmt == "compressed-tensors" and any("asym" in k for k in report.get("config_groups", {})):
-        out.append("transformers 5.x with compressed-tensors 0.20 cannot load asymmetric pack-quantized layers "
-                   "(its meta-device setup keeps weight_zero_point unpacked and the shape check fails); the "
-                   "library's own decompress reads them (as Bitsmith's tests check); vLLM was not tried here")
     if fmt == "gguf" and report.get("not_exact"):
         names = report["not_exact"]
         worst = max(names, key=lambda n: report["layers"][n]["rel_error"])
@@ -58,17 +73,42 @@ def _data_warnings(fmt: str, report: dict) -> list[str]:
     return out
 
 
+def _check_options(options: dict) -> None:
+    from ..errors import BadInput
+    from .compressed import CT_LAYOUTS
+
+    if options.get("lowbit", "lossless") not in LOWBIT_MODES:
+        raise BadInput(f"unknown --lowbit mode {options['lowbit']!r}", "use lossless or kquant")
+    if options.get("ct_layout", "sym") not in CT_LAYOUTS:
+        raise BadInput(f"unknown --ct-layout {options['ct_layout']!r}", f"use one of: {', '.join(CT_LAYOUTS)}")
+    if int(options.get("embed_bits", 8)) not in EMBED_BITS:
+        raise BadInput(f"--embed-bits {options['embed_bits']} is not offered", "use 8 (Q8_0) or 16 (F16)")
+
+
+def _readers(source: ExportSource, fmt: str, options: dict, report: dict) -> list[dict]:
+    from dataclasses import asdict
+
+    from .readers import reader_verdicts
+
+    known = {"ct_layout": options.get("ct_layout", "sym")}
+    if "groups" in report:
+        known["groups"] = report["groups"]
+    return [{**asdict(v), "needs": list(v.needs)} for v in reader_verdicts(fmt, layer_settings(source), known)]
+
+
 def export_checkpoint(source: ExportSource | str | Path, fmt: str, out: str | Path,
                       options: dict | None = None) -> dict:
     """Export `source` (an ExportSource or a checkpoint folder) as `fmt` into folder `out`."""
     from ..errors import BadInput
     from .card import bits_summary, model_card
+    from .common import folder_bytes, source_model_size, write_json
 
     if fmt not in FORMATS:
         raise BadInput(f"unknown export format {fmt!r}", f"use one of: {', '.join(FORMATS)}")
     options = dict(options or {})
-    if options.get("lowbit", "lossless") not in LOWBIT_MODES:
-        raise BadInput(f"unknown --lowbit mode {options['lowbit']!r}", "use lossless or kquant")
+    _check_options(options)
+    from .source import ExportSource, open_source
+
     if not isinstance(source, ExportSource):
         source = open_source(source)
     out = Path(out).expanduser().resolve()
@@ -76,18 +116,27 @@ def export_checkpoint(source: ExportSource | str | Path, fmt: str, out: str | Pa
         raise BadInput(f"the export folder {out} is inside the checkpoint it exports",
                        "choose an --out folder outside the checkpoint")
     warnings = export_warnings(source, fmt, lowbit=options.get("lowbit", "lossless"),
-                               arch=source.model_type, act_order=source.act_order)
+                               arch=source.model_type, act_order=source.act_order,
+                               ct_layout=options.get("ct_layout", "sym"), embed_bits=int(options.get("embed_bits", 8)))
     with staged_dir(out) as tmp:
         report = _writer(fmt)(source, tmp, options)
         warnings += _data_warnings(fmt, report)
-        card = model_card(source, fmt, str(out), report, warnings)
-        (tmp / "README.md").write_text(card, encoding="utf-8")
-    report["files"] = sorted(set(report.get("files", [])) | {"README.md"})
+        report["readers"] = _readers(source, fmt, options, report)
+        report["source_model"] = source_model_size(source)
+        record = {"format": fmt, "source_checkpoint": str(source.path) if source.path else None,
+                  "options": {k: v for k, v in options.items() if k != "max_shard_bytes"},
+                  "measured_ppl": source.measured_ppl(), "gguf_file": report.get("gguf_file"),
+                  "readers": report["readers"]}
+        write_json(tmp / EXPORT_RECORD, record)
+        report["weight_bytes"] = folder_bytes(tmp, weights_only=True)     # what the card compares
+        (tmp / "README.md").write_text(model_card(source, fmt, str(out), report, warnings), encoding="utf-8")
+        report["bytes"] = folder_bytes(tmp)
+    report["files"] = sorted(set(report.get("files", [])) | {"README.md", EXPORT_RECORD})
     if fmt != "native" and source.adapters:
         report["not_representable"] = sorted(set(report.get("not_representable", [])) | set(source.adapters))
     return {"format": fmt, "out": str(out), "warnings": warnings, **bits_summary(source),
             "measured_ppl": source.measured_ppl(), **report}
 
 
-__all__ = ["FORMATS", "LOWBIT_MODES", "ExportSource", "export_checkpoint", "export_warnings",
+__all__ = ["EMBED_BITS", "EXPORT_RECORD", "FORMATS", "LOWBIT_MODES", "ExportSource", "export_checkpoint", "export_warnings",
            "layer_settings", "open_source", "source_from_model"]

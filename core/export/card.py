@@ -6,32 +6,11 @@ from collections import Counter
 
 from .source import ExportSource
 
-LOAD_SNIPPETS = {
-    "gptq": """```python
-# GPTQModel (or transformers with gptqmodel installed) reads this folder; vLLM serves it:
-from transformers import AutoModelForCausalLM, AutoTokenizer
-model = AutoModelForCausalLM.from_pretrained("{out}", device_map="auto")
-# vllm serve {out}
-```""",
-    "compressed-tensors": """```python
-# vLLM serves it (`vllm serve {out}`); transformers loads it with compressed-tensors installed:
-from transformers import AutoModelForCausalLM
-model = AutoModelForCausalLM.from_pretrained("{out}")
-```""",
-    "gguf": """```sh
-llama-cli -m {out}/{gguf_file} -p "Hello"
-```
-```python
-from transformers import AutoModelForCausalLM
-model = AutoModelForCausalLM.from_pretrained("{out}", gguf_file="{gguf_file}")  # dequantizes
-```""",
-    "native": """```sh
-bitsmith eval {out} --data builtin-eval
-```
-```python
-from bitsmith.core.model import load_model
-loaded = load_model("{out}")
-```""",
+IMPORTS = {
+    "gptq": "from gptqmodel import GPTQModel; from transformers import AutoModelForCausalLM",
+    "compressed-tensors": "from transformers import AutoModelForCausalLM, CompressedTensorsConfig",
+    "gguf": "from transformers import AutoModelForCausalLM",
+    "native": "",
 }
 
 
@@ -39,12 +18,15 @@ FORMAT_NOTES = {
     "gptq": "Layout: qweight/qzeros int32 packed along the input/output dimension (3-bit as 32 values in "
             "3 words), fp16 scales, g_idx in order (desc_act false: no act-order permutation is written). "
             "Mixed bit-widths are in the `dynamic` block; `-:` patterns mark layers kept at 16-bit.",
-    "compressed-tensors": "Format pack-quantized, one config group per (bits, group size, symmetry); layers kept "
-                          "at 16-bit are in `ignore`. vLLM serves 2/3-bit layers only when symmetric, and the "
-                          "projections it fuses (q/k/v, gate/up) must share one scheme.",
+    "compressed-tensors": "Format pack-quantized (int-quantized for asymmetric 8-bit layers under the sym layout), "
+                          "one config group per (bits, group size, symmetry, format); layers kept at 16-bit are "
+                          "in `ignore`. Layout `sym` writes asymmetric b-bit layers as symmetric (b+1)-bit codes "
+                          "q - z (the same weights), which transformers loads; layout `asym` keeps the zero "
+                          "points at the plan's bits.",
     "gguf": "Block types: Q4_0 where codes minus zero fit [-8, 7] (symmetric 4-bit, every 2/3-bit layer with "
             "integer zero points), Q4_1 for other 4-bit (and fractional zero points), Q8_0 for 5-8 bits when "
-            "exact, F16 for kept layers; each group's scale is repeated over its 32-weight blocks.",
+            "exact, F16 for kept layers; each group's scale is repeated over its 32-weight blocks. The token "
+            "embedding and the head are Q8_0 with --embed-bits 8 (the default), F16 with 16.",
     "native": "A copy of the Bitsmith checkpoint with its plan, the run's report and provenance.json.",
 }
 
@@ -69,6 +51,31 @@ def plan_summary(source: ExportSource) -> list[str]:
     return [f"- {label}: {n} layer{'s' if n != 1 else ''}" for label, n in sorted(counts.items())]
 
 
+def _size_lines(format_report: dict) -> list[str]:
+    size, src = format_report.get("weight_bytes"), format_report.get("source_model")
+    if not size:
+        return []
+    line = f"Weight files: **{size:,} bytes** ({size / 1e6:.1f} MB)"
+    if src:
+        line += (f", {size / src['bytes']:.3f}× the {src['bytes']:,} bytes of the model it was quantized from "
+                 f"({src['path']})")
+    return [line + "."]
+
+
+def _embedding_lines(format_report: dict) -> list[str]:
+    return [f"`{name}` is stored as {e['type']} (relative error {e['rel_error']:.2e} against the float tensor)."
+            for name, e in (format_report.get("embeddings") or {}).items()]
+
+
+def readers_table(readers: list[dict], out: str, gguf_file: str) -> list[str]:
+    """Markdown rows: reader, verdict, the exact call, what happens, where it was seen."""
+    lines = ["| reader | verdict | call | what happens | seen in |", "|---|---|---|---|---|"]
+    for r in readers:
+        call = r["call"].format(out=out, gguf_file=gguf_file)
+        lines.append(f"| {r['reader']} | **{r['verdict']}** | `{call}` | {r['why'] or '–'} | {r['evidence']} |")
+    return lines
+
+
 def model_card(source: ExportSource, fmt: str, out: str, format_report: dict, warnings: list[str]) -> str:
     bits = bits_summary(source)
     ppl = source.measured_ppl()
@@ -86,14 +93,24 @@ def model_card(source: ExportSource, fmt: str, out: str, format_report: dict, wa
         lines.append(f"In this GGUF file the quantized layers take {format_report['quantized_bits_per_weight']:.3f} "
                      f"bits per weight (the plan's {format_report['plan_bits_per_weight']:.3f}); "
                      f"block types: {format_report['types']}.")
+    if fmt == "compressed-tensors" and "stored_code_bits" in format_report:
+        lines.append(f"Layout `{format_report['ct_layout']}`: the file stores {format_report['stored_code_bits']:.3f} "
+                     f"code bits per weight; config groups: {format_report['config_groups']}.")
+    lines += _embedding_lines(format_report) + _size_lines(format_report)
     lines += ["", "## Quality", ""]
     if ppl:
         where = ", ".join(f"{k} {v}" for k, v in ppl.items() if k != "ppl")
         lines.append(f"Perplexity measured by the run: **{ppl['ppl']:.4g}**" + (f" ({where})." if where else "."))
     else:
         lines.append("The run that made this checkpoint measured no perplexity.")
+    lines.append(f"`bitsmith verify {out}` loads this folder with every reader installed and prints each "
+                 "one's perplexity beside Bitsmith's.")
     lines += ["", "## Format", "", FORMAT_NOTES[fmt]]
     if warnings:
         lines += ["", "## Notes and warnings", ""] + [f"- {w}" for w in warnings]
-    lines += ["", "## How to load", "", LOAD_SNIPPETS[fmt].format(out=out, gguf_file=format_report.get("gguf_file", "model.gguf")), ""]
+    gguf_file = format_report.get("gguf_file", "model.gguf")
+    lines += ["", "## Who reads it", ""]
+    if IMPORTS[fmt]:
+        lines += [f"Python calls assume `{IMPORTS[fmt]}`.", ""]
+    lines += readers_table(format_report.get("readers", []), out, gguf_file) + [""]
     return "\n".join(lines)

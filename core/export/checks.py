@@ -8,8 +8,7 @@ reports after the fact.
 
 from __future__ import annotations
 
-import re
-from collections import Counter, defaultdict
+from collections import Counter
 from dataclasses import dataclass
 from typing import Any
 
@@ -37,10 +36,14 @@ class LayerSetting:
 
 def layer_settings(obj: Any) -> dict[str, LayerSetting]:
     """Per-layer settings from a Plan, a plan.json / manifest dict, or an ExportSource."""
-    from ..plan import Plan
-    from .source import ExportSource
+    import sys
 
-    if isinstance(obj, ExportSource):
+    from ..plan import Plan
+
+    # An ExportSource can only exist once source.py (which imports torch) is imported; the
+    # window passes manifests and must not pull torch in.
+    source = sys.modules.get(f"{__package__}.source")
+    if source is not None and isinstance(obj, source.ExportSource):
         out = {n: LayerSetting(qw.bits, qw.group_size, bool(qw.sym), None, n in obj.adapters)
                for n, qw in obj.layers.items()}
         out.update({n: LayerSetting(16, 0, False, k, n in obj.adapters) for n, k in obj.kept.items()})
@@ -65,15 +68,28 @@ def layer_settings(obj: Any) -> dict[str, LayerSetting]:
     return out
 
 
-def _fusion_groups(names: list[str]) -> dict[tuple[str, str], list[str]]:
-    """{(block prefix, 'qkv' | 'gate_up'): [layer names]} for projections vLLM fuses."""
-    groups: dict[tuple[str, str], list[str]] = defaultdict(list)
-    for name in names:
-        m = re.match(r"(.*)\.(q_proj|k_proj|v_proj|gate_proj|up_proj)$", name)
-        if m:
-            kind = "qkv" if m.group(2) in ("q_proj", "k_proj", "v_proj") else "gate_up"
-            groups[(m.group(1), kind)].append(name)
-    return groups
+def _split_fused(settings: dict[str, LayerSetting], scheme) -> dict[str, list[str]]:
+    """{'qkv' | 'gate/up': ['block: role=setting, …', …]} for the fused groups (core/serve.py)
+    whose layers `scheme(name)` tells apart; vLLM and SGLang serve such a group as one module."""
+    from ..serve import fused_groups
+
+    split: dict[str, list[str]] = {}
+    for group in fused_groups(list(settings)):
+        if len({scheme(n) for n in group}) > 1:
+            kind = "qkv" if group[0].endswith(("q_proj", "k_proj", "v_proj")) else "gate/up"
+            detail = ", ".join(f"{n.rsplit('.', 1)[1]}={_describe(settings[n])}" for n in group)
+            split.setdefault(kind, []).append(f"{group[0].rsplit('.', 1)[0]}: {detail}")
+    return split
+
+
+def _fused_warning(split: dict[str, list[str]], fmt: str) -> list[str]:
+    out = []
+    for kind, cases in split.items():
+        more = f" (and {len(cases) - 1} more)" if len(cases) > 1 else ""
+        out.append(f"{len(cases)} {'block' if len(cases) == 1 else 'blocks'} mix schemes in the projections vLLM "
+                   f"and SGLang fuse ({kind}), which need one scheme, so they refuse this {fmt} file: "
+                   f"{cases[0]}{more}; plan with --serve vllm to give each fused group one setting")
+    return out
 
 
 def _describe(s: LayerSetting) -> str:
@@ -111,29 +127,32 @@ def _gptq(settings: dict[str, LayerSetting]) -> list[str]:
     keys = Counter(s.key() for s in settings.values())
     if len(keys) > 1:
         out.append("mixed settings are written as a GPTQModel `dynamic` block (regex -> overrides, `-:` for kept "
-                   "layers); readers without `dynamic` support (older AutoGPTQ) load every layer with the defaults")
+                   "layers), which GPTQModel, vLLM and SGLang read; readers without `dynamic` (transformers' "
+                   "GPTQConfig, AutoGPTQ) apply the default bits to every layer")
+    out += _fused_warning(_split_fused(settings, lambda n: settings[n].key()), "GPTQ")
     return out
 
 
-def _compressed(settings: dict[str, LayerSetting]) -> list[str]:
+def _compressed(settings: dict[str, LayerSetting], layout: str) -> list[str]:
+    from .readers import ct_setting
+
     out = []
-    asym_low = [n for n, s in settings.items() if s.quantized and s.bits in (2, 3) and not s.sym]
-    if asym_low:
-        out.append(f"{_count(asym_low)} are asymmetric at 2/3 bits: vLLM serves 2/3-bit compressed-tensors only "
-                   "symmetric; the checkpoint is valid but vLLM will refuse it")
-    odd = [n for n, s in settings.items() if s.quantized and s.bits not in (2, 3, 4, 8)]
-    if odd:
-        out.append(f"{_count(odd)} at 5/6/7 bits: valid pack-quantized, but vLLM has no kernel for them")
-    mixed: dict[str, list[str]] = defaultdict(list)      # kind -> "prefix: details" of each mismatch
-    for (prefix, kind), names in sorted(_fusion_groups(list(settings)).items()):
-        schemes = {_describe(settings[n]) for n in names}
-        if len(schemes) > 1:
-            detail = ", ".join(f"{n.rsplit('.', 1)[1]}={_describe(settings[n])}" for n in sorted(names))
-            mixed[kind].append(f"{prefix}: {detail}")
-    for kind, cases in mixed.items():
-        more = f" (and {len(cases) - 1} more)" if len(cases) > 1 else ""
-        out.append(f"{len(cases)} {'block' if len(cases) == 1 else 'blocks'} mix schemes in the projections vLLM "
-                   f"fuses ({kind.replace('_', '/')}), which need one scheme: {cases[0]}{more}")
+    stored = {n: ct_setting(s, layout) for n, s in settings.items() if s.quantized}
+    widened = [n for n, s in settings.items() if s.quantized and stored[n][0] != s.bits]
+    if widened:
+        out.append(f"{_count(widened)} are asymmetric: written as symmetric codes q - z with one more bit "
+                   "(the same weights, one more bit per weight) so that transformers loads the file; "
+                   "--ct-layout asym keeps the plan's bits, and transformers then refuses the file")
+    int8 = [n for n, key in stored.items() if key[3] == "int-quantized"]
+    if int8:
+        out.append(f"{_count(int8)} are asymmetric 8-bit: written int-quantized (one int8 per weight and its "
+                   "zero point), which transformers reads")
+    unserved = [n for n, key in stored.items() if key[0] not in (4, 8)]
+    if unserved:
+        bits = sorted({stored[n][0] for n in unserved})
+        out.append(f"{_count(unserved)} are stored at {bits} bits: vLLM's compressed-tensors WNA16 scheme takes "
+                   "4 and 8 bits only (WNA16_SUPPORTED_BITS in its source; not tried here)")
+    out += _fused_warning(_split_fused(settings, lambda n: stored.get(n) or settings[n].keep), "compressed-tensors")
     return out
 
 
@@ -163,15 +182,41 @@ def _gguf(settings: dict[str, LayerSetting], lowbit: str, arch: str | None) -> l
     return out
 
 
+def _embedding(embed_bits: int) -> list[str]:
+    if embed_bits == 8:
+        return ["the token embedding and the output head are stored as Q8_0 (8.5 bits per weight instead of 16; "
+                "the report gives the measured error); --embed-bits 16 keeps them F16"]
+    return []
+
+
+def asks_act_order(*docs: dict | None) -> bool:
+    """True when a manifest, plan or job asked for GPTQ act-order (desc_act)."""
+    def walk(obj: Any) -> bool:
+        if isinstance(obj, dict):
+            if obj.get("method") == "rtn":          # act-order is a GPTQ option; RTN ignores it
+                return False
+            for key, value in obj.items():
+                if key in ("act_order", "desc_act") and value is True:
+                    return True
+                if walk(value):
+                    return True
+        elif isinstance(obj, list):
+            return any(walk(v) for v in obj)
+        return False
+    return any(walk(doc) for doc in docs if doc)
+
+
 def export_warnings(plan_or_manifest: Any, format: str, lowbit: str = "lossless",
-                    arch: str | None = None, act_order: bool = False) -> list[str]:
-    """Human-readable warnings for exporting this plan to `format` (pure, no tensors read)."""
+                    arch: str | None = None, act_order: bool = False, ct_layout: str = "sym",
+                    embed_bits: int = 8) -> list[str]:
+    """Human-readable warnings for exporting this plan to `format` (pure, no tensors read):
+    what the format stores approximately or larger, and which readers refuse or misread it."""
+    from .readers import reader_verdicts, reader_warnings
+
     if format not in FORMATS:
         raise ValueError(f"unknown export format {format!r}; use one of {', '.join(FORMATS)}")
     settings = layer_settings(plan_or_manifest)
     if isinstance(plan_or_manifest, dict):        # a bitsmith-quant.json manifest or a plan.json
-        from .source import asks_act_order
-
         arch = arch or (plan_or_manifest.get("config") or plan_or_manifest.get("base_model") or {}).get("model_type")
         act_order = act_order or asks_act_order(plan_or_manifest)
     out = _common(settings, format)
@@ -181,7 +226,7 @@ def export_warnings(plan_or_manifest: Any, format: str, lowbit: str = "lossless"
     if format == "gptq":
         out += _gptq(settings)
     elif format == "compressed-tensors":
-        out += _compressed(settings)
+        out += _compressed(settings, ct_layout)
     elif format == "gguf":
-        out += _gguf(settings, lowbit, arch)
-    return out
+        out += _gguf(settings, lowbit, arch) + _embedding(embed_bits)
+    return out + reader_warnings(reader_verdicts(format, settings, {"ct_layout": ct_layout}))

@@ -139,3 +139,37 @@ def dense_tensor(source: ExportSource, name: str) -> torch.Tensor | None:
 def to_half(t: torch.Tensor, dtype: torch.dtype = torch.float16) -> torch.Tensor:
     """Floating tensors to the export dtype; integer tensors (e.g. position ids) unchanged."""
     return t.to(dtype) if t.is_floating_point() else t
+
+
+# --- sizes -----------------------------------------------------------------------------
+
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".gguf", ".pt", ".pth")
+
+
+def folder_bytes(folder: Path, weights_only: bool = False) -> int:
+    """Bytes of every file under `folder` (or of its weight files only: .safetensors, .gguf, ...)."""
+    return sum(f.stat().st_size for f in folder.rglob("*")
+               if f.is_file() and (not weights_only or f.name.endswith(WEIGHT_SUFFIXES)))
+
+
+def source_model_size(source: ExportSource) -> dict | None:
+    """{"path", "bytes"} of the model the checkpoint was quantized from, as the user had it: the
+    bundled default's GGUF, a .gguf file, or the weight files of a model folder (not the
+    dequantized cache a GGUF is loaded through); None when unknown (a hub id not on this
+    machine, a checkpoint without its base model's location)."""
+    base = source.manifest.get("base_model") or {}
+    named = base.get("source")
+    if named == "default":
+        from ..model import default_model_path
+
+        candidates = [str(default_model_path())]
+    else:
+        candidates = [c for c in (named, base.get("location")) if c]
+    for candidate in candidates:
+        path = Path(candidate).expanduser()
+        if path.is_file():
+            return {"path": str(path), "bytes": path.stat().st_size}
+        weights = [f for f in path.iterdir() if f.is_file() and f.name.endswith(WEIGHT_SUFFIXES)] if path.is_dir() else []
+        if weights:
+            return {"path": str(path), "bytes": sum(f.stat().st_size for f in weights)}
+    return None

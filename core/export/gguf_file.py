@@ -9,7 +9,8 @@ What llama.cpp's convert_hf_to_gguf.py writes for a Llama model, rebuilt from ou
   halves, so q_proj and k_proj rows are reordered per head
   (`w.reshape(n_head, 2, d/n_head/2, ...).swapaxes(1, 2)`). It moves whole rows, so codes,
   scales and zeros are permuted together and the quantization stays exact.
-Norms are stored F32, embeddings, the head and kept layers F16, quantized layers as
+Norms are stored F32; the token embedding and the head Q8_0 (`embed_bits` 8, the default:
+what llama.cpp's own Q4 files use) or F16; kept layers F16; quantized layers as
 `gguf_blocks.encode_layer` decides.
 """
 
@@ -23,12 +24,13 @@ import torch
 
 from ..errors import BadInput
 from ..quant.tensor import QuantizedWeight
-from .checks import GGUF_ARCHES
+from .checks import GGUF_ARCHES, GGUF_BLOCK
 from .common import dense_tensor, fp16_rel_error
 from .gguf_blocks import Encoded, decode, encode_layer
 from .source import ExportSource
 
 GGUF_FILE_TYPE = {"F16": 1, "Q4_0": 2, "Q4_1": 3, "Q8_0": 7, "Q2_K": 10, "Q3_K": 12}
+EMBEDDING_TENSORS = ("token_embd.weight", "output.weight")      # stored Q8_0 with embed_bits 8
 
 
 def permute_rows(w: torch.Tensor, n_head: int, n_head_kv: int | None = None) -> torch.Tensor:
@@ -143,12 +145,29 @@ def _dense_entry(hf_name: str, t: torch.Tensor, config: dict) -> tuple[np.ndarra
     return t.float().numpy().astype(np.float16), "F16"
 
 
+def encode_embedding(t: torch.Tensor) -> tuple[np.ndarray, dict]:
+    """A token embedding or head [rows, d] as Q8_0 (gguf-py's own quantizer: per 32 values
+    d = max|x| / 127, q = round(x / d)), or F16 when d is not a multiple of 32.
+    Returns (the stored array, {"type", "rel_error"} measured against the float tensor)."""
+    import gguf
+
+    w = t.float().numpy()
+    if w.shape[-1] % GGUF_BLOCK:
+        half = w.astype(np.float16)
+        return half, {"type": "F16", "rel_error": fp16_rel_error(t.float(), torch.from_numpy(half).float()),
+                      "note": f"width {w.shape[-1]} is not a multiple of {GGUF_BLOCK}: Q8_0 cannot hold it"}
+    data = gguf.quants.quantize(w, gguf.GGMLQuantizationType.Q8_0)               # [rows, d/32 * 34] bytes
+    back = gguf.quants.dequantize(data, gguf.GGMLQuantizationType.Q8_0)
+    return data, {"type": "Q8_0", "rel_error": fp16_rel_error(t.float(), torch.from_numpy(back).float())}
+
+
 def export_gguf(source: ExportSource, folder: Path, options: dict | None = None) -> dict:
     """Write MODEL.gguf into `folder`; returns the per-layer type choices and errors."""
     import gguf
 
     options = options or {}
     lowbit = options.get("lowbit", "lossless")
+    embed_bits = int(options.get("embed_bits", 8))
     config = source.config
     arch = source.model_type
     if arch not in GGUF_ARCHES:
@@ -178,11 +197,20 @@ def export_gguf(source: ExportSource, folder: Path, options: dict | None = None)
     _add_tokenizer(writer, source.tokenizer_dir, int(config["vocab_size"]))
 
     dense = source.dense_for_export()
+    embeddings: dict[str, dict] = {}
     for hf_name, t in dense.items():
         if hf_name.endswith("rotary_emb.inv_freq"):
             continue
-        array, _ = _dense_entry(hf_name, t, config)
-        writer.add_tensor(_gguf_name(name_map, hf_name), array)
+        gname = _gguf_name(name_map, hf_name)
+        if gname in EMBEDDING_TENSORS and embed_bits == 8:
+            data, embeddings[gname] = encode_embedding(t)
+            qtype = embeddings[gname]["type"]
+            writer.add_tensor(gname, data, raw_dtype=None if qtype == "F16" else gguf.GGMLQuantizationType[qtype])
+            continue
+        array, kind = _dense_entry(hf_name, t, config)
+        if gname in EMBEDDING_TENSORS:
+            embeddings[gname] = {"type": kind, "rel_error": fp16_rel_error(t.float(), torch.from_numpy(array).float())}
+        writer.add_tensor(gname, array)
     for name in source.fp8:                   # fp8-kept layers: dequantized, stored F16
         array, _ = _dense_entry(f"{name}.weight", dense_tensor(source, name), config)
         writer.add_tensor(_gguf_name(name_map, f"{name}.weight"), array)
@@ -206,6 +234,7 @@ def export_gguf(source: ExportSource, folder: Path, options: dict | None = None)
     gguf_bits = sum(encoded[n].bits_per_weight() * qw.codes.numel() for n, qw in source.layers.items())
     plan_bits = sum((qw.bits + 32 / qw.group_size) * qw.codes.numel() for qw in source.layers.values())
     return {"files": [file_name], "gguf_file": file_name, "lowbit": lowbit, "types": kinds,
+            "embed_bits": embed_bits, "embeddings": embeddings,
             "quantized_bits_per_weight": gguf_bits / n_weights if n_weights else 0.0,
             "plan_bits_per_weight": plan_bits / n_weights if n_weights else 0.0,
             "max_rel_error": max((r["rel_error"] for r in layer_report.values()), default=0.0),

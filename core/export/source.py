@@ -21,6 +21,7 @@ import torch
 
 from ..errors import BadInput
 from ..quant.tensor import QuantizedWeight
+from .checks import asks_act_order  # pure: lives with the checks, which the window imports without torch
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.model",
                    "vocab.json", "merges.txt", "added_tokens.json", "chat_template.jinja",
@@ -103,21 +104,6 @@ def _kept_layers(manifest: dict, plan: dict | None, quantized: set[str]) -> dict
     return kept
 
 
-def asks_act_order(*docs: dict | None) -> bool:
-    """True when a manifest, plan or job asked for GPTQ act-order (desc_act)."""
-    def walk(obj: Any) -> bool:
-        if isinstance(obj, dict):
-            if obj.get("method") == "rtn":          # act-order is a GPTQ option; RTN ignores it
-                return False
-            for key, value in obj.items():
-                if key in ("act_order", "desc_act") and value is True:
-                    return True
-                if walk(value):
-                    return True
-        elif isinstance(obj, list):
-            return any(walk(v) for v in obj)
-        return False
-    return any(walk(doc) for doc in docs if doc)
 
 
 def open_source(path: str | Path) -> ExportSource:

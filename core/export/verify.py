@@ -1,63 +1,165 @@
-"""Round-trip verification: export a quantized model to every format, read each back with a
-reader we did not write, and compare WikiText-2 perplexity with our own quantized model.
+"""`bitsmith verify EXPORT`: load an export with every reader installed and print each one's
+perplexity beside Bitsmith's own model (the checkpoint the export was written from).
 
-    python -m bitsmith.core.export.verify [--checkpoint RUN_DIR/quantized] [--method rtn|gptq]
-                                          [--windows 16] [--seqlen 512] [--json] [--work DIR]
+The readers and their exact calls come from `readers.reader_verdicts` (the table the export's
+README prints). A reader runs when its Python modules import (transformers, compressed-tensors,
+GPTQModel, gguf) or, for llama.cpp, when `llama-perplexity` is on PATH; otherwise it is
+reported as "not installed" with the install command. By default only the calls the README
+says load the file run; `--all` also runs the ones it says refuse or misread, to show it.
 
-Without --checkpoint it first quantizes the default model (SmolLM2-135M) with a mixed plan:
-2, 3, 4 and 8 bits plus two layers kept at 16-bit (MIXED_RULES). Readers:
-- gguf: transformers' GGUF loader (gguf-py's dequantizer, transformers' un-permutation);
-- compressed-tensors: the compressed-tensors library's PackedQuantizationCompressor.decompress,
-  layer by layer, into the model built from the export's config.json;
-- gptq: `reference_gptq_weights` below, a numpy reading of the documented bit stream that
-  shares nothing with the exporter (GPTQModel needs torch >= 2.14 and does not install here).
-Each must match our perplexity within 0.5%.
+Two protocols, each compared like for like:
+- torch readers: Bitsmith's windows (`data.eval_windows`: consecutive windows of `seqlen`
+  tokens, every next token scored);
+- llama-perplexity: its own (chunks of `seqlen` tokens, BOS in the first position when the
+  vocabulary asks for one, only the second half of each chunk scored), so Bitsmith's model is
+  scored the same way on the same tokens. llama.cpp reads the text file's raw bytes, and the
+  shared WikiText file has CRLF line ends: the text is written to a temporary file as Python
+  reads it (universal newlines), the same text Bitsmith tokenizes.
 """
 
 from __future__ import annotations
 
-import argparse
+import importlib.util
 import json
+import math
 import os
-import sys
+import re
+import shutil
+import subprocess
 import tempfile
 import time
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any, Callable
 
-import numpy as np
 import torch
+import torch.nn.functional as F
 
-WIKITEXT = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "wikitext-2-raw" / "wiki.test.raw"
-MIXED_RULES = [
-    {"pattern": r"layers\.(1|29)\.mlp\.down_proj$", "keep": "16"},        # the spike layers
-    {"pattern": r"layers\.0\.", "bits": 8},
-    {"pattern": r"layers\.(1[0-9])\.mlp\.(gate|up)_proj$", "bits": 2, "sym": True},
-    {"pattern": r"self_attn\.(q|k)_proj$", "bits": 3},
-]
-TOLERANCE = 0.005
+from ..errors import BadInput
+from . import readers as R
 
-
-# --- independent readers -------------------------------------------------------------------
-
-def _unpack_stream(packed: np.ndarray, bits: int, n: int, axis: int) -> np.ndarray:
-    """GPTQ's documented packing: int32 words along `axis` form a little-endian bit stream;
-    value i is stream bits [i*bits, (i+1)*bits)."""
-    words = np.ascontiguousarray(np.moveaxis(packed, axis, -1)).astype("<i4")
-    stream = np.unpackbits(words.view(np.uint8), axis=-1, bitorder="little")
-    values = stream[..., : n * bits].reshape(*stream.shape[:-1], n, bits)
-    return np.moveaxis((values * (1 << np.arange(bits))).sum(-1), -1, axis)
+TOLERANCE = 0.005                  # a reader "loads" the export when within 0.5% of Bitsmith
+MISREAD_LOGITS = 0.05              # or misreads it when the logits move this much (tiny random models'
+                                   # perplexity hardly depends on their weights; their logits do)
+LLAMA_PERPLEXITY = "llama-perplexity"
+INSTALL = {"compressed_tensors": 'pip install "compressed-tensors==0.20.1"',
+           "gptqmodel": "pip install gptqmodel optimum  (GPTQModel 7.7 needs torch >= 2.14.1)",
+           "optimum": "pip install optimum", "gguf": "pip install gguf",
+           LLAMA_PERPLEXITY: "build llama.cpp (cmake -B build && cmake --build build --target llama-perplexity) "
+                             "and put build/bin on PATH, or pass --llama-perplexity PATH"}
 
 
-def reference_gptq_weights(tensors: dict, name: str, bits: int, v1: bool) -> torch.Tensor:
-    """W [N, K] = scales[g_idx[k], n] * (q[k, n] - z[g_idx[k], n]) (v1 stores z - 1)."""
-    scales = tensors[f"{name}.scales"].float().numpy()                     # [G, N]
-    g_idx = tensors[f"{name}.g_idx"].numpy()                               # [K]
-    q = _unpack_stream(tensors[f"{name}.qweight"].numpy(), bits, len(g_idx), axis=0)
-    z = _unpack_stream(tensors[f"{name}.qzeros"].numpy(), bits, scales.shape[1], axis=1) + (1 if v1 else 0)
-    return torch.from_numpy((scales[g_idx] * (q - z[g_idx])).T.astype(np.float32))
+@dataclass
+class ReaderResult:
+    reader: str
+    call: str
+    verdict: str                   # what the README says
+    status: str                    # "ran" | "failed" | "not installed" | "not run" (no runner / not asked)
+    ppl: float | None = None
+    ours_ppl: float | None = None  # Bitsmith's model under the same protocol
+    rel_diff: float | None = None
+    logit_diff: float | None = None  # max |logits - ours| / max |ours| on the first window
+    agrees: bool | None = None     # the run matched the verdict
+    protocol: str = "windows"
+    detail: str = ""
+    seconds: float = 0.0
 
 
-def _model_from_config(folder: Path):
+@dataclass
+class Inputs:
+    """What every reader is compared on."""
+    folder: Path
+    record: dict
+    text: str                      # the evaluation text as Python reads it
+    seqlen: int
+    windows: int
+    ours: Any = None               # Bitsmith's LoadedModel (None when the checkpoint is missing)
+    cache: dict = field(default_factory=dict)
+
+
+# --- perplexity under the two protocols -------------------------------------------------------
+
+def _tokens(inputs: Inputs) -> torch.Tensor:
+    if "tokens" not in inputs.cache:
+        from ..data import tokenize_text
+
+        inputs.cache["tokens"] = tokenize_text(inputs.text, inputs.ours.tokenizer)
+    return inputs.cache["tokens"]
+
+
+def _windows(inputs: Inputs) -> torch.Tensor:
+    """[n, seqlen] as data.eval_windows cuts them."""
+    tokens = _tokens(inputs)
+    n = min(tokens.numel() // inputs.seqlen, inputs.windows)
+    if n < 1:
+        raise BadInput(f"the text has {tokens.numel()} tokens, fewer than one window of {inputs.seqlen}",
+                       "use a longer --data text or a shorter --seqlen")
+    return tokens[: n * inputs.seqlen].view(n, inputs.seqlen)
+
+
+@torch.no_grad()
+def halves_perplexity(model: torch.nn.Module, chunks: torch.Tensor) -> float:
+    """llama-perplexity's protocol on [n, c] chunks: score tokens c/2 + 1 .. c - 1 of each
+    chunk from logits at positions c/2 .. c - 2 (c - c/2 - 1 predictions per chunk)."""
+    first = chunks.shape[1] // 2
+    device = next(model.parameters()).device
+    total, count = 0.0, 0
+    for chunk in chunks:
+        ids = chunk[None].to(device)
+        logits = model(input_ids=ids, use_cache=False).logits[0, first:-1].float()
+        total += F.cross_entropy(logits, ids[0, first + 1:], reduction="sum").item()
+        count += logits.shape[0]
+    return math.exp(total / count)
+
+
+def _ours(inputs: Inputs, protocol: str, chunks: torch.Tensor | None = None) -> float:
+    key = ("ours", protocol)
+    if key not in inputs.cache:
+        from ..evaluate import perplexity
+
+        model = inputs.ours.model
+        inputs.cache[key] = perplexity(model, _windows(inputs)) if protocol == "windows" else \
+            halves_perplexity(model, chunks)
+    return inputs.cache[key]
+
+
+# --- the readers ---------------------------------------------------------------------------
+
+def _hf(inputs: Inputs) -> torch.nn.Module:
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM.from_pretrained(str(inputs.folder), dtype=torch.float32).eval()
+
+
+def _hf_dequantize(inputs: Inputs) -> torch.nn.Module:
+    from transformers import AutoModelForCausalLM, CompressedTensorsConfig
+
+    return AutoModelForCausalLM.from_pretrained(str(inputs.folder), dtype=torch.float32,
+                                                quantization_config=CompressedTensorsConfig(dequantize=True)).eval()
+
+
+def _hf_gguf(inputs: Inputs) -> torch.nn.Module:
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM.from_pretrained(str(inputs.folder), gguf_file=inputs.record["gguf_file"],
+                                                dtype=torch.float32).eval()
+
+
+def _gptqmodel(inputs: Inputs) -> torch.nn.Module:
+    from gptqmodel import GPTQModel
+
+    loaded = GPTQModel.load(str(inputs.folder))
+    return getattr(loaded, "model", loaded).eval()
+
+
+def _native(inputs: Inputs) -> torch.nn.Module:
+    from ..model import load_model
+
+    return load_model(str(inputs.folder)).model
+
+
+def _model_from_config(folder: Path) -> torch.nn.Module:
+    """The export's architecture with random weights, in float32 (for layer-by-layer readers)."""
     from transformers import AutoConfig, AutoModelForCausalLM
 
     doc = json.loads((folder / "config.json").read_text())
@@ -66,7 +168,7 @@ def _model_from_config(folder: Path):
     return AutoModelForCausalLM.from_config(config, dtype=torch.float32).eval()
 
 
-def _load_dense(model, tensors: dict, weights: dict) -> None:
+def _load_dense(model: torch.nn.Module, tensors: dict, weights: dict) -> None:
     state = {k: v.float() for k, v in tensors.items() if k in model.state_dict()}
     state.update({f"{n}.weight": w for n, w in weights.items()})
     missing, unexpected = model.load_state_dict(state, strict=False)
@@ -77,147 +179,248 @@ def _load_dense(model, tensors: dict, weights: dict) -> None:
         model.tie_weights()
 
 
-def read_gptq(folder: Path):
+def _load_safetensors(folder: Path) -> dict[str, torch.Tensor]:
     from safetensors.torch import load_file
 
-    qc = json.loads((folder / "quantize_config.json").read_text())
-    tensors = load_file(str(folder / "model.safetensors"))
-    model = _model_from_config(folder)
-    weights = {}
-    for key in [k for k in tensors if k.endswith(".qweight")]:
-        name = key[: -len(".qweight")]
-        bits = _dynamic_bits(qc, name)
-        weights[name] = reference_gptq_weights(tensors, name, bits, qc["checkpoint_format"] == "gptq")
-    _load_dense(model, {k: v for k, v in tensors.items() if k.endswith((".weight", ".bias"))}, weights)
-    return model
+    tensors: dict[str, torch.Tensor] = {}
+    for f in sorted(folder.glob("*.safetensors")):
+        tensors.update(load_file(str(f)))
+    return tensors
 
 
-def _dynamic_bits(qc: dict, name: str) -> int:
-    import re
-
-    for pattern, overrides in (qc.get("dynamic") or {}).items():
-        regex = pattern[2:] if pattern.startswith(("-:", "+:")) else pattern
-        if re.match(regex, name):
-            return int(overrides.get("bits", qc["bits"]))
-    return int(qc["bits"])
-
-
-def read_compressed(folder: Path):
-    from compressed_tensors.compressors.pack_quantized.base import PackedQuantizationCompressor
+def read_compressed(folder: Path) -> torch.nn.Module:
+    """The compressed-tensors library's own decompression, layer by layer, into the model
+    built from the export's config.json (each config group's registered compressor)."""
+    from compressed_tensors.compressors.base import BaseCompressor
     from compressed_tensors.quantization import QuantizationConfig
-    from safetensors.torch import load_file
 
     doc = json.loads((folder / "config.json").read_text())["quantization_config"]
     config = QuantizationConfig.model_validate(doc)
-    tensors = load_file(str(folder / "model.safetensors"))
-    model = _model_from_config(folder)
+    tensors = _load_safetensors(folder)
     weights = {}
     for scheme in config.config_groups.values():
+        compressor = BaseCompressor.get_value_from_registry(scheme.format or config.format)
         for name in scheme.targets:
             local = {k[len(name) + 1:]: v for k, v in tensors.items()
                      if k.startswith(name + ".") and "." not in k[len(name) + 1:]}
-            weights[name] = PackedQuantizationCompressor.decompress(local, scheme)["weight"].float()
-    _load_dense(model, {k: v for k, v in tensors.items() if k.endswith((".weight", ".bias"))}, weights)
+            weights[name] = compressor.decompress(local, scheme)["weight"].float()
+    model = _model_from_config(folder)
+    dense = {k: v for k, v in tensors.items() if k.endswith((".weight", ".bias")) and k.rsplit(".", 1)[0] not in weights}
+    _load_dense(model, dense, weights)
     return model
 
 
-def read_gguf(folder: Path, file_name: str):
-    from transformers import AutoModelForCausalLM
-
-    return AutoModelForCausalLM.from_pretrained(str(folder), gguf_file=file_name, dtype=torch.float32).eval()
+def _ct_library(inputs: Inputs) -> torch.nn.Module:
+    return read_compressed(inputs.folder)
 
 
-# --- the run -----------------------------------------------------------------------------
-
-def quantize_default(work: Path, method: str, calib_windows: int) -> Path:
-    from ..cli import run_job_inline
-    from ..jobs import make_job
-    from ..plan import PlanSpec, Rule
-
-    plan = PlanSpec(rules=[Rule(**r) for r in MIXED_RULES], bits=4, group_size=64)
-    job = make_job("quantize", method=method, plan=plan, calib="builtin",
-                   calib_windows=calib_windows if method == "gptq" else 0)
-    code, report = run_job_inline(job, argparse.Namespace(out=str(work / "quantize"), events=False, resume=False))
-    if code != 0:
-        raise SystemExit(f"quantize failed (exit {code})")
-    return Path(report["quantized_dir"])
+TORCH_RUNNERS: dict[str, Callable[[Inputs], torch.nn.Module]] = {
+    R.CALL_HF_DEQUANT: _hf_dequantize, R.CALL_HF_GGUF: _hf_gguf, R.CALL_GPTQMODEL: _gptqmodel,
+    R.CALL_CT_LIBRARY: _ct_library, R.CALL_NATIVE: _native, R.CALL_HF: _hf}
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bitsmith.core.export.verify", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--checkpoint", help="a quantized checkpoint (default: quantize the default model)")
-    parser.add_argument("--method", default="rtn", choices=["rtn", "gptq"],
-                        help="how to quantize the default model (rtn: minutes; gptq: much longer on a CPU)")
-    parser.add_argument("--calib-windows", type=int, default=32)
-    parser.add_argument("--windows", type=int, default=16)
-    parser.add_argument("--seqlen", type=int, default=512)
-    parser.add_argument("--data", default=f"file:{WIKITEXT}")
-    parser.add_argument("--formats", default="gguf,compressed-tensors,gptq")
-    parser.add_argument("--work", help="folder for the run and the exports (default: a temporary one)")
-    parser.add_argument("--json", action="store_true")
-    args = parser.parse_args(argv)
-    torch.set_num_threads(min(2, os.cpu_count() or 1))
-    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
-    work = Path(args.work or tempfile.mkdtemp(prefix="bitsmith-verify-"))
-    work.mkdir(parents=True, exist_ok=True)
-    result = run(work, args)
-    print(json.dumps(result, indent=2) if args.json else _summary(result))
-    return 0 if result["pass"] else 1
+# --- llama.cpp -------------------------------------------------------------------------------
+
+def _gguf_bos(path: Path) -> int | None:
+    """The BOS id llama.cpp puts first in every chunk, or None when the vocabulary adds none."""
+    import gguf
+
+    reader = gguf.GGUFReader(str(path))
+
+    def value(key: str):
+        f = reader.fields.get(key)
+        return None if f is None else f.parts[f.data[0]][0]
+    add = value("tokenizer.ggml.add_bos_token")
+    bos = value("tokenizer.ggml.bos_token_id")
+    return int(bos) if add and bos is not None else None
 
 
-def run(work: Path, args: argparse.Namespace) -> dict:
-    from ..data import eval_windows
-    from ..evaluate import perplexity
-    from ..model import load_model
-    from . import export_checkpoint
+def llama_chunks(inputs: Inputs, bos: int | None) -> torch.Tensor:
+    """The chunks llama-perplexity scores: the text's tokens (BOS first when the vocabulary adds
+    one), cut into [n, seqlen], BOS replacing the first token of every chunk."""
+    tokens = _tokens(inputs)
+    if bos is not None:
+        tokens = torch.cat([torch.tensor([bos]), tokens])
+    n = min(tokens.numel() // inputs.seqlen, inputs.windows)
+    chunks = tokens[: n * inputs.seqlen].view(n, inputs.seqlen).clone()
+    if bos is not None:
+        chunks[:, 0] = bos
+    return chunks
 
-    t0 = time.time()
-    ckpt = Path(args.checkpoint) if args.checkpoint else quantize_default(work, args.method, args.calib_windows)
-    quantize_s = time.time() - t0
-    ours = load_model(str(ckpt))
-    windows = eval_windows(args.data, ours.tokenizer, args.seqlen, args.windows)
-    t = time.time()
-    ours_ppl = perplexity(ours.model, windows)
-    result = {"checkpoint": str(ckpt), "quantize_seconds": round(quantize_s, 1), "data": args.data,
-              "windows": int(windows.shape[0]), "seqlen": args.seqlen, "ours": {"ppl": ours_ppl,
-              "eval_seconds": round(time.time() - t, 1)}, "formats": {}}
-    del ours
-    readers = {"gguf": None, "compressed-tensors": read_compressed, "gptq": read_gptq}
-    for fmt in args.formats.split(","):
-        t = time.time()
-        out = work / f"export-{fmt}"
-        report = export_checkpoint(ckpt, fmt, out)
-        export_s = time.time() - t
-        t = time.time()
-        model = read_gguf(out, report["gguf_file"]) if fmt == "gguf" else readers[fmt](out)
-        read_s = time.time() - t
-        t = time.time()
-        ppl = perplexity(model, windows)
-        del model
-        rel = abs(ppl - ours_ppl) / ours_ppl
-        size = sum(f.stat().st_size for f in out.iterdir() if f.is_file())
-        entry = {"ppl": ppl, "rel_diff": rel, "pass": rel <= TOLERANCE, "export_seconds": round(export_s, 1),
-                 "read_seconds": round(read_s, 1), "eval_seconds": round(time.time() - t, 1),
-                 "bytes": size, "warnings": report["warnings"]}
-        if fmt == "gguf":
-            entry.update(types=report["types"], max_rel_error=report["max_rel_error"],
-                         quantized_bits_per_weight=report["quantized_bits_per_weight"],
-                         plan_bits_per_weight=report["plan_bits_per_weight"])
-        if fmt == "gptq":
-            entry["checkpoint_format"] = report["checkpoint_format"]
-        result["formats"][fmt] = entry
-    result["pass"] = all(e["pass"] for e in result["formats"].values())
-    result["avg_code_bits"], result["effective_bits"] = report["avg_code_bits"], report["effective_bits"]
+
+FINAL = re.compile(r"Final estimate: PPL = ([0-9.]+)")
+
+
+def run_llama_perplexity(exe: str, gguf_path: Path, text: str, seqlen: int, chunks: int) -> float:
+    """llama-perplexity on `text` written as Python reads it (LF line ends, UTF-8)."""
+    with tempfile.TemporaryDirectory(prefix="bitsmith-verify-") as tmp:
+        text_file = Path(tmp) / "text.txt"
+        text_file.write_bytes(text.encode("utf-8"))
+        # --no-repack: verification wants the numbers, not speed, and the repacked AMX kernels
+        # crashed (SIGSEGV in ggml_backend_amx_mul_mat) on this project's machines
+        cmd = [exe, "-m", str(gguf_path), "-f", str(text_file), "-c", str(seqlen), "-b", str(seqlen),
+               "--chunks", str(chunks), "-t", str(os.cpu_count() or 1), "--no-repack"]
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=3600)
+    found = FINAL.search(proc.stdout + proc.stderr)
+    if proc.returncode != 0 or not found:
+        tail = (proc.stderr or proc.stdout).strip().splitlines()[-3:]
+        raise RuntimeError(f"llama-perplexity exited {proc.returncode}: {' | '.join(tail)}")
+    return float(found.group(1))
+
+
+# --- one reader -------------------------------------------------------------------------------
+
+def _missing(verdict: R.ReaderVerdict) -> list[str]:
+    return [m for m in verdict.needs if importlib.util.find_spec(m) is None]
+
+
+def _judge(result: ReaderResult) -> ReaderResult:
+    """Did the run do what the README says? loads: perplexity within TOLERANCE; misreads: no
+    error, and perplexity or logits off; refuses: it should not have loaded at all."""
+    if result.ppl is not None and result.ours_ppl is not None:
+        result.rel_diff = abs(result.ppl - result.ours_ppl) / result.ours_ppl
+        close = result.rel_diff <= TOLERANCE
+        moved = not close or (result.logit_diff is not None and result.logit_diff > MISREAD_LOGITS)
+        result.agrees = {R.LOADS: close, R.MISREADS: moved, R.REFUSES: False}.get(result.verdict)
     return result
 
 
-def _summary(result: dict) -> str:
-    lines = [f"ours: perplexity {result['ours']['ppl']:.4f} ({result['windows']} x {result['seqlen']} tokens)"]
-    for fmt, e in result["formats"].items():
-        lines.append(f"{fmt}: {e['ppl']:.4f} ({100 * e['rel_diff']:.3f}% off) {'PASS' if e['pass'] else 'FAIL'}, "
-                     f"{e['bytes'] / 2**20:.1f} MiB")
+@torch.no_grad()
+def _logit_diff(model: torch.nn.Module, inputs: Inputs) -> float:
+    window = _windows(inputs)[:1]
+    if "ours_logits" not in inputs.cache:
+        inputs.cache["ours_logits"] = inputs.ours.model(input_ids=window, use_cache=False).logits.float()
+    ours = inputs.cache["ours_logits"]
+    got = model(input_ids=window.to(next(model.parameters()).device), use_cache=False).logits.float().cpu()
+    return float((got - ours).abs().max() / ours.abs().max().clamp_min(1e-30))
+
+
+def _run_torch(verdict: R.ReaderVerdict, inputs: Inputs, result: ReaderResult) -> ReaderResult:
+    runner = TORCH_RUNNERS[verdict.call]
+    try:
+        model = runner(inputs)
+    except Exception as err:         # a reader refusing the file is a result, not a crash
+        result.status, result.detail = "failed", f"{type(err).__name__}: {str(err).strip().splitlines()[0][:300]}"
+        result.agrees = verdict.verdict == R.REFUSES
+        return result
+    from ..evaluate import perplexity
+
+    result.status, result.ppl = "ran", perplexity(model, _windows(inputs))
+    if inputs.ours is not None:
+        result.ours_ppl, result.logit_diff = _ours(inputs, "windows"), _logit_diff(model, inputs)
+    return _judge(result)
+
+
+def _run_llama(inputs: Inputs, result: ReaderResult, exe: str) -> ReaderResult:
+    gguf_path = inputs.folder / inputs.record["gguf_file"]
+    chunks = llama_chunks(inputs, _gguf_bos(gguf_path)) if inputs.ours is not None else None
+    n = chunks.shape[0] if chunks is not None else inputs.windows
+    result.protocol = "llama.cpp halves"
+    try:
+        result.ppl = run_llama_perplexity(exe, gguf_path, inputs.text, inputs.seqlen, n)
+    except (RuntimeError, subprocess.TimeoutExpired, OSError) as err:
+        result.status, result.detail = "failed", str(err)[:300]
+        result.agrees = result.verdict == R.REFUSES
+        return result
+    result.status = "ran"
+    if chunks is not None:
+        result.ours_ppl = _ours(inputs, "halves", chunks)
+    return _judge(result)
+
+
+def run_reader(verdict: R.ReaderVerdict, inputs: Inputs, run_all: bool, llama_exe: str | None) -> ReaderResult:
+    paths = {"out": str(inputs.folder), "gguf_file": inputs.record.get("gguf_file") or "MODEL.gguf"}
+    result = ReaderResult(verdict.reader, verdict.call.format(**paths), verdict.verdict, "not run")
+    if verdict.verdict != R.LOADS and not run_all:
+        result.detail = f"the README says: {verdict.verdict}" + (f" ({verdict.why})" if verdict.why else "") + \
+            ("; --all runs it" if verdict.call in TORCH_RUNNERS else "")
+        return result
+    t0 = time.time()
+    if verdict.call == R.CALL_LLAMA:
+        if llama_exe is None:
+            result.status, result.detail = "not installed", INSTALL[LLAMA_PERPLEXITY]
+            return result
+        result = _run_llama(inputs, result, llama_exe)
+    elif verdict.call in TORCH_RUNNERS:
+        missing = _missing(verdict)
+        if missing:
+            result.status = "not installed"
+            result.detail = "; ".join(INSTALL.get(m, f"pip install {m}") for m in missing)
+            return result
+        result = _run_torch(verdict, inputs, result)
+    else:
+        result.detail = "needs a GPU server; not run by bitsmith verify"
+        return result
+    result.seconds = round(time.time() - t0, 1)
+    return result
+
+
+# --- the export folder ------------------------------------------------------------------------
+
+def read_record(folder: Path) -> dict:
+    """bitsmith-export.json of an export folder (written by every `bitsmith export`)."""
+    from . import EXPORT_RECORD
+
+    path = folder / EXPORT_RECORD
+    if not folder.is_dir():
+        raise BadInput(f"{folder} is not a folder", "pass the --out folder of a `bitsmith export` run")
+    if not path.is_file():
+        raise BadInput(f"{folder} has no {EXPORT_RECORD}, so it was not written by bitsmith export "
+                       "(or by an older version)", "export the checkpoint again with `bitsmith export`")
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as err:
+        raise BadInput(f"{path} is not valid JSON ({err})", "export the checkpoint again") from None
+
+
+def _verdicts(record: dict) -> list[R.ReaderVerdict]:
+    return [R.ReaderVerdict(**{**r, "needs": tuple(r.get("needs") or ())}) for r in record.get("readers", [])]
+
+
+def verify_export(folder: str | Path, data: str = "builtin-eval", seqlen: int = 512, windows: int = 16,
+                  checkpoint: str | None = None, run_all: bool = False, llama_exe: str | None = None,
+                  only: str | None = None) -> dict:
+    """Every reader of the export at `folder`, each beside Bitsmith's model; returns the report."""
+    from ..data import load_text
+    from ..model import load_model
+
+    folder = Path(folder).expanduser().resolve()
+    record = read_record(folder)
+    source = checkpoint or record.get("source_checkpoint")
+    if not source or not Path(source).is_dir():
+        raise BadInput(f"the checkpoint this export was written from ({source}) is not on this machine",
+                       "pass it with --checkpoint RUN_DIR/quantized")
+    if seqlen < 4 or windows < 1:
+        raise BadInput(f"--seqlen {seqlen} / --windows {windows} are too small", "use --seqlen 512 --windows 16")
+    llama_exe = llama_exe or shutil.which(LLAMA_PERPLEXITY)
+    inputs = Inputs(folder, record, load_text(data, "eval"), seqlen, windows, ours=load_model(str(source)))
+    verdicts = [v for v in _verdicts(record) if only is None or only.lower() in v.reader.lower()]
+    if not verdicts:
+        raise BadInput(f"no reader of this {record['format']} export is named like {only!r}",
+                       "leave out --only, or use one of: " + ", ".join(v.reader for v in _verdicts(record)))
+    results = [run_reader(v, inputs, run_all, llama_exe) for v in verdicts]
+    ran = [r for r in results if r.status in ("ran", "failed")]
+    return {"export": str(folder), "format": record["format"], "checkpoint": str(source), "data": data,
+            "seqlen": seqlen, "windows": int(_windows(inputs).shape[0]),
+            "ours": {"ppl": _ours(inputs, "windows")}, "readers": [asdict(r) for r in results],
+            "pass": bool(ran) and all(r.agrees is not False for r in ran)}
+
+
+def summary(report: dict) -> str:
+    lines = [f"{report['format']} export {report['export']}",
+             f"Bitsmith ({report['checkpoint']}): perplexity {report['ours']['ppl']:.4f} "
+             f"on {report['data']} ({report['windows']} x {report['seqlen']} tokens)"]
+    for r in report["readers"]:
+        head = f"- {r['reader']} [{r['verdict']}] {r['call']}"
+        if r["ppl"] is not None:
+            ours = f" beside Bitsmith's {r['ours_ppl']:.4f}" if r["ours_ppl"] is not None else ""
+            diff = f" ({100 * r['rel_diff']:.3f}% off)" if r["rel_diff"] is not None else ""
+            proto = f", {r['protocol']} protocol" if r["protocol"] != "windows" else ""
+            lines.append(f"{head}\n    perplexity {r['ppl']:.4f}{ours}{diff}{proto}")
+        else:
+            lines.append(f"{head}\n    {r['status']}" + (f": {r['detail']}" if r["detail"] else ""))
+        if r["agrees"] is False:
+            lines.append("    DOES NOT MATCH what the README says")
+    lines.append("every reader that ran did what the README says" if report["pass"]
+                 else "some reader did not do what the README says (or none ran)")
     return "\n".join(lines)
-
-
-if __name__ == "__main__":
-    sys.exit(main())

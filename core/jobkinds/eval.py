@@ -45,6 +45,43 @@ def run_eval(spec: EvalSpec, ctx: RunContext) -> dict:
         report["kl"] = kl_divergence(reference.model, loaded.model, windows, check=ctx.cancel.check)
         ctx.emitter.metric("kl", report["kl"], split="eval")
     if spec.prompt:
-        report["sample"] = {"prompt": spec.prompt,
-                            "text": generate_text(loaded.model, loaded.tokenizer, spec.prompt, spec.max_new_tokens)}
+        report["sample"] = _generate(spec, ctx, loaded, generate_text)
     return report
+
+
+def _generate(spec: EvalSpec, ctx: RunContext, loaded, generate_text) -> dict:
+    """The continuation of `spec.prompt`, streamed: a `progress` event per new token for the
+    stage "generate", carrying the text so far; cancellation between tokens."""
+    import time
+
+    from transformers.generation.streamers import BaseStreamer
+
+    class Stream(BaseStreamer):
+        def __init__(self) -> None:
+            self.ids: list[int] = []
+            self.prompt_seen = False
+            self.started = time.monotonic()
+
+        def put(self, value) -> None:
+            if not self.prompt_seen:           # generate() hands the prompt over first
+                self.prompt_seen, self.started = True, time.monotonic()
+                return
+            ctx.cancel.check()
+            self.ids.extend(int(i) for i in value.reshape(-1).tolist())
+            elapsed = time.monotonic() - self.started
+            done = len(self.ids)
+            eta = elapsed / done * (spec.max_new_tokens - done)
+            ctx.emitter.emit("progress", stage="generate", done=done, total=spec.max_new_tokens,
+                             eta_s=round(eta, 1), text=loaded.tokenizer.decode(self.ids, skip_special_tokens=True),
+                             tokens_per_s=round(done / max(elapsed, 1e-9), 2))
+
+        def end(self) -> None:
+            pass
+
+    ctx.emitter.stage("generate", "start")
+    stream = Stream()
+    text = generate_text(loaded.model, loaded.tokenizer, spec.prompt, spec.max_new_tokens, streamer=stream)
+    seconds = time.monotonic() - stream.started
+    ctx.emitter.stage("generate", "end")
+    return {"prompt": spec.prompt, "text": text, "new_tokens": len(stream.ids), "seconds": round(seconds, 3),
+            "tokens_per_s": round(len(stream.ids) / max(seconds, 1e-9), 2)}

@@ -23,6 +23,8 @@ class ExportSpec:
     out: str | None = None                         # export folder; null: RUN_DIR/export/FORMAT of this job
     lowbit: Literal["lossless", "kquant"] = "lossless"   # GGUF: 2/3-bit layers exact in Q4_0/Q4_1, or K-quants
     checkpoint_format: Literal["auto", "v2"] = "auto"    # GPTQ: v1 when every zero point allows it, else v2
+    ct_layout: Literal["sym", "asym"] = "sym"      # compressed-tensors: all symmetric (transformers reads it) or zero points kept
+    embed_bits: Literal[8, 16] = 8                 # GGUF: token embedding and head as Q8_0 (8) or F16 (16)
     max_shard_gb: float = 5.0                      # safetensors shards above this size
 
     def validate(self) -> None:
@@ -45,7 +47,8 @@ def run_export(spec: ExportSpec, ctx: RunContext) -> dict:
     ctx.cancel.check()
     out = Path(spec.out) if spec.out else ctx.run_dir.export_dir / spec.format
     ctx.emitter.stage("export", "start")
-    options = {"lowbit": spec.lowbit, "max_shard_bytes": int(spec.max_shard_gb * 1e9)}
+    options = {"lowbit": spec.lowbit, "max_shard_bytes": int(spec.max_shard_gb * 1e9),
+               "ct_layout": spec.ct_layout, "embed_bits": spec.embed_bits}
     if spec.checkpoint_format != "auto":
         options["checkpoint_format"] = spec.checkpoint_format
     report = export_checkpoint(source, spec.format, out, options)

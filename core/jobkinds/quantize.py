@@ -4,7 +4,8 @@ Events: `plan` (the resolved plan and its budget), `layer` per layer (bits, grou
 relative output error, seconds), `progress` with an ETA. Finished blocks are saved to
 RUN_DIR/checkpoint/ as they complete; `--resume` replays them (the calibration windows
 are saved too, so the replayed activations are the same) and continues with the next
-block. Cancellation is checked between layers.
+block. Cancellation is checked between layers; a cancel keeps the layers the current block
+finished (checkpoint/partial.safetensors), and a resume goes on from the next layer.
 """
 
 from __future__ import annotations
@@ -85,14 +86,14 @@ def run_quantize(spec: QuantizeSpec, ctx: RunContext) -> dict:
     layers = layer_inventory(loaded.model)
     plan = _resolve_plan(spec, ctx, layers)
     store = BlockStore(ctx.run_dir.checkpoint_dir)
-    windows, done, start_block = _calibrate_or_resume(spec, ctx, store, loaded, plan)
+    windows, done, start_block, partial = _calibrate_or_resume(spec, ctx, store, loaded, plan)
     results = dict(store.layer_results)          # {layer name: its `layer` event fields}
     placement = _weights_placement(loaded.model, work_device)
 
     ctx.emitter.stage("quantize", "start")
     quantize_started = time.monotonic()
     quantized = _quantize_blocks(spec, ctx, store, loaded.model, plan, layers, windows, results,
-                                 work_device, start_block)
+                                 work_device, start_block, partial)
     quantized = {**done, **quantized}
     quantize_seconds = time.monotonic() - quantize_started
     ctx.emitter.stage("quantize", "end")
@@ -140,31 +141,38 @@ def _resolve_plan(spec: QuantizeSpec, ctx: RunContext, layers: list):
 
 
 def _calibrate_or_resume(spec: QuantizeSpec, ctx: RunContext, store, loaded, plan):
-    """(windows [n, seqlen] or None, {layer: quantized} of finished blocks, first block to do).
+    """(windows [n, seqlen] or None, {layer: quantized} of finished blocks, first block to do,
+    {layer: quantized or None} finished in that block before a cancel).
 
     A resumed run reads back its saved windows and finished blocks and applies those blocks
     to the model, so the next block sees the activations an uninterrupted run would."""
     from ..pipeline import apply_done_blocks
     from ..quant.resume import load_windows_or_draw
+    from .common import sampling_hooks
 
     windows = None
     if spec.calib_windows > 0:
         ctx.emitter.stage("calibrate", "start")
-        windows = load_windows_or_draw(store, ctx.resume, spec, loaded)
+        windows = load_windows_or_draw(store, ctx.resume, spec, loaded, **sampling_hooks(ctx))
         ctx.emitter.stage("calibrate", "end")
     done = store.load_done(plan) if ctx.resume else {}
     start_block = store.next_block() if ctx.resume else 0
+    partial = store.load_partial(plan, start_block) if ctx.resume else {}
     if not ctx.resume:
         store.reset()
     if start_block:
         apply_done_blocks(loaded.model, plan, done, start_block)
-        ctx.emitter.log(f"resuming at block {start_block}: {len(store.layer_results)} layers were done")
-    return windows, done, start_block
+    if start_block or partial:
+        ctx.emitter.log(f"resuming at block {start_block}"
+                        + (f" after its first {len(partial)} layers" if partial else "")
+                        + f": {len(store.layer_results)} layers were done")
+    return windows, done, start_block, partial
 
 
 def _quantize_blocks(spec: QuantizeSpec, ctx: RunContext, store, model, plan, layers: list, windows,
-                     results: dict, work_device: torch.device, start_block: int) -> dict:
-    """GPTQ/RTN from `start_block` on: a `layer` event per layer, each finished block saved."""
+                     results: dict, work_device: torch.device, start_block: int, partial: dict) -> dict:
+    """GPTQ/RTN from `start_block` on: a `layer` event per layer, each finished block saved,
+    and on a cancel the finished layers of the current block."""
     from ..pipeline import quantize_model
 
     progress = _progress(ctx, len(layers), len(results))
@@ -178,13 +186,18 @@ def _quantize_blocks(spec: QuantizeSpec, ctx: RunContext, store, model, plan, la
     def on_block_done(index: int, quantized: dict) -> None:
         store.save_block(index, quantized, {n: results[n] for n in results if _in_block(n, layers, index)})
 
+    def on_partial(index: int, quantized: dict, finished: list[str]) -> None:
+        store.save_partial(index, quantized, {n: results[n] for n in finished})
+
     try:
         return quantize_model(model, plan, windows, _options(spec), device=work_device,
                               on_layer=on_layer, on_block_done=on_block_done, check=ctx.cancel.check,
-                              start_block=start_block)
+                              start_block=start_block, on_partial=on_partial, partial=partial)
     except Cancelled:
+        saved = f"blocks before {store.next_block()}" if store.next_block() else "no whole block yet"
+        extra = f", and {len(store.partial['layers'])} layers of block {store.partial['block']}" if store.partial else ""
         raise Cancelled(f"cancelled after {store.layers_done()} of {len(layers)} layers "
-                        f"(blocks before {store.next_block()} are saved in checkpoint/)")
+                        f"({saved}{extra} are saved in checkpoint/)")
 
 
 def _report(spec: QuantizeSpec, ctx: RunContext, loaded, layers: list, budget, windows, results: dict,

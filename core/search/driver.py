@@ -14,7 +14,7 @@ import time
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable
 
 import torch
 
@@ -124,6 +124,7 @@ def database_settings(setup: Setup) -> DatabaseSettings:
 
 def ensure_database(setup: Setup) -> VariantDatabase:
     """Reuse `spec.database`, or build (or finish) this run's own database."""
+    from ..jobkinds.common import sampling_hooks
     from ..pipeline import draw_calibration
 
     spec, ctx = setup.spec, setup.ctx
@@ -153,7 +154,7 @@ def ensure_database(setup: Setup) -> VariantDatabase:
 
     def windows() -> torch.Tensor:
         return draw_calibration(spec.calib, setup.loaded.tokenizer, setup.preset.windows, spec.seqlen,
-                                spec.seed, model=setup.model)
+                                spec.seed, model=setup.model, **sampling_hooks(ctx))
 
     build_database(folder, settings, levels, setup.model, setup.layers, windows,
                    emit_layer=ctx.emitter.layer, check=ctx.cancel.check, on_progress=on_progress)
@@ -175,27 +176,49 @@ def sensitivity_genome(setup: Setup, space: SearchSpace, db: VariantDatabase) ->
     return tuple(knapsack(space.numels, space.levels, errors, setup.target))
 
 
+def scored_on_calibration(setup: Setup, stage: str, compute: Callable) -> Any:
+    """Draw the calibration windows and run `compute(windows, check, on_batch)` as `stage`,
+    with progress events per batch (spike and fisher scores)."""
+    from ..jobkinds.common import sampling_hooks
+    from ..pipeline import draw_calibration
+
+    spec, ctx = setup.spec, setup.ctx
+    windows = draw_calibration(spec.calib, setup.loaded.tokenizer, setup.preset.windows, spec.seqlen,
+                               spec.seed, model=setup.model, **sampling_hooks(ctx))
+    ctx.emitter.stage(stage, "start")
+    progress = Progress(ctx.emitter, stage, len(windows))
+    out = compute(windows, ctx.cancel.check, lambda done, total: progress.advance(done - progress.done))
+    ctx.emitter.stage(stage, "end")
+    return out
+
+
 def fisher_genome(setup: Setup, space: SearchSpace, db: VariantDatabase) -> tuple[Genome, dict]:
     """Fisher-weighted output errors of every variant (core/search/fisher.py), summed per unit,
     solved by the knapsack under the budget."""
-    from ..pipeline import draw_calibration
     from .fisher import fisher_scores
     from .knapsack import knapsack
 
+    from .. import atomic
+
     spec, ctx = setup.spec, setup.ctx
     started = time.time()
-    windows = draw_calibration(spec.calib, setup.loaded.tokenizer, setup.preset.windows, spec.seqlen,
-                               spec.seed, model=setup.model)
-    ctx.emitter.stage("fisher_scores", "start")
-    progress = Progress(ctx.emitter, "fisher_scores", len(windows))
-    scores = fisher_scores(setup.model, setup.layers, windows, db.weight, space.levels, spec.batch_size,
-                           ctx.cancel.check, on_batch=lambda done, total: progress.advance(done - progress.done))
-    ctx.emitter.stage("fisher_scores", "end")
+    # the scores depend on the model, the windows and the variants, not on the target: a
+    # sweep (or a later search on the same database) computes them once
+    key = _hash({"model": model_fingerprint(setup.model), "calib": spec.calib, "windows": setup.preset.windows,
+                 "seqlen": spec.seqlen, "seed": spec.seed, "levels": list(space.levels), "db": db.meta["key"]})
+    cached = db.folder / f"fisher-scores-{key}.json"
+    if cached.is_file():
+        scores = {name: {int(b): v for b, v in per.items()} for name, per in json.loads(cached.read_text()).items()}
+        ctx.emitter.log(f"fisher scores from {cached}")
+    else:
+        scores = scored_on_calibration(setup, "fisher_scores", lambda windows, check, on_batch: fisher_scores(
+            setup.model, setup.layers, windows, db.weight, space.levels, spec.batch_size, check, on_batch))
+        atomic.write_json(cached, scores)
     per_layer = [[scores[layer.name][bits] for bits in space.levels] for layer in setup.layers]
     errors = [[sum(per_layer[i][l] for i in unit) for l in range(len(space.levels))] for unit in setup.tying.units]
     genome = tuple(knapsack(space.numels, space.levels, errors, setup.target))
     top = max(setup.layers, key=lambda layer: scores[layer.name][space.levels[0]])
-    return genome, {"seconds": round(time.time() - started, 2), "windows": len(windows),
+    return genome, {"seconds": round(time.time() - started, 2), "scores_file": str(cached),
                     "summed_score": sum(errors[u][l] for u, l in enumerate(genome)),
                     "most_sensitive_at_lowest_level": top.name}
 
@@ -205,7 +228,6 @@ def spike_genome(setup: Setup, cache: Path | None = None) -> tuple[SearchSpace, 
 
     `cache`: a folder (the variant database's) where scores are kept for later searches."""
     from .. import atomic
-    from ..pipeline import draw_calibration
     from .spike import choose_kept, spike_allocation, spike_scores
 
     spec, ctx = setup.spec, setup.ctx
@@ -220,13 +242,8 @@ def spike_genome(setup: Setup, cache: Path | None = None) -> tuple[SearchSpace, 
         scores = json.loads(cached.read_text())
         ctx.emitter.log(f"spike scores from {cached}")
     else:
-        windows = draw_calibration(spec.calib, setup.loaded.tokenizer, setup.preset.windows, spec.seqlen,
-                                   spec.seed, model=setup.model)
-        ctx.emitter.stage("spike_scores", "start")
-        progress = Progress(ctx.emitter, "spike_scores", len(windows))
-        scores = spike_scores(setup.model, names, windows, spec.batch_size, ctx.cancel.check,
-                              on_batch=lambda done, total: progress.advance(done - progress.done))
-        ctx.emitter.stage("spike_scores", "end")
+        scores = scored_on_calibration(setup, "spike_scores", lambda windows, check, on_batch: spike_scores(
+            setup.model, names, windows, spec.batch_size, check, on_batch=on_batch))
         if cached is not None:
             atomic.write_json(cached, scores)
     # a unit scores its spikiest layer: keeping a fused group keeps all of it
@@ -324,6 +341,7 @@ def load_or_compute_targets(setup: Setup, runner) -> "Any":
     from safetensors.torch import load_file, save_file
 
     from .. import atomic
+    from ..jobkinds.common import sampling_hooks
     from ..pipeline import draw_calibration
     from .fitness import DenseTargets, dense_targets
 
@@ -335,7 +353,7 @@ def load_or_compute_targets(setup: Setup, runner) -> "Any":
         return DenseTargets(t["windows"], t.get("logp"), t.get("top_logp"), t.get("top_idx"))
     # the pool is drawn with another seed than the Hessian windows: fitness on fresh text
     windows = draw_calibration(spec.calib, setup.loaded.tokenizer, preset.pool_windows, preset.fitness_seqlen,
-                               spec.seed + 1, model=setup.model)
+                               spec.seed + 1, model=setup.model, **sampling_hooks(ctx))
     ctx.emitter.stage("dense_logits", "start")
     progress = Progress(ctx.emitter, "dense_logits", len(windows))
     targets = dense_targets(runner, windows, topk, spec.batch_size, ctx.cancel.check,
@@ -525,9 +543,9 @@ def run_sweep(setup: Setup) -> list[dict]:
             atomic.write_json(done_file, row)
             ctx.emitter.stage(f"sweep {target:g}", "end")
         rows.append(row)
-        ctx.emitter.metric("sweep_point", row["ppl"] if row["ppl"] is not None else row["kl"], step=index,
-                           split="sweep", **{k: row[k] for k in ("target_bits", "effective_bits", "mb", "kl",
-                                                                  "plan_file")})
+        ctx.emitter.metric("sweep_point", row["ppl"], step=index, split="sweep",
+                           **{k: row[k] for k in ("target_bits", "avg_code_bits", "effective_bits", "mb", "kl",
+                                                  "plan_file")})
     return rows
 
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 import contextlib
 import math
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 import torch
 import torch.nn.functional as F
@@ -138,6 +138,10 @@ class Tuner:
             layer.capture_inputs = self.v_opt is not None and spec.code_precondition
         self.codes_total = sum(layer.codes.numel() for layer in layers.values())
         self.step = 0                      # optimizer steps done
+        # Called between forward passes (micro-batches, the V step's check, evaluation) and
+        # may raise Cancelled: a step of a real model takes tens of seconds on a CPU. A step
+        # cut short is never saved, so a resume starts from the last checkpoint, exactly.
+        self.check: Callable[[], None] = lambda: None
 
     def _autocast(self) -> contextlib.AbstractContextManager:
         if self.autocast_dtype is None:
@@ -153,11 +157,13 @@ class Tuner:
             self.p_opt.zero_grad(set_to_none=True)
         total = 0.0
         for start in range(0, len(rows), micro):
+            self.check()
             part = rows[start: start + micro]
             with self._autocast():
                 loss = self._token_kl(part).mean() * (len(part) / len(rows))   # mean over all tokens
             loss.backward()
             total += float(loss.detach())
+        self.check()
         if self.p_opt is not None:
             self.p_opt.step()
         changed: dict[str, int] = {}
@@ -181,6 +187,7 @@ class Tuner:
         """KL(teacher ‖ model) of every token of windows `rows`, flattened [len(rows) · L]."""
         parts = []
         for start in range(0, len(rows), micro):
+            self.check()
             with self._autocast():
                 parts.append(self._token_kl(rows[start: start + micro]).reshape(-1))
         return torch.cat(parts)
@@ -220,7 +227,7 @@ class Tuner:
     def evaluate(self) -> dict[str, Any]:
         """Held-out KL and perplexity, and each layer's output error on the first eval window."""
         record = evaluate_model(self.model, self.layers, self.cache, self.spec.micro_batch or self.spec.batch,
-                                self.device, self._autocast)
+                                self.device, self._autocast, check=self.check)
         return {"step": self.step, **record}
 
     # --- checkpoint state ---
@@ -240,7 +247,8 @@ class Tuner:
 
 @torch.no_grad()
 def evaluate_model(model: nn.Module, layers: dict[str, TunableQuantLinear], cache: TeacherCache, micro: int,
-                   device: torch.device, autocast: Any = contextlib.nullcontext) -> dict[str, Any]:
+                   device: torch.device, autocast: Any = contextlib.nullcontext,
+                   check: Callable[[], None] | None = None) -> dict[str, Any]:
     """{"kl", "ppl", "layers": {name: rel_error}} on the cache's "eval" windows.
 
     KL is KL(teacher ‖ model) per token (top-k + tail, or full, as cached); perplexity is
@@ -255,6 +263,8 @@ def evaluate_model(model: nn.Module, layers: dict[str, TunableQuantLinear], cach
     n_kl = n_nll = 0
     try:
         for start in range(0, len(windows), micro):
+            if check is not None:
+                check()
             rows = list(range(start, min(start + micro, len(windows))))
             ids = windows[rows].to(device)
             with autocast():

@@ -207,9 +207,31 @@ def test_try_it_generates_from_dense_and_quantized(opened):
     start = time.monotonic()
     t.generate()
     deadline = start + 180
-    while any(c.running for c in t.clients) and time.monotonic() < deadline:
+    streamed = []
+    t.clients[0].event.connect(lambda e: streamed.append(e) if e.get("stage") == "generate" else None)
+    while t.running and time.monotonic() < deadline:
         QApplication.processEvents()
         time.sleep(0.02)
     dense, quantized = (o.toPlainText() for o in t.outputs)
     assert dense and quantized and "error" not in dense.lower() and "error" not in quantized.lower()
-    assert t.go.isEnabled()
+    assert t.go.isEnabled() and not t.stop.isEnabled()
+    assert all("tokens/s" in r.text() for r in t.rates)
+    # the text came in token by token, each event with the text so far
+    texts = [e["text"] for e in streamed if e["type"] == "progress"]
+    assert len(texts) >= 1 and texts[-1].strip() == dense.strip()
+
+
+def test_try_it_stops_both_sides(opened):
+    w = opened
+    t = w.try_it
+    t.prompt.setPlainText("The quick brown fox")
+    t.tokens.setValue(200)
+    t.generate()
+    assert t.stop.isEnabled() and not t.go.isEnabled()
+    t.cancel()
+    deadline = time.monotonic() + 120
+    while t.running and time.monotonic() < deadline:
+        QApplication.processEvents()
+        time.sleep(0.02)
+    assert not t.running and t.go.isEnabled()
+    assert all(o.toPlainText() == "stopped" for o in t.outputs)

@@ -82,3 +82,30 @@ def test_selfgen_cache_returns_the_sample_it_stored(tiny_llama, tmp_path, monkey
     assert torch.equal(fresh, again)
     other_seed = calibration_windows("selfgen", loaded.tokenizer, 2, 10, seed=4, model=loaded.model)
     assert not torch.equal(fresh, other_seed) and len(list((tmp_path / "selfgen").glob("*"))) == 2
+
+
+def test_selfgen_reports_each_step_and_stops_at_a_check(tiny_llama, monkeypatch):
+    """Sampling calls on_step once per token position of each batch (so a job can emit
+    progress with an ETA) and check() before each; the sample is the same with or without them."""
+    from bitsmith.core.data import selfgen_windows
+    from bitsmith.core.errors import Cancelled
+    from bitsmith.core.model import load_model
+
+    monkeypatch.setenv("BITSMITH_CACHE", "")
+    loaded = load_model(str(tiny_llama))
+    steps = []
+    with_hooks = selfgen_windows(loaded.model, loaded.tokenizer, 5, 8, seed=2, batch_size=2,
+                                 on_step=lambda done, total: steps.append((done, total)))
+    assert steps == [(d, 24) for d in range(1, 25)]         # 3 batches x 8 positions, in order
+    assert torch.equal(with_hooks, selfgen_windows(loaded.model, loaded.tokenizer, 5, 8, seed=2, batch_size=2))
+
+    calls = []
+
+    def check():
+        calls.append(1)
+        if len(calls) == 4:
+            raise Cancelled()
+
+    with pytest.raises(Cancelled):
+        selfgen_windows(loaded.model, loaded.tokenizer, 5, 8, seed=2, batch_size=2, check=check)
+    assert len(calls) == 4                                   # stopped at once, not at the end

@@ -34,7 +34,7 @@ def test_warnings_come_from_the_plan_alone():
     assert any("2/3 bits are stored losslessly" in w for w in gguf)
     assert not any("not a multiple of 32" in w for w in gguf)          # 576 -> g96, 1536 -> g128
     ct = export_warnings(plan, "compressed-tensors")
-    assert any("asymmetric at 2/3 bits" in w and "k_proj" in w for w in ct)
+    assert any("one more bit" in w for w in ct) and any("stored at [2, 5] bits" in w for w in ct)
     assert any(w.startswith("2 blocks") and "(qkv)" in w for w in ct) and not any("(gate/up)" in w for w in ct)
     gptq = export_warnings(plan, "gptq", act_order=True)
     assert any("[96]" in w for w in gptq) and any("act-order" in w for w in gptq)
@@ -129,6 +129,17 @@ def test_cli_and_job_kind(mixed_checkpoint, tmp_path, capsys):
     report = json.loads(capsys.readouterr().out)
     assert report["kind"] == "export" and report["format"] == "gguf" and (out / report["gguf_file"]).is_file()
     assert json.loads((tmp_path / "run" / "report.json").read_text())["out"] == str(out)
+    code = main(["export", str(mixed_checkpoint), "--format", "compressed-tensors", "--ct-layout", "asym",
+                 "--out", str(tmp_path / "cli-ct"), "--json"])
+    report = json.loads(capsys.readouterr().out)
+    assert code == 0 and report["ct_layout"] == "asym" and report["widened_layers"] == {}
+    assert any(r["reader"] == "transformers" and r["verdict"] == "refuses" for r in report["readers"])
+    code = main(["export", str(mixed_checkpoint), "--format", "gguf", "--embed-bits", "16", "--out", str(tmp_path / "g16")])
+    assert code == 0 and "weight files" in capsys.readouterr().out
+    record = json.loads((tmp_path / "g16" / "bitsmith-export.json").read_text())
+    assert record["options"]["embed_bits"] == 16 and record["source_checkpoint"] == str(mixed_checkpoint)
+    with pytest.raises(BadInput, match="--embed-bits 4"):
+        export_checkpoint(mixed_checkpoint, "gguf", tmp_path / "z", {"embed_bits": 4})
     assert main(["export", str(tmp_path / "missing"), "--format", "gptq", "--out", str(tmp_path / "y")]) == 2
     assert "error:" in capsys.readouterr().err
     with pytest.raises(BadInput, match="no source"):

@@ -91,7 +91,8 @@ def test_permutation_is_undone_by_transformers():
 def test_gguf_export_loads_in_transformers_and_matches_our_model(mixed_checkpoint, ours, token_ids, tmp_path):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    report = export_checkpoint(mixed_checkpoint, "gguf", tmp_path / "gguf")
+    # F16 embeddings: this checks the quantized layers (the Q8_0 embedding has its own test below)
+    report = export_checkpoint(mixed_checkpoint, "gguf", tmp_path / "gguf", {"embed_bits": 16})
     assert report["types"]["Q4_0"] >= 4 and report["types"].get("Q8_0") == 2
     assert report["layers"]["model.layers.0.mlp.gate_proj"]["type"] == "Q4_0"          # 2-bit, lossless
     assert report["max_rel_error"] < 1e-3                                            # fp16 rounding only
@@ -123,3 +124,40 @@ def test_gguf_refuses_other_architectures(save_checkpoint, tiny_models, tmp_path
     with pytest.raises(BadInput, match="Llama-architecture"):
         export_checkpoint(ckpt, "gguf", tmp_path / "out")
     assert not (tmp_path / "out").exists()
+
+
+def test_embeddings_are_q8_0_by_default_and_sizes_are_reported(mixed_checkpoint, tiny_llama, tmp_path):
+    import gguf
+    from transformers import AutoModelForCausalLM
+
+    src = open_source(mixed_checkpoint)
+    src.manifest["base_model"] = {**src.manifest.get("base_model", {}), "location": str(tiny_llama)}
+    small = export_checkpoint(src, "gguf", tmp_path / "q8")
+    wide = export_checkpoint(src, "gguf", tmp_path / "f16", {"embed_bits": 16})
+    types, nbytes = {}, {}
+    for name, report in (("q8", small), ("f16", wide)):
+        reader = gguf.GGUFReader(str(tmp_path / name / report["gguf_file"]))
+        embeds = [t for t in reader.tensors if t.name in ("token_embd.weight", "output.weight")]
+        types[name] = {t.name: t.tensor_type.name for t in embeds}
+        nbytes[name] = sum(int(t.n_bytes) for t in embeds)
+    assert types == {"q8": {"token_embd.weight": "Q8_0", "output.weight": "Q8_0"},
+                     "f16": {"token_embd.weight": "F16", "output.weight": "F16"}}
+    # two [512, 64] tensors: 16 bits -> 8.5 bits per weight (34 bytes per 32 weights)
+    assert nbytes == {"f16": 2 * 512 * 64 * 2, "q8": 2 * 512 * 2 * 34}
+    assert wide["bytes"] - small["bytes"] >= nbytes["f16"] - nbytes["q8"] - 256     # README and padding aside
+    weights = sum(f.stat().st_size for f in tiny_llama.glob("*.safetensors"))
+    assert small["source_model"] == {"path": str(tiny_llama), "bytes": weights}
+    gguf_bytes = (tmp_path / "q8" / small["gguf_file"]).stat().st_size
+    assert small["weight_bytes"] == gguf_bytes and small["bytes"] > gguf_bytes          # README, record
+    assert f"{gguf_bytes / weights:.3f}× the {weights:,} bytes" in (tmp_path / "q8" / "README.md").read_text()
+    # what a reader gets back is gguf-py's Q8_0 of our embedding, with the error the report states
+    model = AutoModelForCausalLM.from_pretrained(tmp_path / "q8", gguf_file=small["gguf_file"], dtype=torch.float32)
+    ours = src.dense["model.embed_tokens.weight"].float()
+    q8 = gguf.quants.dequantize(gguf.quants.quantize(ours.numpy(), gguf.GGMLQuantizationType.Q8_0),
+                                gguf.GGMLQuantizationType.Q8_0)
+    loaded = model.get_input_embeddings().weight.detach()
+    assert torch.equal(loaded, torch.from_numpy(q8))
+    rel = float((loaded - ours).norm() / ours.norm())
+    assert small["embeddings"]["token_embd.weight"] == {"type": "Q8_0", "rel_error": pytest.approx(rel, rel=1e-6)}
+    assert 0 < rel < 1e-2 and wide["embeddings"]["token_embd.weight"]["rel_error"] < 1e-3
+    assert any("Q8_0" in w and "--embed-bits 16" in w for w in small["warnings"])

@@ -65,13 +65,47 @@ def test_cancel_then_resume_gives_the_same_checkpoint(tmp_path, tiny_llama):
 
     assert execute(cut, Emitter([cancel_in_block_1]), cancel=token) == 3
     error = [e for e in read_events(cut.events_file) if e["type"] == "error"][-1]
-    assert "7 of 14 layers" in error["message"]          # block 0 finished, block 1 not
-    assert execute(cut, Emitter(), resume=True) == 0
-    assert cut.read_report()["resumed_at_block"] == 1
+    # block 0 whole, and the 2 layers block 1 finished before the check: nothing is thrown away
+    assert "9 of 14 layers" in error["message"] and "2 layers of block 1" in error["message"]
+    after = []
+    assert execute(cut, Emitter([after.append]), resume=True) == 0
+    redone = [e["name"] for e in after if e["type"] == "layer"]
+    assert len(redone) == 5 and not set(redone) & set(seen)        # only the layers not done
+    assert cut.read_report()["resumed_at_block"] == 1 and len(cut.read_report()["layers"]) == 14
     a, b = read_quantized(whole.quantized_dir), read_quantized(cut.quantized_dir)
     for name, qw in a.layers.items():
         assert torch.equal(qw.codes, b.layers[name].codes), name
         assert torch.equal(qw.scales, b.layers[name].scales), name
+
+
+def test_cancel_mid_block_with_kept_layers_resumes_exactly(tmp_path, tiny_llama):
+    """A cancel after an fp8-kept layer of the block: resume rounds it again, the rest match."""
+    rules = [{"pattern": r"layers\.1\.self_attn\.q_proj", "keep": "fp8"},
+             {"pattern": r"layers\.1\.self_attn\.k_proj", "keep": "16"}]
+    job = _job(tiny_llama, plan={"bits": 3, "group_size": 32, "rules": rules})
+    whole = RunDir.create(tmp_path / "whole", job.to_dict())
+    assert execute(whole, Emitter()) == 0
+    cut = RunDir.create(tmp_path / "cut", job.to_dict())
+    token = CancelToken()
+    seen = []
+
+    def cancel_after_kept(event):
+        if event["type"] == "layer":
+            seen.append(event["name"])
+            if event["name"].endswith("layers.1.self_attn.v_proj"):
+                token.cancel()
+
+    assert execute(cut, Emitter([cancel_after_kept]), cancel=token) == 3
+    assert execute(cut, Emitter(), resume=True) == 0
+    a, b = read_quantized(whole.quantized_dir), read_quantized(cut.quantized_dir)
+    assert set(a.layers) == set(b.layers)
+    for name, qw in a.layers.items():
+        assert torch.equal(qw.codes, b.layers[name].codes), name
+    ids = torch.randint(0, 512, (1, 16))
+    with torch.no_grad():
+        la = load_model(str(whole.quantized_dir)).model(input_ids=ids).logits
+        lb = load_model(str(cut.quantized_dir)).model(input_ids=ids).logits
+    assert torch.equal(la, lb)
 
 
 def test_rtn_without_calibration_through_the_worker(tmp_run, tiny_llama):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pathlib
+
 import pytest
 import torch
 
@@ -74,4 +76,7 @@ def test_fisher_search_writes_a_plan_within_budget(serve, run_search, db_run, ti
     assert isinstance(plan, Plan) and plan.budget().avg_code_bits <= 3.0 + 1e-9
     report = run.read_report()
     assert report["fisher"]["summed_score"] > 0 and report["ppl"] > 1
-    assert any(e["type"] == "progress" and e["stage"] == "fisher_scores" for e in events)
+    computed = any(e["type"] == "progress" and e["stage"] == "fisher_scores" for e in events)
+    reused = any("fisher scores from" in e.get("message", "") for e in events)
+    assert computed != reused          # the second search on the same database reuses the scores
+    assert pathlib.Path(report["fisher"]["scores_file"]).is_file()

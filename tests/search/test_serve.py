@@ -158,3 +158,18 @@ def test_budget_sweep_writes_a_plan_per_target_and_resumes_to_the_same(run_searc
     for t in ("2.5", "3.5"):
         assert json.loads((straight.path / "sweep" / f"plan-{t}.json").read_text())["layers"] == \
             json.loads((resumed.path / "sweep" / f"plan-{t}.json").read_text())["layers"]
+
+
+def test_exports_warn_before_writing_a_split_group(tiny_llama):
+    """compressed-tensors and GPTQ check the fused groups too: a split plan is named before
+    anything is written; a plan made with --serve vllm gets no such warning."""
+    from bitsmith.core.export.checks import export_warnings
+    from bitsmith.core.plan import PlanSpec, Rule, resolve_plan
+
+    layers = layer_inventory(tiny_model("llama"))
+    split = resolve_plan(PlanSpec(rules=[Rule(r"k_proj$", bits=3)], bits=4), layers)
+    tied = resolve_plan(PlanSpec(rules=[Rule(r"self_attn\.(q|k|v)_proj$", bits=3)], bits=4), layers)
+    for fmt in ("compressed-tensors", "gptq"):
+        warned = [w for w in export_warnings(split, fmt) if "fuse (qkv)" in w]
+        assert len(warned) == 1 and "--serve vllm" in warned[0] and "k_proj=3-bit" in warned[0], fmt
+        assert not [w for w in export_warnings(tied, fmt) if "fuse (" in w], fmt

@@ -100,3 +100,29 @@ def test_code_change_must_beat_its_standard_error():
     assert code_change_helps(noisy, 0.0) and not code_change_helps(noisy, 2.0)
     assert code_change_helps(torch.full((10,), -0.01) + torch.arange(10) * 1e-4, 3.0)
     assert not code_change_helps(torch.zeros(8), 0.0)     # no change is no gain
+
+
+def test_cancel_is_checked_between_forward_passes_inside_a_step(tmp_path):
+    """A step of a real model takes tens of seconds on a CPU: the tuner checks between its
+    micro-batches (and the V step's extra forwards), not only between steps."""
+    from bitsmith.core.errors import Cancelled
+
+    tuner, _ = _setup(tmp_path, method="pv", micro_batch=1)
+    calls = []
+
+    def check():
+        calls.append(1)
+        if len(calls) == 2:
+            raise Cancelled()
+
+    tuner.check = check
+    try:
+        tuner.train_step()
+        raise AssertionError("the step ran to its end")
+    except Cancelled:
+        pass
+    assert len(calls) == 2 and tuner.step == 0           # stopped after one of its 4 micro-batches
+    calls.clear()
+    tuner.check = lambda: calls.append(1)
+    tuner.evaluate()
+    assert len(calls) == 2                                 # evaluation: once per micro-batch of 2 windows

@@ -187,3 +187,35 @@ def test_sigkilled_worker_resumes_to_the_uninterrupted_result(tiny_quant, calib_
     assert set(a) == set(b)
     for key in a:
         assert torch.equal(a[key], b[key]), key
+
+
+def test_divergence_is_flagged_and_the_best_state_is_saved(tiny_quant, calib_file, tmp_path):
+    """A learning rate far too high: the held-out metrics blow up; each such evaluation gets
+    a warning event, and the checkpoint written is the best state, which the report names."""
+    from bitsmith.core.model import load_model
+
+    job = _job(tiny_quant, calib_file, method="continuous", lr=0.5, steps=3, eval_every=1, checkpoint_every=0)
+    assert _run(tmp_path / "run", job) == 0
+    events = read_events(tmp_path / "run" / "events.jsonl")
+    warnings = [e for e in events if e["type"] == "log" and e.get("code") == "diverged"]
+    report = json.loads((tmp_path / "run" / "report.json").read_text())
+    assert warnings and report["diverged_steps"] == [w["step"] for w in warnings]
+    assert all(w["level"] == "warning" and w["best_step"] == 0 and "best state" in w["message"] for w in warnings)
+    assert report["best_step"] == 0 and report["best"]["kl"] < report["last"]["kl"] / 2
+    # the saved model is the best state: it evaluates like step 0, not like the last step
+    saved = load_model(str(tmp_path / "run" / "quantized"))
+    before = load_model(str(tiny_quant))
+    ids = torch.randint(0, 512, (1, 16), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        torch.testing.assert_close(saved.model(input_ids=ids).logits, before.model(input_ids=ids).logits)
+
+
+def test_divergence_rule():
+    from bitsmith.core.tune.run import divergence
+
+    history = [{"ppl": 20.0, "kl": 0.4}, {"ppl": 19.0, "kl": 0.35}]
+    assert divergence({"ppl": 21.0, "kl": 0.4}, history) is None            # noise
+    assert "perplexity" in divergence({"ppl": 349.0, "kl": 0.5}, history)
+    assert "KL" in divergence({"ppl": 19.5, "kl": 0.9}, history)
+    assert "not finite" in divergence({"ppl": float("nan"), "kl": 0.3}, history)
+    assert divergence({"ppl": 1e4, "kl": 5.0}, []) is None                 # nothing to compare with

@@ -67,7 +67,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="the runtime the plan is for: vllm/sglang fuse q/k/v and gate/up, so each fused group "
                         "gets one setting; any: no constraint (default)")
     parser.add_argument("--threads", type=int, help="torch CPU threads (default: 1 on a busy machine, else all)")
-    parser.add_argument("--cluster", help="score EvoPress candidates on Ray (pip install 'bitsmith[cluster]'): "
+    parser.add_argument("--cluster", help="build the variant database and score EvoPress candidates on Ray (pip install "
+                        "'bitsmith[cluster]'): "
                         "local:N (N actors on this machine), ray://HOST:PORT (a running cluster), or auto "
                         "(RAY_ADDRESS or `ray start`); the run directory must be on storage every node mounts")
     parser.add_argument("--cluster-actors", type=int,

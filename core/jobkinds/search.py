@@ -51,7 +51,7 @@ class SearchSpec:
     share_prefixes: bool = True           # candidates share the blocks they agree on
     batch_size: int = 4                   # windows per forward
     threads: int | None = None            # torch CPU threads; null: 1 when the CPU is oversubscribed
-    cluster: str | None = None            # EvoPress scoring on Ray (pip install 'bitsmith[cluster]'):
+    cluster: str | None = None            # database tasks and EvoPress scoring on Ray ('bitsmith[cluster]'):
                                           # local:N (N actors on this machine), ray://HOST:PORT, or auto
                                           # (RAY_ADDRESS / `ray start`); null: in this process, no Ray
     cluster_actors: int | None = None     # ray:// and auto: actors (null: one per GPU, else one per node)
@@ -118,9 +118,9 @@ class SearchSpec:
             from ..search.cluster import parse_cluster
 
             address = parse_cluster(self.cluster)
-            if self.method != "evopress":
-                raise BadInput(f"--cluster scores EvoPress candidates; the {self.method} method has none",
-                               "leave --cluster out, or use --method evopress")
+            if self.method == "spike":
+                raise BadInput("--cluster builds the variant database and scores EvoPress candidates; "
+                               "the spike method does neither", "leave --cluster out, or use another --method")
             if address.kind == "local" and self.cluster_actors is not None:
                 raise BadInput(f"--cluster {self.cluster} already says how many actors",
                                "leave --cluster-actors out, or change N in local:N")

@@ -48,6 +48,8 @@ from .cluster_units import ActorJob, ScoringActor, Unit, combine_units, plan_uni
 
 if TYPE_CHECKING:
     from ..events import Emitter
+    from .cluster_database import RayBlocks
+    from .database import DatabaseSettings
     from .genome import Genome
 
 INSTALL_HINT = "install the cluster extra: pip install 'bitsmith[cluster]' (or leave --cluster out)"
@@ -224,6 +226,15 @@ class ClusterSession:
                               self.threads, self.actors)
             self.pools[key] = ScoringPool(self.ray, shape, job, self.emitter, check)
         return self.pools[key]
+
+    def database_blocks(self, settings: "DatabaseSettings", levels: Sequence[int],
+                        check: Callable[[], None] | None = None) -> "RayBlocks":
+        """A BlockQuantizer for the variant database: (block, level) tasks sized as the actors are."""
+        from .cluster_database import RayBlocks
+
+        shape = size_pool(self.address, self.ray.cluster_resources(), len(self._alive_nodes()),
+                          self.threads, self.actors)
+        return RayBlocks(self.ray, shape, settings, levels, self.emitter, check)
 
     def close(self) -> None:
         for pool in self.pools.values():

@@ -34,10 +34,9 @@ from ..errors import BadInput
 from ..capture import forward_with_input_hooks
 from ..inventory import LayerInfo, linear_weight
 from ..model import model_fingerprint
-from ..plan import resolve_group_size
-from ..quant.gptq import HessianAccumulator, rel_error
+from ..quant.gptq import HessianAccumulator
 from ..quant.tensor import QuantizedWeight
-from .multigptq import gptq_multi
+from .block_variants import BlockQuantizer, LocalBlocks, block_groups
 
 DB_FORMAT = "bitsmith-variant-db"
 DB_VERSION = 1
@@ -223,8 +222,11 @@ def _save_block(folder: Path, meta: dict, block: int, variants: dict[str, dict[i
 def build_database(folder: Path, settings: DatabaseSettings, levels: Sequence[int],
                    model: torch.nn.Module, layers: Sequence[LayerInfo], calib_windows: Callable[[], torch.Tensor],
                    emit_layer: Callable[..., None] | None = None, check: Callable[[], None] | None = None,
-                   on_progress: Callable[[str, int, int], None] | None = None) -> dict:
-    """Build (or finish building) the database in `folder`; returns its metadata."""
+                   on_progress: Callable[[str, int, int], None] | None = None,
+                   quantizer: BlockQuantizer | None = None) -> dict:
+    """Build (or finish building) the database in `folder`; returns its metadata. `quantizer`:
+    who quantizes each block's layers at every level (default: this process, block by block;
+    core/search/cluster_database.py: Ray tasks)."""
     levels = sorted(b for b in set(levels) if b != KEPT)
     meta = _read_meta(folder)
     if meta is not None and (meta["key"] != settings.key() or meta["levels"] != levels):
@@ -261,24 +263,14 @@ def build_database(folder: Path, settings: DatabaseSettings, levels: Sequence[in
                                        on_batch=(lambda d, t: on_progress("hessians", d, t)) if on_progress else None)
     meta["hessian_seconds"] += time.time() - started
     modules = dict(model.named_modules())
+    work = quantizer or LocalBlocks(settings, levels)
     for block in todo:
         if check is not None:
             check()
-        t_block = time.time()
-        variants: dict[str, dict[int, QuantizedWeight]] = {}
-        errors: dict[str, dict[int, float]] = {}
-        in_block = [l for l in layers if l.block == block]
-        for head in [l for l in in_block if owner[l.name] == l.name]:
-            group = [l for l in in_block if owner[l.name] == head.name]
-            H = hessians[head.name]
-            g = resolve_group_size(head.d_in, settings.group_size)
-            weights = [linear_weight(modules[l.name]).detach().float() for l in group]
-            per_layer = gptq_multi(weights, H, levels, g, settings.sym, settings.act_order,
-                                   settings.static_groups, settings.damp, clip=settings.clip)
-            for l, W, per_level in zip(group, weights, per_layer):
-                variants[l.name] = dict(zip(levels, per_level))
-                errors[l.name] = {bits: rel_error(W, qw.dequantize(), H) for bits, qw in variants[l.name].items()}
-        save_block(block, variants, errors, time.time() - t_block)
+        groups = block_groups([l for l in layers if l.block == block], owner, hessians,
+                              lambda l: linear_weight(modules[l.name]), settings.group_size)
+        work.submit(block, groups, save_block)
+    work.finish()
     return meta
 
 

@@ -122,6 +122,18 @@ def database_settings(setup: Setup) -> DatabaseSettings:
                             group_size=spec.group_size, sym=spec.sym, propagate_bits=propagate)
 
 
+def database_quantizer(setup: Setup, settings: DatabaseSettings, levels: list[int]) -> Any:
+    """Ray tasks with --cluster (core/search/cluster_database.py); None: this process. A
+    propagated database stays here: each layer's inputs come from the layers quantized before it."""
+    if setup.cluster is None:
+        return None
+    if settings.propagate_bits is not None:
+        setup.ctx.emitter.log("the propagated variant database is built in this process (each layer's inputs "
+                              "depend on the layers quantized before it); the cluster scores candidates")
+        return None
+    return setup.cluster.database_blocks(settings, levels, setup.ctx.cancel.check)
+
+
 def ensure_database(setup: Setup) -> VariantDatabase:
     """Reuse `spec.database`, or build (or finish) this run's own database."""
     from ..jobkinds.common import sampling_hooks
@@ -157,7 +169,8 @@ def ensure_database(setup: Setup) -> VariantDatabase:
                                 spec.seed, model=setup.model, **sampling_hooks(ctx))
 
     build_database(folder, settings, levels, setup.model, setup.layers, windows,
-                   emit_layer=ctx.emitter.layer, check=ctx.cancel.check, on_progress=on_progress)
+                   emit_layer=ctx.emitter.layer, check=ctx.cancel.check, on_progress=on_progress,
+                   quantizer=database_quantizer(setup, settings, levels))
     ctx.emitter.stage("database", "end")
     db = open_database(folder, cache, setup.loaded.device)
     ctx.emitter.log(f"variant database: {len(setup.layers)} layers × {levels} bits in {db.seconds:.0f} s")

@@ -1,8 +1,8 @@
 """EvoPress scoring on Ray (core/search/cluster.py, cluster_units.py): the same fitness however the stage is cut
 and wherever it runs, lost actors, cancel, and the errors before any work.
 
-The Ray tests share one local instance (`ray.init(num_cpus=2)`, no network) and skip when
-Ray is not installed; the rest need no Ray."""
+The Ray tests share one local instance (`ray_local` in conftest.py: `ray.init(num_cpus=2)`, no
+network) and skip when Ray is not installed; the rest need no Ray."""
 
 from __future__ import annotations
 
@@ -23,7 +23,7 @@ from bitsmith.core.jobs import ModelSpec, make_job
 from bitsmith.core.model import load_model, model_fingerprint
 from bitsmith.core.search.assemble import Assembler
 from bitsmith.core.search.blocks import BlockRunner
-from bitsmith.core.search.cluster import ActorShape, ScoringPool, init_local_ray, parse_cluster, size_pool
+from bitsmith.core.search.cluster import ActorShape, ScoringPool, parse_cluster, size_pool
 from bitsmith.core.search.cluster_units import ActorJob, TargetRows, UnitScorer, combine_units, plan_units
 from bitsmith.core.search.database import open_database
 from bitsmith.core.search.fitness import CandidateScorer, dense_targets
@@ -127,17 +127,6 @@ def test_unreachable_cluster_is_one_line_before_any_work(tiny_llama, tmp_path, c
 
 
 # --- on a local Ray instance ------------------------------------------------------------------
-
-@pytest.fixture(scope="module")
-def ray_local():
-    ray = pytest.importorskip("ray")
-    started = not ray.is_initialized()
-    if started:
-        init_local_ray(2)
-    yield ray
-    if started:
-        ray.shutdown()
-
 
 def _pool(ray, scoring, tiny_llama, share_prefixes=True, batch_size=2) -> tuple[ScoringPool, list[dict]]:
     events: list[dict] = []

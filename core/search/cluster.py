@@ -126,17 +126,28 @@ def _ray_init_safely() -> Iterator[None]:
                 signal.signal(sig, handler)
 
 
-def init_local_ray(num_cpus: int, **kwargs: Any) -> Any:
-    """A private Ray instance on this machine (the `local:N` kind, and the tests'); no dashboard,
-    and the actors' output kept off the driver's stdout (a worker's stdout carries events only)."""
+def _init_local(num_cpus: int, dashboard: bool) -> Any:
+    """ray.init of a new instance on this machine (address "local", even where `ray start` left
+    a cluster address); the actors' output kept off the driver's stdout (a worker's stdout
+    carries events only). Ray's context."""
     ray = import_ray()
-    with _ray_init_safely():       # address "local": a new instance, even where `ray start` left a cluster address
-        ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, log_to_driver=False,
-                 configure_logging=False, **kwargs)
-    return ray
+    with _ray_init_safely():
+        return ray.init(address="local", num_cpus=num_cpus, include_dashboard=dashboard, log_to_driver=False,
+                        configure_logging=False)
 
 
-def _reachable(host: str, port: int, timeout: float = 5.0) -> str | None:
+def init_local_ray(num_cpus: int) -> Any:
+    """A private Ray instance without a dashboard (the `local:N` kind, and the tests'); ray."""
+    _init_local(num_cpus, dashboard=False)
+    return import_ray()
+
+
+def init_local_ray_jobs(num_cpus: int) -> str:
+    """A private Ray instance with its dashboard, which serves the Jobs API (core/submit.py): its URL."""
+    return f"http://{_init_local(num_cpus, dashboard=True).dashboard_url}"
+
+
+def reachable(host: str, port: int, timeout: float = 5.0) -> str | None:
     """None when a TCP connection to host:port opens; else why not (before Ray's 30 s client timeout)."""
     try:
         with socket.create_connection((host, port), timeout=timeout):
@@ -149,7 +160,7 @@ def connect(address: ClusterAddress) -> tuple[Any, bool]:
     """(ray, whether this session started the instance); BadInput naming the address and the fix."""
     ray = import_ray()
     if address.kind == "client":
-        why = _reachable(address.host, address.port)
+        why = reachable(address.host, address.port)
         if why is not None:
             raise BadInput(f"cannot reach the Ray cluster at {address.text} ({why})",
                            "start its head with `ray start --head` (Ray Client listens on port 10001), check the "
@@ -407,4 +418,4 @@ class ScoringPool:
 
 
 __all__ = ["ClusterAddress", "parse_cluster", "ClusterSession", "ScoringPool", "open_cluster", "init_local_ray",
-           "size_pool", "ActorShape", "import_ray"]
+           "init_local_ray_jobs", "size_pool", "ActorShape", "import_ray", "reachable"]

@@ -18,9 +18,11 @@ never the model's. A task whose worker dies is re-run by Ray (`max_retries`).
 
 from __future__ import annotations
 
+import json
 import math
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 from ..errors import BitsmithError, Cancelled
@@ -143,4 +145,17 @@ class RayBlocks:
         self.blocks.clear()
 
 
-__all__ = ["RayBlocks", "quantize_level"]
+def database_differences(a: Path, b: Path) -> list[str]:
+    """How two database folders differ: block files byte for byte, meta.json but for build times
+    (empty: the same database)."""
+    blocks = sorted(p.name for p in Path(a).glob("block-*.safetensors"))
+    if blocks != sorted(p.name for p in Path(b).glob("block-*.safetensors")):
+        return ["different block files"]
+    out = [name for name in blocks if (Path(a) / name).read_bytes() != (Path(b) / name).read_bytes()]
+    timing = ("block_seconds", "hessian_seconds")
+    metas = [{k: v for k, v in json.loads((Path(d) / "meta.json").read_text()).items() if k not in timing}
+             for d in (a, b)]
+    return out + (["meta.json"] if metas[0] != metas[1] else [])
+
+
+__all__ = ["RayBlocks", "quantize_level", "database_differences"]

@@ -13,9 +13,10 @@ or an analysis registers forward hooks there to collect per-layer input statisti
             run_block(block, inputs)
     iterate_blocks(model, windows, on_block)
 
-Block 0's inputs are caught with a forward pre-hook that stores the positional and
-keyword arguments (attention mask, position embeddings, ... whatever this architecture
-passes) and raises to stop the forward pass, so nothing after block 0 runs.
+The inputs are caught in one pass with every block replaced by the identity: block 0's
+hidden states, and each block's positional and keyword arguments (attention mask, position
+embeddings, ... whatever this architecture passes; blocks of different types get their
+own), so no block computes during the capture.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ import torch
 from torch import nn
 
 from .inventory import find_blocks, is_linear
+from .offload import onloaded, outside_onloaded, placement_of, trim_memory
 
 
 class _StopForward(Exception):
@@ -41,9 +43,18 @@ class BlockInputs:
     hidden: list[torch.Tensor]     # per batch: [B, L, hidden] on the work device
     args: list[tuple]              # per batch: further positional arguments (usually empty)
     kwargs: list[dict[str, Any]]   # per batch: keyword arguments of the block call
+    # per block, per batch: (args, kwargs) of that block's call. Blocks of different types
+    # get different ones (Gemma 2/3: sliding-window or global mask and rotary tables)
+    calls: list[list[tuple[tuple, dict[str, Any]]]] | None = None
 
     def __len__(self) -> int:
         return len(self.hidden)
+
+    def for_block(self, index: int, hidden: list[torch.Tensor]) -> "BlockInputs":
+        """`hidden` with the arguments block `index` is called with."""
+        if self.calls is None or index >= len(self.calls):
+            return BlockInputs(hidden, self.args, self.kwargs, self.calls)
+        return BlockInputs(hidden, [c[0] for c in self.calls[index]], [c[1] for c in self.calls[index]], self.calls)
 
     @property
     def tokens(self) -> int:
@@ -63,55 +74,54 @@ def _to(value: Any, device: torch.device) -> Any:
 
 
 def model_device(model: nn.Module) -> torch.device:
-    return next(model.parameters()).device
-
-
-@contextmanager
-def _outside_blocks_on(model: nn.Module, blocks: nn.ModuleList, device: torch.device) -> Iterator[None]:
-    """Move every parameter and buffer outside the decoder blocks to `device` meanwhile."""
-    block_ids = {id(t) for b in blocks for t in list(b.parameters()) + list(b.buffers())}
-    moved: list[tuple[torch.Tensor, torch.device]] = []
-    for t in list(model.parameters()) + list(model.buffers()):
-        if id(t) not in block_ids and t.device != device:
-            moved.append((t, t.device))
-            t.data = t.data.to(device)
-    try:
-        yield
-    finally:
-        for t, dev in moved:
-            t.data = t.data.to(dev)
+    """The work device: where blocks compute (core/offload.py), not where the weights wait."""
+    return placement_of(model).device
 
 
 @torch.no_grad()
 def capture_block_inputs(model: nn.Module, windows: torch.Tensor, device: torch.device | str | None = None,
                          batch_size: int = 8) -> BlockInputs:
-    """Run the windows [N, L] up to decoder block 0 and keep what it would receive."""
-    device = torch.device(device) if device is not None else model_device(model)
+    """Run the windows [N, L] through the model with every decoder block replaced by the
+    identity, keeping what each block is called with: block 0's hidden states, and every
+    block's own arguments (`calls`). No block computes and no block weight is touched; the
+    pass stops at the last block, before the final norm and head."""
+    device = model_device(model) if device is None else torch.device(device)
     _, blocks = find_blocks(model)
-    captured = BlockInputs([], [], [])
+    if device != model_device(model):
+        raise ValueError(f"the model computes on {model_device(model)}, not {device}: load it for that device")
+    first: list[torch.Tensor] = []
+    calls: list[list[tuple[tuple, dict[str, Any]]]] = [[] for _ in blocks]
 
-    def hook(module: nn.Module, args: tuple, kwargs: dict) -> None:
-        if args:
-            hidden, rest = args[0], tuple(args[1:])
-        else:
-            kwargs = dict(kwargs)
-            hidden, rest = kwargs.pop("hidden_states"), ()
-        captured.hidden.append(hidden.detach())
-        captured.args.append(rest)
-        captured.kwargs.append({k: v for k, v in kwargs.items()})
-        raise _StopForward
+    def stub_for(index: int) -> Callable:
+        def stub(*args: Any, **kwargs: Any) -> torch.Tensor:
+            if args:
+                hidden, rest = args[0], tuple(args[1:])
+            else:
+                kwargs = dict(kwargs)
+                hidden, rest = kwargs.pop("hidden_states"), ()
+            if index == 0:
+                first.append(hidden.detach())
+            calls[index].append((rest, dict(kwargs)))
+            if index == len(blocks) - 1:
+                raise _StopForward
+            return hidden            # transformers 5 blocks return the hidden states
+        return stub
 
-    handle = blocks[0].register_forward_pre_hook(hook, with_kwargs=True)
+    for index, block in enumerate(blocks):
+        block.forward = stub_for(index)          # an instance attribute shadows the method
     try:
-        with _outside_blocks_on(model, blocks, device):
+        with outside_onloaded(model):
             for batch in windows.split(batch_size):
                 try:
                     model(input_ids=batch.to(device), use_cache=False)
                 except _StopForward:
                     pass
     finally:
-        handle.remove()
-    return captured
+        for block in blocks:
+            block.__dict__.pop("forward", None)
+    if any(len(c) != len(first) for c in calls):     # a model that does not call its blocks in turn
+        calls = [calls[0]] * len(blocks)
+    return BlockInputs(first, [c[0] for c in calls[0]], [c[1] for c in calls[0]], calls)
 
 
 def _block_output(out: Any) -> torch.Tensor:
@@ -206,52 +216,116 @@ def sequential_groups(block: nn.Module, inputs: BlockInputs) -> list[list[str]]:
 
 
 def iterate_blocks(model: nn.Module, windows: torch.Tensor,
-                   on_block: Callable[[int, nn.Module, BlockInputs], None],
+                   on_block: Callable[[int, nn.Module, BlockInputs], list[torch.Tensor] | None],
                    device: torch.device | str | None = None, batch_size: int = 8, start: int = 0,
                    check: Callable[[], None] | None = None,
-                   on_outputs: Callable[[int, BlockInputs], None] | None = None) -> BlockInputs:
-    """For each decoder block i: move it to `device`, call on_block(i, block, inputs) (for
-    i >= start; earlier blocks only propagate), replace the inputs by the block's outputs,
-    move the block back where it was. Returns the last block's outputs.
+                   on_outputs: Callable[[int, BlockInputs], None] | None = None,
+                   replay: Callable[[int, nn.Module], None] | None = None,
+                   write_back: bool = False,
+                   after_block: Callable[[int], None] | None = None) -> BlockInputs:
+    """For each decoder block i: onload it (core/offload.py), call on_block(i, block, inputs)
+    (for i >= start; earlier blocks get `replay(i, block)`, e.g. their quantized weights from
+    a checkpoint, and only propagate), replace the inputs by the block's outputs, call
+    on_outputs(i, outputs), put the block back, call after_block(i). Returns the last
+    block's outputs.
 
-    Only one block and the activations live on `device`; the rest stays where it is (the
-    CPU, for a model larger than the GPU).
+    `on_block` may return the block's outputs when it computed them anyway (a pass with
+    hooks), which saves running the block a second time. Only one block and the activations
+    live on the work device; with `write_back`, changes on_block made to the block's weights
+    are copied home (a resident model is changed in place either way).
     """
-    device = torch.device(device) if device is not None else model_device(model)
+    if device is not None and torch.device(device) != model_device(model):
+        raise ValueError(f"the model computes on {model_device(model)}, not {device}: load it for that device")
     _, blocks = find_blocks(model)
-    inputs = capture_block_inputs(model, windows, device, batch_size)
-    for index, block in enumerate(blocks):
+    inputs = capture_block_inputs(model, windows, None, batch_size)
+    for index in range(len(blocks)):
         if check is not None:
             check()
-        home = model_device(block)
-        block.to(device)
-        if index >= start:
-            on_block(index, block, inputs)
-        inputs = BlockInputs(run_block(block, inputs, stop_early=False), inputs.args, inputs.kwargs)
-        if on_outputs is not None:
-            on_outputs(index, inputs)
-        block.to(home)
+        inputs = inputs.for_block(index, inputs.hidden)      # this block's own mask, rotary tables
+        with onloaded(model, index, write_back=write_back) as block:
+            outs = None
+            if index >= start:
+                outs = on_block(index, block, inputs)
+            elif replay is not None:
+                replay(index, block)
+            if outs is None:
+                outs = run_block(block, inputs, stop_early=False)
+            inputs = BlockInputs(outs, inputs.args, inputs.kwargs, inputs.calls)
+            if on_outputs is not None:
+                on_outputs(index, inputs)
+        if after_block is not None:
+            after_block(index)
+        if not placement_of(model).resident:
+            trim_memory()
     return inputs
+
+
+def _block_of(prefix: str, n_blocks: int, name: str) -> int:
+    """Index of the block that module `name` sits in ("model.layers.3.mlp" -> 3)."""
+    rest = name[len(prefix) + 1:] if name.startswith(prefix + ".") else ""
+    head = rest.split(".", 1)[0]
+    if not head.isdigit() or int(head) >= n_blocks:
+        raise ValueError(f"{name} is not inside a decoder block ({prefix}.N)")
+    return int(head)
 
 
 def forward_with_input_hooks(model: nn.Module, hooks: dict[str, Callable[[nn.Module, tuple], None]],
                              windows: torch.Tensor, batch_size: int = 8,
                              check: Callable[[], None] | None = None,
                              on_batch: Callable[[int, int], None] | None = None) -> None:
-    """Run the whole model over `windows` [n, L] in batches, with a forward pre-hook on
-    each named module (it sees the module's input args); the hooks are removed afterwards.
-    For statistics over the dense model in one pass (Hessians, spike scores)."""
-    modules = dict(model.named_modules())
-    handles = [modules[name].register_forward_pre_hook(hook) for name, hook in hooks.items()]
-    device = model_device(model)
-    try:
-        with torch.no_grad():
-            for start in range(0, len(windows), batch_size):
+    """Run the decoder blocks over `windows` [n, L] in batches, with a forward pre-hook on
+    each named module inside the blocks (it sees the module's input args); the hooks are
+    removed afterwards. For statistics over the dense model in one pass (Hessians, spike
+    scores).
+
+    The pass goes block by block over all batches (one block on the work device at a time),
+    which feeds every hooked module the very inputs a whole-model forward over the same
+    batches would. `on_batch(done, total)` reports blocks done.
+    """
+    prefix, blocks = find_blocks(model)
+    per_block: dict[int, dict[str, Callable]] = {}
+    for name, hook in hooks.items():
+        index = _block_of(prefix, len(blocks), name)
+        per_block.setdefault(index, {})[name[len(f"{prefix}.{index}."):]] = hook
+
+    def on_block(index: int, block: nn.Module, inputs: BlockInputs) -> list[torch.Tensor]:
+        modules = dict(block.named_modules())
+        handles = [modules[sub].register_forward_pre_hook(h) for sub, h in per_block.get(index, {}).items()]
+        try:
+            outs = []
+            for one in _batches(inputs):
                 if check is not None:
                     check()
-                model(input_ids=windows[start: start + batch_size].to(device), use_cache=False)
-                if on_batch is not None:
-                    on_batch(min(start + batch_size, len(windows)), len(windows))
-    finally:
-        for handle in handles:
-            handle.remove()
+                outs += run_block(block, one, stop_early=False)
+            return outs
+        finally:
+            for handle in handles:
+                handle.remove()
+
+    def on_outputs(index: int, _outputs: BlockInputs) -> None:
+        if on_batch is not None:
+            on_batch(index + 1, len(blocks))
+
+    with torch.no_grad():
+        iterate_blocks(model, windows, on_block, batch_size=batch_size, check=check, on_outputs=on_outputs)
+
+
+def _batches(inputs: BlockInputs) -> list[BlockInputs]:
+    return [BlockInputs([h], [a], [k]) for h, a, k in zip(inputs.hidden, inputs.args, inputs.kwargs)]
+
+
+@torch.no_grad()
+def final_hidden(model: nn.Module, windows: torch.Tensor, batch_size: int = 8,
+                 check: Callable[[], None] | None = None,
+                 on_block: Callable[[int, int], None] | None = None) -> list[torch.Tensor]:
+    """The last block's outputs for `windows` [n, L], per batch [B, L, d] on the work device,
+    computed block by block over all batches (each block onloaded once)."""
+    _, blocks = find_blocks(model)
+
+    def progress(index: int, _outputs: BlockInputs) -> None:
+        if on_block is not None:
+            on_block(index + 1, len(blocks))
+
+    out = iterate_blocks(model, windows, lambda i, b, x: None, batch_size=batch_size, check=check,
+                         on_outputs=progress)
+    return out.hidden

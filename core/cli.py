@@ -32,11 +32,18 @@ def add_model_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"])
     parser.add_argument("--trust-remote-code", action="store_true",
                         help="allow the model's own Python code to run (only for authors you trust)")
+    parser.add_argument("--offload", default="auto", choices=["auto", "ram", "disk"],
+                        help="where the weights wait while one block at a time is worked on: CPU RAM in "
+                        "their stored dtype, or (disk) their safetensors files (default auto: ram)")
+    parser.add_argument("--max-memory", type=float, metavar="GB",
+                        help="RAM the job may use; a job estimated to need more is refused before it starts "
+                        "(default: what the machine has free)")
 
 
 def model_spec(args: argparse.Namespace) -> ModelSpec:
     return ModelSpec(source=args.model, device=args.device, dtype=args.dtype,
-                     trust_remote_code=args.trust_remote_code)
+                     trust_remote_code=args.trust_remote_code, offload=getattr(args, "offload", "auto"),
+                     max_memory_gb=getattr(args, "max_memory", None))
 
 
 def add_output_args(parser: argparse.ArgumentParser, out_required: bool = False) -> None:
@@ -44,12 +51,33 @@ def add_output_args(parser: argparse.ArgumentParser, out_required: bool = False)
     parser.add_argument("--json", action="store_true", help="print the report as JSON on stdout")
     parser.add_argument("--events", action="store_true", help="print raw event lines on stdout")
     parser.add_argument("--resume", action="store_true", help="continue the run already in --out")
+    parser.add_argument("--dry-run", action="store_true",
+                        help="print the job's estimated peak RAM, GPU memory, disk and time (a probe of one "
+                        "block on this machine), and whether it fits; run nothing")
+
+
+def dry_run(job: Job, args: argparse.Namespace) -> int:
+    """`--dry-run`: the pre-flight estimate, as a summary or JSON; exit 2 when it does not fit."""
+    from .estimate import estimate_job
+
+    est = estimate_job(job, probe=True, run_dir=Path(args.out) if getattr(args, "out", None) else None)
+    if getattr(args, "json", False):
+        print(json.dumps(est.to_dict(), indent=2))
+    else:
+        print(est.summary())
+        for name, phase in est.phases.items():
+            secs = f", {phase['seconds']:.0f} s" if "seconds" in phase else ""
+            gpu = f", GPU {phase['gpu'] / 2**30:.2f} GB" if phase.get("gpu") else ""
+            print(f"  {name:10s} RAM {phase['ram'] / 2**30:.2f} GB{gpu}{secs}")
+    return 0 if est.fits else 2
 
 
 def run_job_inline(job: Job, args: argparse.Namespace) -> tuple[int, dict | None]:
     """Run `job` in this process in `args.out` (or a temporary run directory)."""
     from .runner import execute
 
+    if getattr(args, "dry_run", False):
+        return dry_run(job, args), None
     sinks = [stream_sink(sys.stdout)] if getattr(args, "events", False) else [TerminalRenderer()]
     out = getattr(args, "out", None)
     resume = bool(getattr(args, "resume", False))

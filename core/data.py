@@ -182,10 +182,11 @@ def _selfgen_cache_file(model: torch.nn.Module, tokenizer: Any, n_windows: int, 
     if not root:
         return None
     from .model import model_fingerprint
+    from .offload import placement_of
 
-    first = next(model.parameters())
-    key = [model_fingerprint(model), n_windows, seqlen, seed, batch_size, len(tokenizer), first.device.type,
-           str(first.dtype), torch.__version__]
+    where = placement_of(model)          # where and in which dtype the sampling computes
+    key = [model_fingerprint(model), n_windows, seqlen, seed, batch_size, len(tokenizer), where.device.type,
+           str(where.dtype), torch.__version__]
     h = hashlib.sha256(json.dumps(key).encode())
     return Path(root) / "selfgen" / f"{h.hexdigest()[:20]}.safetensors"
 
@@ -231,8 +232,11 @@ def selfgen_windows(model: torch.nn.Module, tokenizer: Any, n_windows: int, seql
 def _sample_windows(model: torch.nn.Module, tokenizer: Any, n_windows: int, seqlen: int, seed: int,
                     batch_size: int, on_step: StepCallback | None = None,
                     check: Callable[[], None] | None = None) -> torch.Tensor:
-    """[n_windows, seqlen] sampled sequences (see selfgen_windows)."""
-    device = next(model.parameters()).device
+    """[n_windows, seqlen] sampled sequences (see selfgen_windows). A model kept off the
+    work device runs streamed: each block onloaded for each step (core/offload.py)."""
+    from .offload import placement_of, streamed
+
+    device = placement_of(model).device
     special = set(getattr(tokenizer, "all_special_ids", []) or [])
     vocab = [i for i in range(len(tokenizer)) if i not in special and i < model.config.vocab_size]
     gen = torch.Generator().manual_seed(seed)
@@ -240,14 +244,15 @@ def _sample_windows(model: torch.nn.Module, tokenizer: Any, n_windows: int, seql
     batches = range(0, n_windows, batch_size)
     total = len(batches) * seqlen            # sequential steps: one forward each
     windows = []
-    for b, start in enumerate(batches):
-        first = firsts[start: start + batch_size].to(device)
+    with streamed(model):
+        for b, start in enumerate(batches):
+            first = firsts[start: start + batch_size].to(device)
 
-        def step(done: int, b: int = b) -> None:
-            if on_step is not None:
-                on_step(b * seqlen + done, total)
+            def step(done: int, b: int = b) -> None:
+                if on_step is not None:
+                    on_step(b * seqlen + done, total)
 
-        windows.append(_sample_continuations(model, first, seqlen, gen, step, check).cpu())
+            windows.append(_sample_continuations(model, first, seqlen, gen, step, check).cpu())
     return torch.cat(windows)
 
 

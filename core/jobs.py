@@ -38,6 +38,11 @@ class ModelSpec:
     device: Device = "auto"          # auto: cuda when present, else cpu
     dtype: DType = "auto"            # auto: bfloat16 on cuda, float32 on cpu
     trust_remote_code: bool = False  # custom modelling code runs only when asked for
+    # where the weights stay while a job walks the model block by block (core/offload.py):
+    # auto: the job decides (CPU RAM in the stored dtype for quantize, search and eval);
+    # ram: CPU RAM in the stored dtype; disk: the blocks stay in their safetensors files
+    offload: Literal["auto", "ram", "disk"] = "auto"
+    max_memory_gb: float | None = None   # RAM the job may use; one estimated to need more is refused
 
 
 S = TypeVar("S")

@@ -33,13 +33,15 @@ HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 @dataclass
 class LoadedModel:
-    model: torch.nn.Module          # a transformers causal LM, eval mode, on `device`
+    model: torch.nn.Module          # a transformers causal LM, eval mode (weights where `offload` says)
     tokenizer: Any
     source: str                     # what the user asked for
     location: str                   # the file or folder it came from
-    device: torch.device
-    dtype: torch.dtype
+    device: torch.device            # the work device
+    dtype: torch.dtype              # the compute dtype there
     quantized: dict | None = None   # the manifest, when a native quantized checkpoint
+    offload: str = "none"           # none (resident on `device`) | ram | disk (core/offload.py)
+    stored_dtype: torch.dtype | None = None   # the dtype the weights are kept in at home
 
     @property
     def architecture(self) -> str:
@@ -51,7 +53,8 @@ class LoadedModel:
         return {"source": self.source, "location": self.location, "architecture": self.architecture,
                 "model_type": self.model.config.model_type, "parameters": n_params,
                 "device": str(self.device), "dtype": str(self.dtype).replace("torch.", ""),
-                "quantized": self.quantized is not None}
+                "stored_dtype": str(self.stored_dtype or self.dtype).replace("torch.", ""),
+                "offload": self.offload, "quantized": self.quantized is not None}
 
 
 # --- device and dtype -----------------------------------------------------------------
@@ -111,8 +114,11 @@ def model_fingerprint(model: torch.nn.Module) -> str:
     h = hashlib.sha256()
     config = {k: v for k, v in model.config.to_dict().items() if k != "_name_or_path"}   # the folder
     h.update(json.dumps(config, sort_keys=True, default=str).encode())
-    for _, p in list(model.named_parameters())[:4]:
-        h.update(p.detach().float().flatten()[:65536].cpu().numpy().tobytes())
+    from .offload import home_tensor
+
+    for name, p in list(model.named_parameters())[:4]:
+        t = home_tensor(model, name, p)          # read from its file when the block is on disk
+        h.update(t.detach().flatten()[:65536].float().cpu().numpy().tobytes())
     return h.hexdigest()[:16]
 
 
@@ -120,15 +126,19 @@ def _cache_root() -> Path:
     return Path(os.environ.get("BITSMITH_CACHE", Path.home() / ".cache" / "bitsmith"))
 
 
-def _load_default(dtype: torch.dtype) -> tuple[Any, Any, str]:
+def _default_cache_folder() -> Path:
+    stat = default_model_path().stat()
+    return _cache_root() / f"default-{stat.st_size}-{int(stat.st_mtime)}"
+
+
+def _load_default(dtype: Any) -> tuple[Any, Any, str]:
     """The default model, from a float32 safetensors copy made on first use.
 
     Dequantizing the GGUF takes about 25 s on two cores; the copy loads in about 2 s.
     The copy's name carries the GGUF's size and mtime, so a new package version makes a new one.
     """
     gguf_path = default_model_path()
-    stat = gguf_path.stat()
-    cached = _cache_root() / f"default-{stat.st_size}-{int(stat.st_mtime)}"
+    cached = _default_cache_folder()
     if (cached / "config.json").is_file():
         model, tokenizer = _from_pretrained(str(cached), dtype, False)
         return model, tokenizer, str(cached)
@@ -214,43 +224,203 @@ def _is_quantized_checkpoint(path: Path) -> bool:
     return path.is_dir() and (path / QUANT_MANIFEST).is_file()
 
 
-def load_model(spec: ModelSpec | str) -> LoadedModel:
-    """Open the model that `spec.source` names, in eval mode, on the chosen device."""
+def _resolve_offload(spec: ModelSpec, lean: bool) -> str:
+    """none (the whole model on the work device, as jobs that run it whole need), ram or disk."""
+    if not lean:
+        if spec.offload != "auto":
+            raise BadInput(f"this job runs the whole model at once and cannot use --offload {spec.offload}",
+                           "leave --offload out")
+        return "none"
+    return "ram" if spec.offload == "auto" else spec.offload
+
+
+def load_model(spec: ModelSpec | str, lean: bool = False) -> LoadedModel:
+    """Open the model that `spec.source` names, in eval mode.
+
+    `lean` (jobs that walk the model block by block: quantize, search, eval): the weights
+    stay home in their stored dtype — CPU RAM, or their files with `offload: disk` — and
+    blocks go to the work device one at a time (core/offload.py). Otherwise the whole model
+    moves to the work device in the compute dtype."""
     spec = ModelSpec(source=spec) if isinstance(spec, str) else spec
     device = resolve_device(spec.device)
-    dtype = resolve_dtype(spec.dtype, device)
+    offload = _resolve_offload(spec, lean)
     source = spec.source.strip()
     if not source:
         raise BadInput("no model was given", "pass `default`, a folder, a .gguf file or a hub id")
-    if source == "default":
-        model, tokenizer, location = _load_default(dtype)
-        return _finish(model, tokenizer, source, location, device, dtype)
     path = Path(source).expanduser()
-    if not path.exists():
-        if HUB_ID.match(source) and not source.startswith((".", "/", "~")):
-            model, tokenizer = _load_hub(source, dtype, spec.trust_remote_code)
-            return _finish(model, tokenizer, source, source, device, dtype)
-        raise BadInput(f"model path {path} does not exist", "check the path, or pass `default` or a hub id")
-    if _is_quantized_checkpoint(path):
+    if source != "default" and path.exists() and _is_quantized_checkpoint(path):
         from .quant.checkpoint import load_quantized_model  # the engine's own format
 
-        return load_quantized_model(path, spec, device, dtype)
+        return load_quantized_model(path, spec, device, resolve_dtype(spec.dtype, device))
+    if offload == "disk":
+        return _load_disk(spec, source, path, device)
+    if offload == "ram":
+        return _load_ram(spec, source, path, device)
+    model, tokenizer, location = _load_any(spec, source, path, resolve_dtype(spec.dtype, device), device)
+    return _finish(model, tokenizer, source, location, device, spec.dtype, offload)
+
+
+def _load_any(spec: ModelSpec, source: str, path: Path, dtype: torch.dtype | None,
+              device: torch.device) -> tuple[Any, Any, str]:
+    """(model, tokenizer, location) on the CPU; `dtype` None keeps the stored dtype."""
+    stored: Any = "auto" if dtype is None else dtype
+    if source == "default":
+        return _load_default(stored)
+    if not path.exists():
+        if HUB_ID.match(source) and not source.startswith((".", "/", "~")):
+            model, tokenizer = _load_hub(source, stored, spec.trust_remote_code)
+            return model, tokenizer, source
+        raise BadInput(f"model path {path} does not exist", "check the path, or pass `default` or a hub id")
     if path.is_file():
         if path.suffix.lower() != ".gguf":
             raise BadInput(f"{path} is a file but not a .gguf model",
                            "pass a model folder (with config.json), a .gguf file, a hub id or `default`")
-        model, tokenizer = _load_gguf(path, dtype, spec.trust_remote_code)
-    else:
-        _check_hf_folder(path, spec.trust_remote_code)
-        model, tokenizer = _from_pretrained(str(path), dtype, spec.trust_remote_code)
-    return _finish(model, tokenizer, source, str(path), device, dtype)
+        # a GGUF has no torch dtype of its own: it dequantizes into the compute dtype
+        model, tokenizer = _load_gguf(path, dtype or resolve_dtype(spec.dtype, device), spec.trust_remote_code)
+        return model, tokenizer, str(path)
+    _check_hf_folder(path, spec.trust_remote_code)
+    model, tokenizer = _from_pretrained(str(path), stored, spec.trust_remote_code)
+    return model, tokenizer, str(path)
 
 
-def _finish(model: Any, tokenizer: Any, source: str, location: str,
-            device: torch.device, dtype: torch.dtype) -> LoadedModel:
-    model.to(device=device, dtype=dtype)
+def compute_dtype(dtype: str, device: torch.device, stored: torch.dtype) -> torch.dtype:
+    """fp32 on a CPU; on a GPU the stored dtype when it is a 16-bit one, else bfloat16."""
+    if dtype != "auto":
+        return getattr(torch, dtype)
+    if device.type == "cpu":
+        return torch.float32
+    return stored if stored in (torch.bfloat16, torch.float16) else torch.bfloat16
+
+
+def _stored_dtype(model: torch.nn.Module) -> torch.dtype:
+    """The dtype most of the floating-point weights are stored in."""
+    counts: dict[torch.dtype, int] = {}
+    for p in model.parameters():
+        if p.is_floating_point():
+            counts[p.dtype] = counts.get(p.dtype, 0) + p.numel()
+    return max(counts, key=counts.get) if counts else torch.float32
+
+
+def _finish(model: Any, tokenizer: Any, source: str, location: str, device: torch.device,
+            dtype_name: str, offload: str, disk: Any = None) -> LoadedModel:
+    from .offload import Placement, attach
+
+    stored = _stored_dtype(model)
+    dtype = compute_dtype(dtype_name, device, stored)
+    if offload == "none":
+        model.to(device=device, dtype=dtype)
+    elif offload == "ram" and device.type == "cpu" and all(
+            p.dtype == dtype for p in model.parameters() if p.is_floating_point()):
+        offload = "none"          # home already is the work device in the compute dtype: resident
+    attach(model, Placement(device, dtype, offload, disk))   # type: ignore[arg-type]
     model.eval()
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
-    log.info("loaded %s (%s) on %s as %s", source, type(model).__name__, device, dtype)
-    return LoadedModel(model, tokenizer, source, location, device, dtype)
+    log.info("loaded %s (%s): computes on %s in %s, stored %s, offload %s", source, type(model).__name__,
+             device, dtype, stored, offload)
+    return LoadedModel(model, tokenizer, source, location, device, dtype, offload=offload, stored_dtype=stored)
+
+
+# --- blocks left on disk -----------------------------------------------------------------
+
+def _files_folder(source: str, path: Path) -> Path | None:
+    """The folder of safetensors files a model's blocks can be read from, if it has one."""
+    if source == "default":
+        folder = _default_cache_folder()
+        if not (folder / "config.json").is_file():
+            _load_default(torch.float32)       # writes the safetensors copy on first use
+        return folder
+    return path if path.is_dir() and any(path.glob("*.safetensors")) else None
+
+
+def _disk_folder(source: str, path: Path) -> Path:
+    folder = _files_folder(source, path)
+    if folder is None:
+        raise BadInput(f"--offload disk reads the blocks from safetensors files, and {source} is not a folder "
+                       "of them", "pass a Hugging Face folder (save a .gguf or hub model with save_pretrained "
+                       "first), or use --offload ram")
+    return folder
+
+
+class _Unmappable(Exception):
+    """The files' tensor names do not map onto the model's (an architecture renamed on load)."""
+
+
+def _config_dtype(config: Any) -> torch.dtype:
+    stored = getattr(config, "dtype", None) or getattr(config, "torch_dtype", None) or torch.float32
+    return getattr(torch, stored) if isinstance(stored, str) else stored
+
+
+def _load_from_files(spec: ModelSpec, source: str, folder: Path, device: torch.device, offload: str) -> LoadedModel:
+    """The model built empty from its config, its tensors read from the safetensors files
+    with safetensors (each file mapped only while a block is read, then closed): everything
+    outside the decoder blocks into RAM; the blocks into RAM too ("ram", one block at a
+    time, so no mapping of the whole model lingers in the process) or left in the files
+    ("disk": meta tensors, read when onloaded)."""
+    from accelerate import init_empty_weights
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, GenerationConfig
+
+    from .inventory import find_blocks
+    from .offload import DiskWeights, map_checkpoint_names, safetensors_index
+
+    _check_hf_folder(folder, spec.trust_remote_code)
+    config = AutoConfig.from_pretrained(str(folder), trust_remote_code=spec.trust_remote_code)
+    with init_empty_weights():
+        model = AutoModelForCausalLM.from_config(config, trust_remote_code=spec.trust_remote_code,
+                                                 dtype=_config_dtype(config))
+    index, missing = map_checkpoint_names(model, safetensors_index(folder))
+    prefix, blocks = find_blocks(model)
+    in_blocks = [n for n in model.state_dict() if n.startswith(prefix + ".")]
+    unmapped = [n for n in in_blocks if n in missing]
+    if unmapped:
+        raise _Unmappable(unmapped[0])
+    files = DiskWeights(index)
+    outside = [n for n in index if not n.startswith(prefix + ".")]
+    model.load_state_dict(files.load(outside), strict=False, assign=True)
+    if offload == "ram":
+        for i in range(len(blocks)):
+            # copied out of the file mapping (which safetensors' tensors share per read), so
+            # that dropping a quantized block's weights (offload.release) frees its memory
+            mine = [n for n in in_blocks if n.startswith(f"{prefix}.{i}.")]
+            model.load_state_dict({n: t.clone() for n, t in files.load(mine).items()}, strict=False, assign=True)
+    if getattr(config.get_text_config(), "tie_word_embeddings", False):
+        model.tie_weights()
+    left = [n for n, t in list(model.named_parameters()) + list(model.named_buffers())
+            if t.device.type == "meta" and (offload == "ram" or not n.startswith(prefix + "."))]
+    if left:
+        raise BadInput(f"{folder}'s files lack {left[0]}", "the model folder is incomplete: fetch it again")
+    if (folder / "generation_config.json").is_file():
+        model.generation_config = GenerationConfig.from_pretrained(str(folder))
+    tokenizer = AutoTokenizer.from_pretrained(str(folder), trust_remote_code=spec.trust_remote_code)
+    disk = DiskWeights({n: index[n] for n in in_blocks}) if offload == "disk" else None
+    return _finish(model, tokenizer, source, str(folder), device, spec.dtype, offload, disk)
+
+
+def _load_ram(spec: ModelSpec, source: str, path: Path, device: torch.device) -> LoadedModel:
+    """Weights in RAM in their stored dtype. A folder of safetensors whose blocks will be
+    onloaded (not resident) is read block by block; anything else goes through
+    transformers (GGUF, hub ids, renamed architectures, the resident fp32 case)."""
+    from transformers import AutoConfig
+
+    folder = _files_folder(source, path)
+    if folder is not None:
+        config = AutoConfig.from_pretrained(str(folder), trust_remote_code=spec.trust_remote_code)
+        stored = _config_dtype(config)
+        if device.type != "cpu" or compute_dtype(spec.dtype, device, stored) != stored:
+            try:
+                return _load_from_files(spec, source, folder, device, "ram")
+            except _Unmappable:
+                pass
+    model, tokenizer, location = _load_any(spec, source, path, None, device)
+    return _finish(model, tokenizer, source, location, device, spec.dtype, "ram")
+
+
+def _load_disk(spec: ModelSpec, source: str, path: Path, device: torch.device) -> LoadedModel:
+    """The model with its decoder blocks on the meta device, read from their files when
+    onloaded; embeddings, final norm and head loaded into RAM."""
+    folder = _disk_folder(source, path)
+    try:
+        return _load_from_files(spec, source, folder, device, "disk")
+    except _Unmappable as err:
+        raise BadInput(f"--offload disk cannot find {err.args[0]} in {folder}'s files "
+                       "(this architecture renames its weights when loading)", "use --offload ram") from None

@@ -25,6 +25,7 @@ from torch import nn
 
 from .capture import BlockInputs, block_linears, iterate_blocks, record_inputs, run_block, sequential_groups
 from .errors import Cancelled
+from .offload import onloaded, trim_memory
 from .inventory import _is_conv1d, find_blocks, linear_weight
 from .plan import LayerPlan, Plan
 from .quant.gptq import HessianAccumulator, gptq_quantize, rel_error
@@ -102,11 +103,12 @@ class BlockQuantizer:
     def __init__(self, prefix: str, plan: Plan, options: QuantizeOptions, calibrated: bool,
                  on_layer: LayerCallback | None, on_block_done: BlockCallback | None,
                  check: Callable[[], None] | None, on_partial: PartialCallback | None = None,
-                 partial: dict[str, QuantizedWeight | None] | None = None) -> None:
+                 partial: dict[str, QuantizedWeight | None] | None = None, keep_codes: bool = True) -> None:
         self.prefix, self.plan, self.options, self.calibrated = prefix, plan, options, calibrated
         self.on_layer, self.on_block_done, self.check = on_layer, on_block_done, check
         self.on_partial = on_partial
         self.partial = dict(partial or {})      # resume: layers of the first block already done
+        self.keep_codes = keep_codes     # False: codes go to on_block_done only (a job checkpoints them)
         self.groups: list[list[str]] | None = None
         self.quantized: dict[str, QuantizedWeight] = {}
 
@@ -136,7 +138,8 @@ class BlockQuantizer:
             if self.on_partial is not None and finished:
                 self.on_partial(index, done, finished)
             raise
-        self.quantized.update(done)
+        if self.keep_codes:
+            self.quantized.update(done)
         if self.on_block_done is not None:
             self.on_block_done(index, done)
 
@@ -160,7 +163,7 @@ class BlockQuantizer:
         same input tensor (q, k, v) share one accumulator, so H is computed once for them."""
         if not names:
             return {}
-        device = next(block.parameters()).device
+        device = inputs.hidden[0].device
         accs: dict[str, HessianAccumulator] = {}     # leader name -> accumulator
         alias: dict[str, str] = {}                   # layer -> leader that saw the same input
         for hidden, args, kwargs in zip(inputs.hidden, inputs.args, inputs.kwargs):
@@ -193,7 +196,7 @@ class BlockQuantizer:
             qw = None
         elif entry.keep == "fp8":
             round_fp8_in_place(module)
-            err = rel_error(W, linear_weight(module).float(), H) if H is not None else None
+            err = rel_error(W, linear_weight(module).detach().float(), H) if H is not None else None
             result = LayerResult(name, index, 8, 0, err, time.monotonic() - start, keep="fp8")
             qw = None
         else:
@@ -213,43 +216,65 @@ def _weight_rel_error(W: torch.Tensor, W_hat: torch.Tensor) -> float:
     return float(((W - W_hat) ** 2).sum() / (W ** 2).sum().clamp_min(1e-30))
 
 
-def apply_done_blocks(model: nn.Module, plan: Plan, quantized: dict[str, QuantizedWeight], n_blocks: int) -> None:
-    """Resume: put the first `n_blocks` blocks' quantized layers (from a checkpoint) back
-    into the model, and round their fp8-kept layers again (deterministic)."""
-    prefix, _ = find_blocks(model)
+def replay_block(block: nn.Module, block_name: str, plan: Plan, quantized: dict[str, QuantizedWeight]) -> None:
+    """Resume, one block: write a finished block's Ŵ (from its checkpoint) into the onloaded
+    block `block_name` ("model.layers.3") and round its fp8-kept layers again, so it makes
+    the outputs it made the first time."""
     for name, qw in quantized.items():
-        write_weight(model.get_submodule(name), qw.dequantize())
-    done = tuple(f"{prefix}.{i}." for i in range(n_blocks))
+        write_weight(block.get_submodule(name[len(block_name) + 1:]), qw.dequantize())
     for name, entry in plan.entries.items():
-        if entry.keep == "fp8" and name.startswith(done):
-            round_fp8_in_place(model.get_submodule(name))
+        if entry.keep == "fp8" and name.startswith(block_name + "."):
+            round_fp8_in_place(block.get_submodule(name[len(block_name) + 1:]))
 
 
 def quantize_model(model: nn.Module, plan: Plan, windows: torch.Tensor | None, options: QuantizeOptions,
                    device: torch.device | str | None = None, on_layer: LayerCallback | None = None,
                    on_block_done: BlockCallback | None = None, check: Callable[[], None] | None = None,
                    start_block: int = 0, on_partial: PartialCallback | None = None,
-                   partial: dict[str, QuantizedWeight | None] | None = None) -> dict[str, QuantizedWeight]:
-    """Quantize `model` in place (its layers end up holding Ŵ) and return the codes.
+                   partial: dict[str, QuantizedWeight | None] | None = None,
+                   replay: Callable[[int, nn.Module], None] | None = None,
+                   release: bool = False) -> dict[str, QuantizedWeight]:
+    """Quantize `model` and return the codes.
 
     `windows` [N, L] are the calibration token windows; None (RTN only) quantizes without
-    data. Blocks before `start_block` must already hold their quantized weights (resume).
-    A check that stops a block half way calls `on_partial` with what the block finished;
-    passing that back as `partial` ({layer: codes, or None for a kept layer}) with the same
-    `start_block` skips those layers and ends with the same codes as an uninterrupted run.
+    data. Blocks before `start_block` either already hold their quantized weights, or get
+    them from `replay(index, block)` while onloaded (resume). A check that stops a block
+    half way calls `on_partial` with what the block finished; passing that back as `partial`
+    ({layer: codes, or None for a kept layer}) with the same `start_block` skips those layers
+    and ends with the same codes as an uninterrupted run.
+
+    By default the model's layers end up holding Ŵ (written home, in the stored dtype, for
+    a model kept off the device). With `release`, a job that checkpoints each block's codes
+    in `on_block_done` keeps no codes here (the result is empty) and drops each quantized
+    layer's home weight once its block is done, so RAM shrinks as the run goes
+    (core/offload.release); a model whose blocks stay on disk needs this.
     """
+    from .offload import placement_of, release as release_layers
+
+    if placement_of(model).offload == "disk" and not release:
+        raise ValueError("a model whose blocks stay on disk can only be quantized with release=True")
     prefix, blocks = find_blocks(model)
     worker = BlockQuantizer(prefix, plan, options, windows is not None, on_layer, on_block_done, check,
-                            on_partial=on_partial, partial=partial)
+                            on_partial=on_partial, partial=partial, keep_codes=not release)
+
+    def after_block(index: int) -> None:     # the block is home again
+        if release:
+            release_layers(model, [n for n, e in plan.entries.items()
+                                   if e.keep is None and n.startswith(f"{prefix}.{index}.")])
+
     if windows is None:
         if options.method == "gptq":
             raise ValueError("GPTQ needs calibration windows")
-        for index, block in enumerate(blocks):
-            if index >= start_block:
+        for index in range(start_block, len(blocks)):
+            if check is not None:
+                check()
+            with onloaded(model, index, write_back=not release) as block:
                 worker(index, block, BlockInputs([], [], []))
+            after_block(index)
+            trim_memory()
         return worker.quantized
-    iterate_blocks(model, windows, worker, device=device, batch_size=options.batch_size,
-                   start=start_block, check=check)
+    iterate_blocks(model, windows, worker, device=device, batch_size=options.batch_size, start=start_block,
+                   check=check, replay=replay, write_back=not release, after_block=after_block)
     return worker.quantized
 
 

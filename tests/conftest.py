@@ -52,6 +52,25 @@ def tmp_run(tmp_path) -> Path:
     return tmp_path / "run"
 
 
+@pytest.fixture(scope="session")
+def tiny_bf16(tmp_path_factory) -> dict[str, tuple[Path, Path]]:
+    """{family: (folder stored in bfloat16, folder holding the same values in float32)}: a
+    lean model (weights kept bf16, blocks computed in fp32) must match the fp32 copy run whole."""
+    from bitsmith.core.synthetic import tiny_model
+
+    root = tmp_path_factory.mktemp("tiny-bf16")
+    out = {}
+    for family in FAMILIES:
+        model = tiny_model(family).to(torch.bfloat16)
+        bf16, fp32 = root / f"{family}-bf16", root / f"{family}-fp32"
+        model.save_pretrained(bf16)
+        model.float().save_pretrained(fp32)
+        for folder in (bf16, fp32):
+            tiny_tokenizer().save_pretrained(folder)
+        out[family] = (bf16, fp32)
+    return out
+
+
 @pytest.fixture(scope="module")
 def ray_jobs() -> str:
     """A local Ray instance (2 CPUs) with its dashboard, which serves the Jobs API: its URL.

@@ -7,7 +7,7 @@ import argparse
 
 from ..cli import add_model_args, add_output_args, finish, model_spec, run_job_inline
 from ..jobs import make_job
-from ..serve import SERVE_TARGETS
+from ..serve import SERVE_TARGETS, serve_help
 from ..jobkinds.quantize import DEFAULT_CALIB, QuantizeSpec
 from ..plan import uniform_plan_spec
 
@@ -30,8 +30,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="keep layers whose name matches REGEX at 16-bit (repeatable)")
     parser.add_argument("--plan", help="plan.json (rules or per-layer entries); replaces --bits/--group-size/--sym/--keep")
     parser.add_argument("--serve", choices=list(SERVE_TARGETS), default=_D.serve,
-                        help="the runtime the plan is for: vllm/sglang fuse q/k/v and gate/up, so each fused group "
-                        "gets one setting; any: no constraint (default)")
+                        help=serve_help())
     parser.add_argument("--calib", default=DEFAULT_CALIB,
                         help=f"calibration text: builtin | selfgen | file:PATH | hf:NAME; 'a+b' mixes (default {DEFAULT_CALIB})")
     parser.add_argument("--calib-windows", type=int, default=None,
@@ -50,6 +49,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                       help="search each group's range (shrink down to 0.8, weighted by the Hessian "
                            "diagonal; default: on for gptq, off for rtn)")
     clip.add_argument("--no-clip", dest="clip", action="store_false")
+    parser.add_argument("--batch-size", type=int, default=_D.batch_size,
+                        help=f"calibration windows per forward pass (default {_D.batch_size})")
+    parser.add_argument("--threads", type=int, help="torch CPU threads (default: all cores; on a busy machine 1 "
+                        "runs GPTQ several times faster, with slightly different numbers)")
     add_output_args(parser)
     parser.set_defaults(func=run)
 
@@ -64,7 +67,8 @@ def run(args: argparse.Namespace) -> int:
     plan = args.plan if args.plan else uniform_plan_spec(args.bits, args.group_size, args.sym, args.keep)
     job = make_job("quantize", model=model_spec(args), method=args.method, plan=plan, calib=args.calib,
                    calib_windows=_calib_windows(args), seqlen=args.seqlen, seed=args.seed, damp=args.damp,
-                   act_order=args.act_order, clip=args.clip, serve=args.serve)
+                   act_order=args.act_order, clip=args.clip, serve=args.serve,
+                   batch_size=args.batch_size, threads=args.threads)
     code, report = run_job_inline(job, args)
     summary = None
     if report:

@@ -8,7 +8,7 @@ import argparse
 from ..cli import add_model_args, add_output_args, finish, model_spec, run_job_inline
 from ..errors import BadInput
 from ..jobs import make_job
-from ..serve import SERVE_TARGETS
+from ..serve import SERVE_TARGETS, serve_help
 from ..jobkinds.search import SearchSpec
 
 _D = SearchSpec()
@@ -64,8 +64,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--seqlen", type=int, default=_D.seqlen)
     parser.add_argument("--seed", type=int, default=_D.seed)
     parser.add_argument("--serve", choices=list(SERVE_TARGETS), default=_D.serve,
-                        help="the runtime the plan is for: vllm/sglang fuse q/k/v and gate/up, so each fused group "
-                        "gets one setting; any: no constraint (default)")
+                        help=serve_help())
     parser.add_argument("--threads", type=int, help="torch CPU threads (default: 1 on a busy machine, else all)")
     parser.add_argument("--cluster", help="build the variant database and score EvoPress candidates on Ray (pip install "
                         "'bitsmith[cluster]'): "

@@ -59,7 +59,8 @@ def _numel(shape: list[int]) -> int:
     return math.prod(shape) if shape else 1
 
 
-def _gguf_type(bits: int, d_in: int, group: int, sym: bool, integer_zeros: bool, lowbit: str) -> str:
+def gguf_type(bits: int, d_in: int, group: int, sym: bool, integer_zeros: bool, lowbit: str) -> str:
+    """The GGUF type a layer is written in (the exporter's choice, core/export/gguf_blocks.py)."""
     if group % 32:
         return "F16"
     if bits in (2, 3) and lowbit == "kquant" and d_in % 256 == 0 and group % 16 == 0:
@@ -112,7 +113,7 @@ def estimate_export(checkpoint: str | Path, fmt: str, lowbit: str = "lossless", 
         quantized_names.add(name)
         d_out, d_in = (int(v) for v in e["shape"])
         bits, group, sym = int(e["bits"]), int(e.get("group_size") or d_in), bool(e.get("sym"))
-        kind = _gguf_type(bits, d_in, group, sym, not tuned, lowbit)
+        kind = gguf_type(bits, d_in, group, sym, not tuned, lowbit)
         types[kind] = types.get(kind, 0) + 1
         linear += _layer_bytes(fmt, d_out, d_in, bits, group, sym, kind, ct_layout)
     other = 0.0

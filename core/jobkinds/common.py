@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import time
+from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -12,12 +14,15 @@ if TYPE_CHECKING:
     from ..model import LoadedModel
 
 
-def open_model(spec: "ModelSpec", ctx: "RunContext", stage: str = "load") -> "LoadedModel":
+def open_model(spec: "ModelSpec", ctx: "RunContext", stage: str = "load", lean: bool = False) -> "LoadedModel":
+    """`lean`: the job walks the model block by block, so its weights may stay home (core/offload.py)."""
     from ..model import load_model
 
     ctx.emitter.stage(stage, "start")
-    loaded = load_model(spec)
-    ctx.emitter.log(f"opened {loaded.source}: {loaded.architecture} on {loaded.device} ({loaded.dtype})")
+    loaded = load_model(spec, lean=lean)
+    stored = str(loaded.stored_dtype).replace("torch.", "")
+    where = "" if loaded.offload == "none" else f"; weights kept in {loaded.offload.upper()} as {stored}"
+    ctx.emitter.log(f"opened {loaded.source}: {loaded.architecture} on {loaded.device} ({loaded.dtype}{where})")
     ctx.emitter.stage(stage, "end")
     return loaded
 
@@ -36,8 +41,12 @@ def measure_perplexity(loaded: "LoadedModel", windows: "torch.Tensor", ctx: "Run
 
     ctx.emitter.stage(stage, "start")
     progress = Progress(ctx.emitter, stage, len(windows))
-    ppl = perplexity(loaded.model, windows, on_window=lambda done, total: progress.advance(),
-                     check=ctx.cancel.check)
+
+    def on_step(done: int, total: int) -> None:     # windows, or blocks then windows (block by block)
+        progress.total = total
+        progress.advance(done - progress.done)
+
+    ppl = perplexity(loaded.model, windows, on_window=on_step, check=ctx.cancel.check)
     ctx.emitter.metric("ppl", ppl, step=step, split="eval")
     ctx.emitter.stage(stage, "end")
     return ppl
@@ -70,3 +79,46 @@ def sampling_hooks(ctx: "RunContext", stage: str = "calibrate") -> dict[str, Any
             state["began"] = now                 # the next part of "a+b" starts here
 
     return {"on_step": on_step, "check": ctx.cancel.check}
+
+
+@contextmanager
+def cpu_threads(threads: int | None, follow_load: bool = True):
+    """Torch CPU threads for the job. None: torch's default (all cores), or with
+    `follow_load` 1 when the machine is already oversubscribed (load average above the core
+    count) — there, the intra-op threads of the many small GPTQ and block operations wait
+    on each other and run several times slower (one 4096 x 1536 GPTQ layer at load 10 on 2
+    cores: 42 s with 2 threads, 4 s with 1)."""
+    import torch
+
+    before = torch.get_num_threads()
+    if threads is None:
+        cores = os.cpu_count() or 1
+        threads = 1 if follow_load and os.getloadavg()[0] > cores else before
+    torch.set_num_threads(threads)
+    try:
+        yield threads
+    finally:
+        torch.set_num_threads(before)
+
+
+def preflight(kind: str, spec: object, ctx: "RunContext") -> dict | None:
+    """The job's memory and disk estimate (core/estimate.py, no timing probe), logged; a job
+    that cannot fit is refused here, before anything loads, with the setting that would fit.
+    Returns the estimate's figures for the report (None when the model cannot be sized
+    without loading it: the job then runs as it would have)."""
+    import logging
+
+    from ..errors import BadInput
+    from ..estimate import estimate_job
+    from ..jobs import Job
+
+    try:
+        est = estimate_job(Job(kind, spec), probe=False, run_dir=ctx.run_dir.path)
+    except Exception as err:  # noqa: BLE001 - a model that cannot be sized is the loader's to report
+        logging.getLogger("bitsmith.estimate").warning("no estimate for this job: %s", err)
+        return None
+    ctx.emitter.log(f"estimate: {est.summary()}")
+    if not est.fits:
+        raise BadInput(f"this {kind} job {est.problem}", str(est.suggestion))
+    return {"peak_ram": est.peak_ram, "peak_gpu": est.peak_gpu, "disk": est.disk,
+            "phases": est.phases, "limits": est.limits}

@@ -31,17 +31,18 @@ def run_eval(spec: EvalSpec, ctx: RunContext) -> dict:
     from ..evaluate import generate_text, kl_divergence
     from ..inventory import inventory_summary, layer_inventory
     from ..model import load_model
-    from .common import eval_windows_for, measure_perplexity, open_model
+    from .common import eval_windows_for, measure_perplexity, open_model, preflight
 
-    loaded = open_model(spec.model, ctx)
+    estimate = preflight("eval", spec, ctx)          # refuses an evaluation that cannot fit
+    loaded = open_model(spec.model, ctx, lean=True)
     windows = eval_windows_for(loaded, spec.data, spec.seqlen, spec.windows)
     ppl = measure_perplexity(loaded, windows, ctx)
     report = {"model": loaded.summary(), "inventory": inventory_summary(layer_inventory(loaded.model)),
               "data": spec.data, "seqlen": spec.seqlen, "windows": len(windows),
-              "tokens": int(windows.numel()), "ppl": ppl, "nll": math.log(ppl)}
+              "tokens": int(windows.numel()), "ppl": ppl, "nll": math.log(ppl), "estimate": estimate}
     if spec.reference:
         reference = load_model(ModelSpec(spec.reference, spec.model.device, spec.model.dtype,
-                                         spec.model.trust_remote_code))
+                                         spec.model.trust_remote_code, spec.model.offload), lean=True)
         report["kl"] = kl_divergence(reference.model, loaded.model, windows, check=ctx.cancel.check)
         ctx.emitter.metric("kl", report["kl"], split="eval")
     if spec.prompt:

@@ -17,7 +17,7 @@ def run_inspect(spec: InspectSpec, ctx: RunContext) -> dict:
     from ..inventory import inventory_summary, layer_inventory
     from .common import open_model
 
-    loaded = open_model(spec.model, ctx)
+    loaded = open_model(spec.model, ctx, lean=True)     # shapes only: the weights may stay home
     layers = layer_inventory(loaded.model)
     return {"model": loaded.summary(), "summary": inventory_summary(layers),
             "layers": [layer.to_dict() for layer in layers]}

@@ -10,7 +10,6 @@ finished (checkpoint/partial.safetensors), and a resume goes on from the next la
 
 from __future__ import annotations
 
-import resource
 import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Literal
@@ -50,6 +49,11 @@ class QuantizeSpec:
     batch_size: int = 8
     serve: str = "any"                # runtime the plan is for (core/serve.py): vllm/sglang refuse a plan
                                       # that gives one fused group (q/k/v, gate/up) different settings
+    # torch CPU threads; null: torch's default (every core). GPTQ's many small operations run
+    # several times faster on 1 thread when the machine is busy, but the result depends on the
+    # thread count (float sums in another order): default 4-bit WikiText-2 42.72 on 2 threads,
+    # 43.06 on 1; so the default does not follow the load
+    threads: int | None = None
 
     @property
     def clips(self) -> bool:
@@ -68,6 +72,8 @@ class QuantizeSpec:
             raise BadInput(f"damp {self.damp} must be positive", "use e.g. --damp 0.01 or 0.1")
         if not 0 < self.clip_min_shrink <= 1:
             raise BadInput(f"clip_min_shrink {self.clip_min_shrink} must be in (0, 1]", "use e.g. 0.8")
+        if self.threads is not None and self.threads < 1:
+            raise BadInput(f"threads {self.threads} must be at least 1", "use e.g. --threads 2")
         if self.block_size < 1 or self.batch_size < 1:
             raise BadInput("block_size and batch_size must be at least 1", "use the defaults (128, 8)")
         if isinstance(self.plan, PlanSpec):
@@ -76,50 +82,65 @@ class QuantizeSpec:
 
 @register_job("quantize", QuantizeSpec, "quantize a model per a bit plan with GPTQ or RTN")
 def run_quantize(spec: QuantizeSpec, ctx: RunContext) -> dict:
-    from ..inventory import layer_inventory
-    from ..model import resolve_device
+    from .common import cpu_threads
+
+    with cpu_threads(spec.threads, follow_load=False) as threads:
+        ctx.emitter.log(f"torch CPU threads: {threads}")
+        report = _run_quantize(spec, ctx)
+    report["threads"] = threads
+    return report
+
+
+def _run_quantize(spec: QuantizeSpec, ctx: RunContext) -> dict:
+    from ..inventory import find_blocks, layer_inventory
     from ..quant.resume import BlockStore
 
+    from ..estimate import current_rss
+    from .common import preflight
+
+    rss_at_start = current_rss()                     # the interpreter with torch and transformers
     started = time.monotonic()
-    work_device = resolve_device(spec.model.device)
-    loaded = _open_dense(spec, ctx, work_device)
+    estimate = preflight("quantize", spec, ctx)     # refuses a job that cannot fit, before loading
+    loaded = _open_dense(spec, ctx)
     layers = layer_inventory(loaded.model)
     plan = _resolve_plan(spec, ctx, layers)
     store = BlockStore(ctx.run_dir.checkpoint_dir)
-    windows, done, start_block, partial = _calibrate_or_resume(spec, ctx, store, loaded, plan)
+    windows, start_block, partial = _calibrate_or_resume(spec, ctx, store, loaded, plan)
     results = dict(store.layer_results)          # {layer name: its `layer` event fields}
-    placement = _weights_placement(loaded.model, work_device)
+    placement = _weights_placement(loaded.model, loaded.device)
 
     ctx.emitter.stage("quantize", "start")
     quantize_started = time.monotonic()
-    quantized = _quantize_blocks(spec, ctx, store, loaded.model, plan, layers, windows, results,
-                                 work_device, start_block, partial)
-    quantized = {**done, **quantized}
+    _quantize_blocks(spec, ctx, store, loaded.model, plan, layers, windows, results, start_block, partial)
     quantize_seconds = time.monotonic() - quantize_started
     ctx.emitter.stage("quantize", "end")
 
     ctx.emitter.stage("save", "start")
     from ..quant.checkpoint import save_quantized
 
-    save_quantized(ctx.run_dir.quantized_dir, loaded.model, loaded.tokenizer, quantized, plan,
+    # the codes come back from checkpoint/, one block file at a time: RAM never held them all
+    # next to the float model (core/offload.release dropped each block's float weights)
+    save_quantized(ctx.run_dir.quantized_dir, loaded.model, loaded.tokenizer,
+                   store.codes(plan, find_blocks(loaded.model)[0]), plan,
                    extra={"base_model": {"source": loaded.source, "location": loaded.location},
                           "provenance": _provenance(spec, windows)})
     ctx.emitter.stage("save", "end")
     return _report(spec, ctx, loaded, layers, plan.budget(), windows, results,
                    {"quantize_seconds": round(quantize_seconds, 2),
                     "total_seconds": round(time.monotonic() - started, 2),
-                    "peak_memory_mb": _peak_memory_mb(work_device),
+                    "peak_memory_mb": {**_peak_memory_mb(loaded.device),
+                                       "cpu_rss_at_start": round(rss_at_start / 2**20, 1)},
                     "weights_before_blocks": placement,
+                    "estimate": estimate,
                     "resumed_at_block": start_block if ctx.resume else None})
 
 
-def _open_dense(spec: QuantizeSpec, ctx: RunContext, work_device: torch.device):
-    """The model to quantize, on the CPU (one block at a time goes to the work device)."""
+def _open_dense(spec: QuantizeSpec, ctx: RunContext):
+    """The model to quantize, its weights home in their stored dtype (CPU RAM, or disk with
+    offload disk); one block at a time goes to the work device (core/offload.py)."""
     from .common import open_model
 
-    load_spec = ModelSpec(spec.model.source, "cpu", _dtype_name(spec.model.dtype, work_device),
-                          spec.model.trust_remote_code)
-    loaded = open_model(load_spec, ctx)
+    loaded = open_model(spec.model, ctx, lean=True)
     if loaded.quantized is not None:
         raise BadInput(f"{spec.model.source} is already quantized", "quantize the original model instead")
     return loaded
@@ -141,12 +162,12 @@ def _resolve_plan(spec: QuantizeSpec, ctx: RunContext, layers: list):
 
 
 def _calibrate_or_resume(spec: QuantizeSpec, ctx: RunContext, store, loaded, plan):
-    """(windows [n, seqlen] or None, {layer: quantized} of finished blocks, first block to do,
-    {layer: quantized or None} finished in that block before a cancel).
+    """(windows [n, seqlen] or None, first block to do, {layer: quantized or None} finished
+    in that block before a cancel).
 
-    A resumed run reads back its saved windows and finished blocks and applies those blocks
-    to the model, so the next block sees the activations an uninterrupted run would."""
-    from ..pipeline import apply_done_blocks
+    A resumed run reads back its saved windows; its finished blocks are replayed from their
+    files as the pass reaches them (`_quantize_blocks`), so the next block sees the
+    activations an uninterrupted run would."""
     from ..quant.resume import load_windows_or_draw
     from .common import sampling_hooks
 
@@ -155,27 +176,29 @@ def _calibrate_or_resume(spec: QuantizeSpec, ctx: RunContext, store, loaded, pla
         ctx.emitter.stage("calibrate", "start")
         windows = load_windows_or_draw(store, ctx.resume, spec, loaded, **sampling_hooks(ctx))
         ctx.emitter.stage("calibrate", "end")
-    done = store.load_done(plan) if ctx.resume else {}
     start_block = store.next_block() if ctx.resume else 0
     partial = store.load_partial(plan, start_block) if ctx.resume else {}
     if not ctx.resume:
         store.reset()
     if start_block:
-        apply_done_blocks(loaded.model, plan, done, start_block)
+        store.blocks = list(range(start_block))
     if start_block or partial:
         ctx.emitter.log(f"resuming at block {start_block}"
                         + (f" after its first {len(partial)} layers" if partial else "")
                         + f": {len(store.layer_results)} layers were done")
-    return windows, done, start_block, partial
+    return windows, start_block, partial
 
 
 def _quantize_blocks(spec: QuantizeSpec, ctx: RunContext, store, model, plan, layers: list, windows,
-                     results: dict, work_device: torch.device, start_block: int, partial: dict) -> dict:
-    """GPTQ/RTN from `start_block` on: a `layer` event per layer, each finished block saved,
-    and on a cancel the finished layers of the current block."""
-    from ..pipeline import quantize_model
+                     results: dict, start_block: int, partial: dict) -> None:
+    """GPTQ/RTN from `start_block` on: a `layer` event per layer, each finished block saved
+    to checkpoint/ (and its float weights dropped from the model), and on a cancel the
+    finished layers of the current block."""
+    from ..inventory import find_blocks
+    from ..pipeline import quantize_model, replay_block
 
     progress = _progress(ctx, len(layers), len(results))
+    prefix, _ = find_blocks(model)
 
     def on_layer(result) -> None:
         fields = result.event_fields()
@@ -189,10 +212,13 @@ def _quantize_blocks(spec: QuantizeSpec, ctx: RunContext, store, model, plan, la
     def on_partial(index: int, quantized: dict, finished: list[str]) -> None:
         store.save_partial(index, quantized, {n: results[n] for n in finished})
 
+    def replay(index: int, block) -> None:
+        replay_block(block, f"{prefix}.{index}", plan, store.load_block(index, plan))
+
     try:
-        return quantize_model(model, plan, windows, _options(spec), device=work_device,
-                              on_layer=on_layer, on_block_done=on_block_done, check=ctx.cancel.check,
-                              start_block=start_block, on_partial=on_partial, partial=partial)
+        quantize_model(model, plan, windows, _options(spec), on_layer=on_layer, on_block_done=on_block_done,
+                       check=ctx.cancel.check, start_block=start_block, on_partial=on_partial, partial=partial,
+                       replay=replay, release=True)
     except Cancelled:
         saved = f"blocks before {store.next_block()}" if store.next_block() else "no whole block yet"
         extra = f", and {len(store.partial['layers'])} layers of block {store.partial['block']}" if store.partial else ""
@@ -215,12 +241,6 @@ def _report(spec: QuantizeSpec, ctx: RunContext, loaded, layers: list, budget, w
             **timing,
             "quantized_dir": str(ctx.run_dir.quantized_dir), "plan_file": str(ctx.run_dir.plan_file),
             "layers": results}
-
-
-def _dtype_name(dtype: str, device: torch.device) -> str:
-    if dtype != "auto":
-        return dtype
-    return "bfloat16" if device.type == "cuda" else "float32"
 
 
 def _options(spec: QuantizeSpec):
@@ -264,7 +284,9 @@ def _weights_placement(model: torch.nn.Module, work_device: torch.device) -> dic
 
 
 def _peak_memory_mb(device: torch.device) -> dict:
-    peak = {"cpu_rss": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}
+    from ..estimate import peak_rss
+
+    peak = {"cpu_rss": round(peak_rss() / 2**20, 1)}
     if device.type == "cuda":
         import torch
 

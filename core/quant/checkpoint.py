@@ -54,20 +54,27 @@ class QuantCheckpoint:
 
 # --- save ------------------------------------------------------------------------------
 
-def _layer_weight(module: nn.Module) -> torch.Tensor:
-    """[d_out, d_in] float weight of a float layer."""
-    return module.weight.detach().t() if _is_conv1d(module) else module.weight.detach()
+def _layer_weight(model: nn.Module, name: str) -> torch.Tensor:
+    """[d_out, d_in] float weight of the float layer `name` (read from disk when offloaded)."""
+    from ..offload import home_tensor
+
+    module = model.get_submodule(name)
+    weight = home_tensor(model, f"{name}.weight", module.weight).detach()
+    return weight.t() if _is_conv1d(module) else weight
 
 
 def _dense_state(model: nn.Module, skip_modules: set[str]) -> dict[str, torch.Tensor]:
     """State dict without the quantized/fp8 layers' own tensors (their bias is kept), each
     shared tensor (tied embeddings) stored once."""
+    from ..offload import home_tensor
+
     state: dict[str, torch.Tensor] = {}
     seen: set[tuple[int, int]] = set()
     for key, tensor in model.state_dict().items():
         owner, _, leaf = key.rpartition(".")
         if owner in skip_modules and leaf != "bias":
             continue
+        tensor = home_tensor(model, key, tensor)     # a block left on disk (core/offload.py) is read
         ident = (tensor.untyped_storage().data_ptr(), tensor.storage_offset())
         if ident in seen and tensor.numel() > 0:
             continue
@@ -81,27 +88,31 @@ def save_quantized(path: str | Path, model: nn.Module, tokenizer: Any, quantized
                    adapters: dict[str, tuple[torch.Tensor, torch.Tensor]] | None = None) -> Path:
     """Write the checkpoint folder atomically. `plan` (core.plan.Plan) names every layer's
     setting; layers it keeps as fp8 are rounded from the model's current weight.
-    `extra` may carry "base_model" and "provenance" dicts; the rest goes in as "extra"."""
-    from safetensors.torch import save_file
+    `extra` may carry "base_model" and "provenance" dicts; the rest goes in as "extra".
+    `quantized` may be any mapping (core/quant/resume.BlockCodes reads a block file at a
+    time): the weights file is written one tensor at a time (core/quant/stream.py)."""
+    from .stream import write_streamed
 
     extra = dict(extra or {})
     fp8_names = [n for n, e in plan.entries.items() if e.keep == "fp8"]
-    tensors = _dense_state(model, set(quantized) | set(fp8_names))
-    for name, qw in quantized.items():
-        tensors[f"{name}.codes"] = qw.codes.to("cpu", torch.uint8).contiguous()
-        tensors[f"{name}.scales"] = qw.scales.to("cpu", torch.float32).contiguous()
-        tensors[f"{name}.zeros"] = qw.zeros.to("cpu", torch.float32).contiguous()
+    dense = _dense_state(model, set(quantized) | set(fp8_names))
+    # (name, fetch) in file order; the codes are fetched one layer at a time from `quantized`
+    # (a mapping that may read them from block files), never all held at once
+    entries = [(name, (lambda t=t: t)) for name, t in dense.items()]
+    for name in quantized:
+        entries += [(f"{name}.codes", lambda n=name: quantized[n].codes.to("cpu", torch.uint8)),
+                    (f"{name}.scales", lambda n=name: quantized[n].scales.to("cpu", torch.float32)),
+                    (f"{name}.zeros", lambda n=name: quantized[n].zeros.to("cpu", torch.float32))]
     for name in fp8_names:
-        values, scale = quantize_fp8(_layer_weight(model.get_submodule(name)))
-        tensors[f"{name}.weight_fp8"] = values.cpu().contiguous()
-        tensors[f"{name}.weight_scale"] = scale.cpu().contiguous()
+        values, scale = quantize_fp8(_layer_weight(model, name))
+        entries += [(f"{name}.weight_fp8", lambda v=values: v.cpu()), (f"{name}.weight_scale", lambda s=scale: s.cpu())]
     for name, (a, b) in (adapters or {}).items():
-        tensors[f"{name}.eora_A"] = a.detach().to("cpu").contiguous()
-        tensors[f"{name}.eora_B"] = b.detach().to("cpu").contiguous()
+        entries += [(f"{name}.eora_A", lambda a=a: a.detach().to("cpu")),
+                    (f"{name}.eora_B", lambda b=b: b.detach().to("cpu"))]
     manifest = _manifest(model, quantized, plan, extra, sorted(adapters or {}))
     path = Path(path)
     with atomic.staged_dir(path) as tmp:
-        save_file(tensors, str(tmp / WEIGHTS), metadata={"format": FORMAT})
+        write_streamed(tmp / WEIGHTS, entries, metadata={"format": FORMAT})
         config = model.config
         for attr in ("quantization_config",):
             if hasattr(config, attr):

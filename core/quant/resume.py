@@ -16,8 +16,9 @@ from __future__ import annotations
 
 import json
 import shutil
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import torch
 
@@ -125,20 +126,22 @@ class BlockStore:
                 self.layer_results.pop(name, None)
         self.partial = None
 
-    def load_done(self, plan: Any) -> dict[str, QuantizedWeight]:
-        """Quantized weights of the finished blocks (the plan gives bits and group sizes)."""
+    def load_block(self, index: int, plan: Any) -> dict[str, QuantizedWeight]:
+        """One finished block's quantized weights (the plan gives bits and group sizes)."""
         from safetensors.torch import load_file
 
-        done: dict[str, QuantizedWeight] = {}
-        for index in range(self.next_block()):
-            tensors = load_file(str(self._block_file(index)))
-            names = {key.rsplit(".", 1)[0] for key in tensors}
-            for name in names:
-                entry = plan.entries[name]
-                done[name] = QuantizedWeight(tensors[f"{name}.codes"], tensors[f"{name}.scales"],
-                                             tensors[f"{name}.zeros"], entry.bits, entry.group_size, entry.sym)
-        self.blocks = list(range(self.next_block()))
-        return done
+        tensors = load_file(str(self._block_file(index)))
+        out: dict[str, QuantizedWeight] = {}
+        for name in sorted({key.rsplit(".", 1)[0] for key in tensors}):
+            entry = plan.entries[name]
+            out[name] = QuantizedWeight(tensors[f"{name}.codes"], tensors[f"{name}.scales"],
+                                        tensors[f"{name}.zeros"], entry.bits, entry.group_size, entry.sym)
+        return out
+
+    def codes(self, plan: Any, prefix: str) -> "BlockCodes":
+        """All finished blocks' quantized weights, read from their files as they are asked
+        for; `prefix` names the blocks ("model.layers")."""
+        return BlockCodes(self, plan, prefix)
 
     def load_windows(self) -> torch.Tensor | None:
         from safetensors.torch import load_file
@@ -166,6 +169,31 @@ def _save_weights(quantized: dict[str, QuantizedWeight], path: Path) -> None:
         tensors[f"{name}.scales"] = qw.scales.detach().to("cpu").contiguous()
         tensors[f"{name}.zeros"] = qw.zeros.detach().to("cpu").contiguous()
     save_file(tensors, str(path))
+
+
+class BlockCodes(Mapping):
+    """{layer name: QuantizedWeight} over the block files of a BlockStore, loaded lazily:
+    iterating reads one block file at a time, so the codes are not all held twice."""
+
+    def __init__(self, store: BlockStore, plan: Any, prefix: str) -> None:
+        self.store, self.plan = store, plan
+        self.block_of = {name: int(name[len(prefix) + 1:].split(".", 1)[0])
+                         for name, entry in plan.entries.items() if entry.keep is None}
+        self._cached: tuple[int, dict[str, QuantizedWeight]] | None = None
+
+    def _block(self, index: int) -> dict[str, QuantizedWeight]:
+        if self._cached is None or self._cached[0] != index:
+            self._cached = (index, self.store.load_block(index, self.plan))
+        return self._cached[1]
+
+    def __getitem__(self, name: str) -> QuantizedWeight:
+        return self._block(self.block_of[name])[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(sorted(self.block_of, key=lambda n: (self.block_of[n], n)))
+
+    def __len__(self) -> int:
+        return len(self.block_of)
 
 
 def load_windows_or_draw(store: BlockStore, resume: bool, spec: Any, loaded: Any, **hooks: Any) -> torch.Tensor:

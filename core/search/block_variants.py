@@ -52,12 +52,15 @@ def block_groups(in_block: Sequence[LayerInfo], owner: dict[str, str], hessians:
     return groups
 
 
-def quantize_groups(groups: Sequence[LayerGroup], levels: Sequence[int],
-                    settings: "DatabaseSettings") -> tuple[Variants, Errors]:
-    """Every layer of `groups` at every level of `levels`, with its relative output error."""
+def quantize_groups(groups: Sequence[LayerGroup], levels: Sequence[int], settings: "DatabaseSettings",
+                    check: Callable[[], None] | None = None) -> tuple[Variants, Errors]:
+    """Every layer of `groups` at every level of `levels`, with its relative output error;
+    `check` (a cancel) between groups."""
     variants: Variants = {}
     errors: Errors = {}
     for group in groups:
+        if check is not None:
+            check()
         per_layer = gptq_multi(group.weights, group.H, list(levels), group.group_size, settings.sym,
                                settings.act_order, settings.static_groups, settings.damp, clip=settings.clip)
         for name, W, per_level in zip(group.names, group.weights, per_layer):
@@ -78,13 +81,15 @@ class BlockQuantizer(Protocol):
 class LocalBlocks:
     """Quantizes each block in this process, as it is handed over (the default)."""
 
-    def __init__(self, settings: "DatabaseSettings", levels: Sequence[int]) -> None:
+    def __init__(self, settings: "DatabaseSettings", levels: Sequence[int],
+                 check: Callable[[], None] | None = None) -> None:
         self.settings = settings
         self.levels = list(levels)
+        self.check = check
 
     def submit(self, block: int, groups: list[LayerGroup], done: BlockDone) -> None:
         started = time.time()
-        variants, errors = quantize_groups(groups, self.levels, self.settings)
+        variants, errors = quantize_groups(groups, self.levels, self.settings, self.check)
         done(block, variants, errors, time.time() - started)
 
     def finish(self) -> None:

@@ -1,8 +1,9 @@
 """The variant database: every linear layer GPTQ-quantized once at every level.
 
-Hessians come from the dense model in one calibration pass (forward hooks); layers that
-read the same input tensor (q/k/v, gate/up) share one Hessian, and all their levels are
-quantized in one sweep (core/search/multigptq.py). A candidate model is then assembled by
+Hessians come from the dense model, one block at a time (forward hooks while the block is
+on the work device, core/capture.iterate_blocks): only one block's Hessians exist at once.
+Layers that read the same input tensor (q/k/v, gate/up) share one Hessian, and all their
+levels are quantized in one sweep (core/search/multigptq.py). A candidate model is then assembled by
 swapping dequantized variants in — no requantizing during a search.
 
 On disk, one folder per settings hash, so later searches on the same model, calibration
@@ -31,8 +32,8 @@ from safetensors.torch import save_file
 
 from .. import atomic
 from ..errors import BadInput
-from ..capture import forward_with_input_hooks
-from ..inventory import LayerInfo, linear_weight
+from ..capture import BlockInputs, forward_with_input_hooks, iterate_blocks, run_block
+from ..inventory import LayerInfo, find_blocks, linear_weight
 from ..model import model_fingerprint
 from ..quant.gptq import HessianAccumulator
 from ..quant.tensor import QuantizedWeight
@@ -41,6 +42,7 @@ from .block_variants import BlockQuantizer, LocalBlocks, block_groups
 DB_FORMAT = "bitsmith-variant-db"
 DB_VERSION = 1
 KEPT = 16      # the level that means "the dense weight": never stored, error 0
+HESSIAN_BATCH = 4   # calibration windows per block call while collecting Hessians
 
 
 @dataclass(frozen=True)
@@ -69,34 +71,63 @@ class DatabaseSettings:
 
 # --- Hessians ----------------------------------------------------------------------------
 
+class _HessianHooks:
+    """Forward pre-hooks that accumulate H of each hooked layer. A layer whose input is the
+    very tensor the layer hooked before it received (q/k/v read one normed hidden state,
+    gate/up another) shares that layer's accumulator; the first batch decides who shares."""
+
+    def __init__(self) -> None:
+        self.acc: dict[str, HessianAccumulator] = {}
+        self.owner: dict[str, str] = {}
+        self._last_x: object = None
+        self._last_name: str | None = None
+
+    def hook_for(self, name: str) -> Callable:
+        def hook(module: torch.nn.Module, args: tuple) -> None:
+            x = args[0]
+            if name not in self.owner:
+                self.owner[name] = self.owner[self._last_name] if x is self._last_x else name  # type: ignore[index]
+            self._last_x, self._last_name = x, name
+            if self.owner[name] == name:
+                if name not in self.acc:
+                    self.acc[name] = HessianAccumulator(x.shape[-1], device=x.device)
+                self.acc[name].add(x)
+        return hook
+
+    def hessians(self, names: Sequence[str]) -> dict[str, torch.Tensor]:
+        return {n: self.acc[self.owner[n]].H for n in names}
+
+
 @torch.no_grad()
 def collect_hessians(model: torch.nn.Module, layers: Sequence[LayerInfo], windows: torch.Tensor,
                      batch_size: int = 4, check: Callable[[], None] | None = None,
                      on_batch: Callable[[int, int], None] | None = None) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-    """({layer: H [d_in, d_in]}, {layer: layer whose input it shares}) from one pass.
-
-    A layer whose input is the very tensor the layer before it received (q/k/v read one
-    normed hidden state, gate/up another) shares that layer's accumulator.
-    """
-    acc: dict[str, HessianAccumulator] = {}
-    owner: dict[str, str] = {}
-    last: dict[str, object] = {"x": None, "name": None}   # the previous hooked layer's input
-
-    def hook_for(name: str) -> Callable:
-        def hook(module: torch.nn.Module, args: tuple) -> None:
-            x = args[0]
-            if name not in owner:          # the first batch decides who shares with whom
-                owner[name] = owner[last["name"]] if x is last["x"] else name   # type: ignore[index]
-            last["x"], last["name"] = x, name
-            if owner[name] == name:
-                if name not in acc:
-                    acc[name] = HessianAccumulator(x.shape[-1], device=x.device)
-                acc[name].add(x)
-        return hook
-
-    forward_with_input_hooks(model, {l.name: hook_for(l.name) for l in layers}, windows, batch_size,
+    """({layer: H [d_in, d_in]}, {layer: layer whose input it shares}) from one pass over
+    the dense model (every layer's Hessian held at once: for small models and checks;
+    `build_database` keeps one block's)."""
+    hooks = _HessianHooks()
+    forward_with_input_hooks(model, {l.name: hooks.hook_for(l.name) for l in layers}, windows, batch_size,
                              check, on_batch)
-    return {l.name: acc[owner[l.name]].H for l in layers}, owner
+    return hooks.hessians([l.name for l in layers]), hooks.owner
+
+
+@torch.no_grad()
+def _block_hessians(block: torch.nn.Module, block_name: str, layers: Sequence[LayerInfo], inputs: BlockInputs,
+                    check: Callable[[], None] | None) -> tuple[dict[str, torch.Tensor], dict[str, str], list]:
+    """(H per layer, sharing owners, the block's outputs) of one onloaded block over all batches."""
+    hooks = _HessianHooks()
+    handles = [block.get_submodule(l.name[len(block_name) + 1:]).register_forward_pre_hook(hooks.hook_for(l.name))
+               for l in layers]
+    try:
+        outs = []
+        for hidden, args, kwargs in zip(inputs.hidden, inputs.args, inputs.kwargs):
+            if check is not None:
+                check()
+            outs += run_block(block, BlockInputs([hidden], [args], [kwargs]), stop_early=False)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return hooks.hessians([l.name for l in layers]), hooks.owner, outs
 
 
 # --- the database ------------------------------------------------------------------------
@@ -258,18 +289,26 @@ def build_database(folder: Path, settings: DatabaseSettings, levels: Sequence[in
         build_propagated(model, settings, levels, layers, calib_windows(), done_blocks, save_block, check)
         return meta
 
-    started = time.time()
-    hessians, owner = collect_hessians(model, layers, calib_windows(), check=check,
-                                       on_batch=(lambda d, t: on_progress("hessians", d, t)) if on_progress else None)
-    meta["hessian_seconds"] += time.time() - started
-    modules = dict(model.named_modules())
-    work = quantizer or LocalBlocks(settings, levels)
-    for block in todo:
-        if check is not None:
-            check()
-        groups = block_groups([l for l in layers if l.block == block], owner, hessians,
-                              lambda l: linear_weight(modules[l.name]), settings.group_size)
+    prefix, _ = find_blocks(model)
+    work = quantizer or LocalBlocks(settings, levels, check)
+
+    def on_block(block: int, module: torch.nn.Module, inputs: BlockInputs) -> list | None:
+        """Block by block over the dense model: this block's Hessians (dense inputs, as a
+        whole-model pass gives them), then every level of its layers, here or on Ray tasks,
+        saved when done; the block itself is dropped at once."""
+        if block not in todo:
+            return None                      # finished before: only propagate
+        t_block = time.time()
+        in_block = [l for l in layers if l.block == block]
+        hessians, owner, outs = _block_hessians(module, f"{prefix}.{block}", in_block, inputs, check)
+        meta["hessian_seconds"] += time.time() - t_block
+        inside = len(f"{prefix}.{block}.")
+        groups = block_groups(in_block, owner, hessians, lambda l: linear_weight(module.get_submodule(l.name[inside:])),
+                              settings.group_size)
         work.submit(block, groups, save_block)
+        return outs
+
+    iterate_blocks(model, calib_windows(), on_block, batch_size=HESSIAN_BATCH, check=check)
     work.finish()
     return meta
 

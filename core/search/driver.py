@@ -8,10 +8,8 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import shutil
 import time
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
@@ -19,6 +17,7 @@ from typing import TYPE_CHECKING, Any, Callable
 import torch
 
 from ..config import to_dict
+from ..jobkinds.common import cpu_threads
 from ..errors import BadInput
 from ..events import Progress
 from ..inventory import LayerInfo, inventory_summary, layer_inventory
@@ -45,7 +44,7 @@ class Setup:
     loaded: "LoadedModel"
     layers: list[LayerInfo]
     tying: Tying                 # units of layers that share one level (fused groups for vLLM/SGLang)
-    target: float                # the budget in average code bits (see `code_target`)
+    target: float                # the budget in average code bits, or runtime bits (see `code_target`)
     tag: str = ""                # names this allocation's checkpoint apart (a sweep's target)
     cluster: Any = None          # a ClusterSession (core/search/cluster.py) with --cluster
 
@@ -57,7 +56,9 @@ class Setup:
         return cls(spec, preset, ctx, loaded, layers, Tying(tuple(units)), code_target(spec, layers))
 
     def layer_space(self, levels) -> SearchSpace:
-        return SearchSpace.from_layers(self.layers, levels)
+        """Layers × levels; with a runtime that stores each level in its own type (llama.cpp)
+        and an effective budget, each level costs that type's bits per weight."""
+        return SearchSpace.from_layers(self.layers, levels, runtime_cost(self.spec))
 
     def unit_space(self, levels) -> SearchSpace:
         """The space the allocators search: one gene per unit."""
@@ -82,6 +83,15 @@ def resolved_preset(spec: "SearchSpec") -> Preset:
     return preset
 
 
+def runtime_cost(spec: "SearchSpec") -> Callable[[LayerInfo, int], Any] | None:
+    """(layer, bits) -> bits per weight as the serving target stores it, when the budget is
+    effective and the target has types of its own (core/serve.py); else None."""
+    level_cost = serve_target(spec.serve).level_cost
+    if spec.budget != "effective" or level_cost is None:
+        return None
+    return lambda layer, bits: level_cost(layer.d_in, bits, resolve_group_size(layer.d_in, spec.group_size), spec.sym)
+
+
 def code_target(spec: "SearchSpec", layers: list[LayerInfo]) -> float:
     """The budget in average code bits, which the allocators work in.
 
@@ -91,7 +101,7 @@ def code_target(spec: "SearchSpec", layers: list[LayerInfo]) -> float:
         Σ n_i·(b_i + 32/g_i) ≤ T·Σ n_i   ⟺   Σ n_i·b_i ≤ (T − Σ n_i·32/g_i / Σ n_i)·Σ n_i
     (g_i: the group size layer i gets, 64 → 0.5 bits per weight). A layer kept at 16 bits
     carries no overhead; counting it anyway errs on the safe side."""
-    if spec.budget == "code":
+    if spec.budget == "code" or runtime_cost(spec) is not None:   # runtime costs include the overhead
         return spec.target_bits
     params = sum(l.params for l in layers)
     overhead = sum(l.params * OVERHEAD_BITS_PER_GROUP / resolve_group_size(l.d_in, spec.group_size)
@@ -143,9 +153,12 @@ def ensure_database(setup: Setup) -> VariantDatabase:
     settings = database_settings(setup)
     levels = sorted(b for b in set(spec.levels) if b != 16)
     cache = int(spec.cache_gb * 2**30)
+    # dequantized variants live where the weights they replace live: the work device for a
+    # resident model, the CPU for one whose blocks are onloaded per call
+    db_device = setup.loaded.device if setup.loaded.offload == "none" else torch.device("cpu")
     if spec.database:
         folder = find_database(spec.database, settings)
-        db = open_database(folder, cache, setup.loaded.device)
+        db = open_database(folder, cache, db_device)
         missing = [b for b in levels if b not in db.levels]
         if missing:
             raise BadInput(f"the database at {folder} has no variants at {missing} bits",
@@ -172,7 +185,7 @@ def ensure_database(setup: Setup) -> VariantDatabase:
                    emit_layer=ctx.emitter.layer, check=ctx.cancel.check, on_progress=on_progress,
                    quantizer=database_quantizer(setup, settings, levels))
     ctx.emitter.stage("database", "end")
-    db = open_database(folder, cache, setup.loaded.device)
+    db = open_database(folder, cache, db_device)
     ctx.emitter.log(f"variant database: {len(setup.layers)} layers × {levels} bits in {db.seconds:.0f} s")
     return db
 
@@ -184,9 +197,8 @@ def sensitivity_genome(setup: Setup, space: SearchSpace, db: VariantDatabase) ->
     unit: a fused group's error at a level is the sum of its layers' errors there."""
     from .knapsack import knapsack
 
-    per_layer = [[db.errors(layer.name)[bits] for bits in space.levels] for layer in setup.layers]
-    errors = [[sum(per_layer[i][l] for i in unit) for l in range(len(space.levels))] for unit in setup.tying.units]
-    return tuple(knapsack(space.numels, space.levels, errors, setup.target))
+    errors = setup.tying.unit_errors([[db.errors(layer.name)[bits] for bits in space.levels] for layer in setup.layers])
+    return tuple(knapsack(space.numels, space.levels, errors, setup.target, space.costs))
 
 
 def scored_on_calibration(setup: Setup, stage: str, compute: Callable) -> Any:
@@ -227,9 +239,8 @@ def fisher_genome(setup: Setup, space: SearchSpace, db: VariantDatabase) -> tupl
         scores = scored_on_calibration(setup, "fisher_scores", lambda windows, check, on_batch: fisher_scores(
             setup.model, setup.layers, windows, db.weight, space.levels, spec.batch_size, check, on_batch))
         atomic.write_json(cached, scores)
-    per_layer = [[scores[layer.name][bits] for bits in space.levels] for layer in setup.layers]
-    errors = [[sum(per_layer[i][l] for i in unit) for l in range(len(space.levels))] for unit in setup.tying.units]
-    genome = tuple(knapsack(space.numels, space.levels, errors, setup.target))
+    errors = setup.tying.unit_errors([[scores[layer.name][bits] for bits in space.levels] for layer in setup.layers])
+    genome = tuple(knapsack(space.numels, space.levels, errors, setup.target, space.costs))
     top = max(setup.layers, key=lambda layer: scores[layer.name][space.levels[0]])
     return genome, {"seconds": round(time.time() - started, 2), "scores_file": str(cached),
                     "summed_score": sum(errors[u][l] for u, l in enumerate(genome)),
@@ -408,22 +419,6 @@ def plan_perplexity(setup: Setup, space: SearchSpace, genome: Genome, db: Varian
 
 # --- the job -----------------------------------------------------------------------------
 
-@contextmanager
-def cpu_threads(threads: int | None):
-    """Torch CPU threads for the job. Auto: all cores, but 1 when the machine is already
-    oversubscribed (load average above the core count) — there, the intra-op threads of
-    the many small GPTQ and block operations wait on each other and run several times slower."""
-    before = torch.get_num_threads()
-    if threads is None:
-        cores = os.cpu_count() or 1
-        threads = 1 if os.getloadavg()[0] > cores else before
-    torch.set_num_threads(threads)
-    try:
-        yield threads
-    finally:
-        torch.set_num_threads(before)
-
-
 def run_search_job(spec: "SearchSpec", ctx: "RunContext") -> dict:
     from .cluster import open_cluster
 
@@ -437,11 +432,12 @@ def run_search_job(spec: "SearchSpec", ctx: "RunContext") -> dict:
 
 
 def _run_search(spec: "SearchSpec", ctx: "RunContext", cluster: Any = None) -> dict:
-    from ..jobkinds.common import open_model
+    from ..jobkinds.common import open_model, preflight
 
     started = time.time()
     preset = resolved_preset(spec)
-    loaded = open_model(spec.model, ctx)
+    estimate = preflight("search", spec, ctx)        # refuses a search that cannot fit, before loading
+    loaded = open_model(spec.model, ctx, lean=True)      # blocks onloaded one at a time (core/offload.py)
     if loaded.quantized is not None:
         raise BadInput(f"{spec.model.source} is already quantized", "search on the original model")
     layers = layer_inventory(loaded.model)
@@ -449,7 +445,7 @@ def _run_search(spec: "SearchSpec", ctx: "RunContext", cluster: Any = None) -> d
     report: dict[str, Any] = {"model": loaded.summary(), "inventory": inventory_summary(layers),
                               "method": spec.method, "target_bits": spec.target_bits, "preset": spec.preset,
                               "serve": spec.serve, "units": len(setup.tying.units), "budget_kind": spec.budget,
-                              "levels": sorted(set(spec.levels))}
+                              "levels": sorted(set(spec.levels)), "estimate": estimate}
     if spec.targets:
         report["sweep"] = run_sweep(setup)
         chosen = next((row for row in report["sweep"] if row["target_bits"] == spec.target_bits), report["sweep"][-1])
@@ -472,7 +468,7 @@ def allocate(setup: Setup, plan_file: Path) -> dict:
     report: dict[str, Any] = {"target_code_bits": round(setup.target, 6)}
     db = None
     if spec.method == "spike":
-        check_target(SearchSpace.from_layers(layers, [b for b in spec.levels if b != 16] or [16]), setup.target)
+        check_target(setup.layer_space([b for b in spec.levels if b != 16] or [16]), setup.target)
         if spec.database:         # the spike plan needs no database; one given is used to measure it
             db = ensure_database(setup)
         space, genome, extra = spike_genome(setup, db.folder if db is not None else None)

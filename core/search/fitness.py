@@ -24,6 +24,8 @@ from ..evaluate import kl_per_token
 from .blocks import BlockRunner
 from .genome import Genome
 
+LOGIT_BYTES = 256 * 2**20   # fp32 logits made at once (SmolLM2's 49k vocabulary: 1365 positions)
+
 
 # --- dense targets -----------------------------------------------------------------------
 
@@ -45,15 +47,18 @@ class DenseTargets:
     def topk(self) -> int | None:
         return None if self.top_idx is None else int(self.top_idx.shape[-1])
 
-    def kl(self, logits: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
-        """KL per token [B·L] of the candidate's logits [B, L, V] on pool windows `rows` [B]."""
+    def kl(self, logits: torch.Tensor, rows: torch.Tensor, start: int = 0) -> torch.Tensor:
+        """KL per token of the candidate's logits on pool windows `rows` [B]: logits [B, L, V]
+        for every position, or [R, V] for the R positions from `start` of the batch's
+        positions flattened (a chunk: large vocabularies)."""
         V = logits.shape[-1]
         logits = logits.reshape(-1, V)
         rows = rows.to(self.windows.device)
+        span = slice(start, start + logits.shape[0])
         if self.logp is not None:     # targets live on the CPU; the scoring runs on the model's device
-            return kl_per_token(self.logp[rows].reshape(-1, V).to(logits.device), logits)
-        top_logp = self.top_logp[rows].reshape(-1, self.topk).to(logits.device)
-        top_idx = self.top_idx[rows].reshape(-1, self.topk).to(logits.device).long()
+            return kl_per_token(self.logp[rows].reshape(-1, V)[span].to(logits.device), logits)
+        top_logp = self.top_logp[rows].reshape(-1, self.topk)[span].to(logits.device)
+        top_idx = self.top_idx[rows].reshape(-1, self.topk)[span].to(logits.device).long()
         out = []
         for s in range(0, logits.shape[0], 128):       # chunks: fp32 log-softmax of [128, V]
             log_q = F.log_softmax(logits[s: s + 128].float(), dim=-1).gather(1, top_idx[s: s + 128])
@@ -67,21 +72,41 @@ class DenseTargets:
 
 
 @torch.no_grad()
+def logit_rows(runner: BlockRunner, budget: int = LOGIT_BYTES) -> int:
+    """Positions whose fp32 logits fit in `budget` bytes: [rows, V] at a time."""
+    vocab = runner.head.weight.shape[0]
+    return max(1, budget // (4 * vocab))
+
+
+@torch.no_grad()
 def dense_targets(runner: BlockRunner, windows: torch.Tensor, topk: int | None = None, batch_size: int = 4,
                   check: Callable[[], None] | None = None,
                   on_batch: Callable[[int, int], None] | None = None) -> DenseTargets:
-    """Run the (dense) model over the pool once and keep its log-probabilities."""
+    """Run the (dense) model over the pool once and keep its log-probabilities, made a
+    chunk of positions at a time (a 256k vocabulary's log-softmax is not held for a whole
+    batch)."""
     full, top_lp, top_ix = [], [], []
     for start in range(0, len(windows), batch_size):
         if check is not None:
             check()
-        logp = F.log_softmax(runner.forward(windows[start: start + batch_size]).float(), dim=-1).cpu()
-        if topk is None or topk >= logp.shape[-1]:
-            full.append(logp)
+        batch = windows[start: start + batch_size]
+        hidden = runner.final(batch)                                   # [B, L, d]
+        flat = hidden.reshape(-1, hidden.shape[-1])
+        rows = logit_rows(runner)
+        parts: list[tuple[torch.Tensor, ...]] = []
+        for s in range(0, flat.shape[0], rows):                        # [rows, V] at a time
+            logp = F.log_softmax(runner.logits(flat[s: s + rows]).float(), dim=-1).cpu()
+            if topk is None or topk >= logp.shape[-1]:
+                parts.append((logp,))
+            else:
+                values, index = logp.topk(topk, dim=-1)
+                parts.append((values, index.to(torch.int32)))
+        shape = tuple(batch.shape)                                     # (B, L)
+        if len(parts[0]) == 1:
+            full.append(torch.cat([p[0] for p in parts]).reshape(*shape, -1))
         else:
-            values, index = logp.topk(topk, dim=-1)
-            top_lp.append(values)
-            top_ix.append(index.to(torch.int32))
+            top_lp.append(torch.cat([p[0] for p in parts]).reshape(*shape, -1))
+            top_ix.append(torch.cat([p[1] for p in parts]).reshape(*shape, -1))
         if on_batch is not None:
             on_batch(min(start + batch_size, len(windows)), len(windows))
     if full:
@@ -121,7 +146,10 @@ class CandidateScorer:
                  check: Callable[[], None] | None = None) -> None:
         tokens = hidden.shape[0] * hidden.shape[1]
         if block == self.runner.n_blocks:
-            kl = float(self.targets.kl(self.runner.logits(hidden), rows).double().sum())
+            flat = hidden.reshape(-1, hidden.shape[-1])               # [B·L, d], a chunk of positions at a time
+            step = logit_rows(self.runner)
+            kl = sum(float(self.targets.kl(self.runner.logits(flat[s: s + step]), rows, start=s).double().sum())
+                     for s in range(0, flat.shape[0], step))
             for m in members:
                 totals[m] += kl
             return

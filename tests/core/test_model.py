@@ -17,6 +17,7 @@ LLAMA_ROLES = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "
     ("qwen2", 14, LLAMA_ROLES),
     ("phi3", 8, ["o_proj", "qkv_proj", "gate_up_proj", "down_proj"]),
     ("gpt2", 8, ["c_attn", "attn.c_proj", "c_fc", "mlp.c_proj"]),
+    ("gemma3", 14, LLAMA_ROLES),
 ])
 def test_inventory_per_family(tiny_models, family, n_layers, first_roles):
     loaded = load_model(str(tiny_models[family]))

@@ -3,7 +3,8 @@
 import pytest
 import torch
 
-from bitsmith.core.capture import capture_block_inputs, iterate_blocks, record_inputs, run_block, sequential_groups
+from bitsmith.core.capture import (BlockInputs, capture_block_inputs, iterate_blocks, record_inputs, run_block,
+                                   sequential_groups)
 from bitsmith.core.commands.bench import bench_targets
 from bitsmith.core.inventory import find_blocks, layer_inventory
 from bitsmith.core.pipeline import QuantizeOptions, draw_calibration, quantize_model
@@ -15,7 +16,7 @@ def _windows(n=4, length=24, seed=0):
     return torch.randint(0, 512, (n, length), generator=torch.Generator().manual_seed(seed))
 
 
-@pytest.mark.parametrize("family", ["llama", "gpt2"])
+@pytest.mark.parametrize("family", ["llama", "gpt2", "gemma3"])
 def test_iterate_blocks_reproduces_the_model(family):
     model = tiny_model(family)
     windows = _windows()
@@ -25,8 +26,23 @@ def test_iterate_blocks_reproduces_the_model(family):
     out = iterate_blocks(model, windows, lambda i, block, inputs: seen.append(i), batch_size=3)
     assert seen == [0, 1]
     got = torch.cat(out.hidden)
-    final_norm = model.model.norm if family == "llama" else model.transformer.ln_f
+    final_norm = model.transformer.ln_f if family == "gpt2" else model.model.norm
     assert torch.allclose(final_norm(got), expected[-1], atol=1e-5)
+
+
+def test_each_block_gets_its_own_mask_and_rotary_table():
+    """Gemma 3's sliding block and its global block are called with different arguments;
+    giving block 1 block 0's (as a capture at block 0 alone would) changes its output."""
+    model = tiny_model("gemma3")
+    windows = _windows(2, 24)
+    inputs = capture_block_inputs(model, windows, batch_size=2)
+    mask0, mask1 = (inputs.calls[i][0][1]["attention_mask"] for i in (0, 1))
+    assert mask0 is not None and (mask1 is None or not torch.equal(mask0, mask1))   # sliding vs causal
+    out = iterate_blocks(model, windows, lambda i, b, x: None, batch_size=2)
+    with torch.no_grad():
+        wrong = run_block(model.model.layers[1], BlockInputs(
+            run_block(model.model.layers[0], inputs), inputs.args, inputs.kwargs))
+    assert not torch.allclose(wrong[0], out.hidden[0], atol=1e-4)
 
 
 def test_sequential_groups_and_input_recording():
@@ -72,4 +88,5 @@ def test_mixed_calibration_sources():
 def test_bench_targets_are_discovered_by_name():
     targets = bench_targets()
     assert targets["quantize"] == "bitsmith.core.quant.bench_quantize:main"
+    assert targets["scale"] == "bitsmith.core.quant.bench_scale:main"
     assert targets.get("kernels") == "bitsmith.kernels.bench:main"

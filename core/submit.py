@@ -42,6 +42,7 @@ from .events import Emitter, decode, file_sink, stream_sink
 
 INSTALL_HINT = "install the cluster extra: pip install 'bitsmith[cluster]' (Ray with its Jobs API client)"
 STOP_WAIT_S = 120          # SIGTERM to SIGKILL on stop_job: the window's own cancel grace
+RECONNECTS = 5            # times a broken log stream is followed again while the job runs
 AGENT_WAIT_S = 60         # how long a just-started head may take to accept jobs
 EXIT_CODES = {"result": 0, "bad_input": 2, "cancelled": 3}
 
@@ -103,18 +104,27 @@ def job_client(address: str) -> Any:
 
 class EventRelay:
     """Splits the job's log chunks into lines: event lines to `out`, the rest to `err`; keeps
-    the worker's last word (a result or an error kind) for the exit code."""
+    the worker's last word (a result or an error kind) for the exit code. A stream followed
+    again from the start (`restart`) skips the lines already relayed."""
 
     def __init__(self, out: TextIO, err: TextIO) -> None:
         self.out, self.err = out, err
         self.partial = ""
         self.ended_with: str | None = None
         self.events = 0
+        self.lines = 0           # complete lines seen in this stream
+        self.skip = 0            # lines a restarted stream repeats
 
     def feed(self, chunk: str) -> None:
         *lines, self.partial = (self.partial + chunk).split("\n")
         for line in lines:
-            self._line(line)
+            self.lines += 1
+            if self.lines > self.skip:
+                self._line(line)
+
+    def restart(self) -> None:
+        """The log is about to be followed again from its first line."""
+        self.skip, self.lines, self.partial = max(self.skip, self.lines), 0, ""
 
     def close(self) -> None:
         if self.partial.strip():
@@ -140,14 +150,25 @@ async def _follow(client: Any, submission_id: str, relay: EventRelay) -> None:
 
 
 def follow_logs(client: Any, submission_id: str, relay: EventRelay) -> str | None:
-    """Relay the job's log until it ends; None, or why the stream broke off."""
-    try:
-        asyncio.run(_follow(client, submission_id, relay))
-    except (RuntimeError, OSError) as err:
-        return (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
-    finally:
-        relay.close()
-    return None
+    """Relay the job's log until the job ends, following it again (up to RECONNECTS times)
+    where the stream breaks off first; None, or why it broke off for good."""
+    why = None
+    for _ in range(RECONNECTS + 1):
+        try:
+            asyncio.run(_follow(client, submission_id, relay))
+            why = None
+        except (RuntimeError, OSError) as err:
+            why = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
+        try:
+            if client.get_job_status(submission_id).is_terminal():
+                break
+        except (RuntimeError, ConnectionError) as err:     # the cluster went away
+            why = why or (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
+            break
+        time.sleep(1.0)
+        relay.restart()
+    relay.close()
+    return why
 
 
 def wait_terminal(client: Any, submission_id: str, timeout_s: float = 30.0) -> Any:

@@ -96,6 +96,8 @@ class RayBlocks:
     def finish(self) -> None:
         while self.pending:
             self._collect()
+        if self.tasks:
+            self.emitter.log(f"variant database: {self.tasks} tasks done on Ray")
 
     def _collect(self) -> None:
         """Wait (cancellably) for some task to finish; save each block whose levels are all in."""

@@ -58,6 +58,17 @@ def test_relay_passes_event_lines_and_keeps_the_rest_off_stdout():
     assert err.getvalue() == "2026 INFO a log line\n" and relay.ended_with == "cancelled" and relay.events == 2
 
 
+def test_a_log_followed_again_from_its_start_relays_each_line_once():
+    out = io.StringIO()
+    relay = EventRelay(out, io.StringIO())
+    first = [json.dumps({"v": 1, "t": i, "type": "log", "message": str(i)}) for i in range(3)]
+    relay.feed("\n".join(first[:2]) + "\n" + first[2][:10])       # the stream breaks mid-line
+    relay.restart()
+    relay.feed("\n".join(first) + "\n")
+    relay.close()
+    assert [json.loads(l)["message"] for l in out.getvalue().splitlines()] == ["0", "1", "2"]
+
+
 def test_without_ray_or_a_cluster_it_is_one_error_line(tiny_llama, tmp_path, monkeypatch):
     run_dir = _inspect_run(tmp_path / "run", tiny_llama)
     address = f"http://127.0.0.1:{_free_port()}"

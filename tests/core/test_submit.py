@@ -130,3 +130,14 @@ def test_cancel_stops_the_job_at_its_next_check(ray_jobs, tiny_llama, tmp_path):
     assert worker.returncode == 3, events[-3:]
     assert events[-1]["type"] == "error" and events[-1]["kind"] == "cancelled"
     assert run_dir.read_state()["state"] == "cancelled"
+
+
+def test_a_job_whose_worker_never_starts_ends_with_one_error_line(ray_jobs, tiny_llama, tmp_path, monkeypatch):
+    monkeypatch.setenv("BITSMITH_CLUSTER_PYTHON", str(tmp_path / "no-python-here"))
+    run_dir = _inspect_run(tmp_path / "run", tiny_llama)
+    worker = WorkerProcess(run_dir.path, submit_to=ray_jobs)
+    events = list(worker.events())
+    assert worker.returncode == 1 and [e["type"] for e in events] == ["log", "error"]
+    assert "ended FAILED before its worker finished" in events[-1]["message"]
+    assert "BITSMITH_CLUSTER_PYTHON" in events[-1]["hint"]
+    assert read_events(run_dir.events_file)[-1]["message"] == events[-1]["message"]     # History says so too

@@ -28,8 +28,13 @@ ALLOWED_CIRCLES = {
     # job runs the pre-flight check (jobkinds.common -> estimate): goes when the quantize spec
     # and its options move to core/quant (one shape for every job kind).
     frozenset({"bitsmith.core.estimate", "bitsmith.core.jobkinds.common", "bitsmith.core.jobkinds.quantize"}),
-    # search.database lazily builds search.propagated, which imports database's settings type.
-    frozenset({"bitsmith.core.search.database", "bitsmith.core.search.propagated"}),
+    # search.database builds its blocks with search.block_variants and lazily search.propagated;
+    # both name database's settings type (type-only imports).
+    frozenset({"bitsmith.core.search.block_variants", "bitsmith.core.search.database",
+               "bitsmith.core.search.propagated"}),
+    # search.cluster starts the database tasks of search.cluster_database, which takes the
+    # cluster's connection type back.
+    frozenset({"bitsmith.core.search.cluster", "bitsmith.core.search.cluster_database"}),
 }
 
 

@@ -1,5 +1,7 @@
 """`bitsmith run JOB.json [--out RUN_DIR] [--events]` and `bitsmith run RUN_DIR --resume`:
-a job through a separate worker process, with a progress bar or raw event lines."""
+a job through a separate worker process, with a progress bar or raw event lines.
+`bitsmith run JOB.json --dry-run [--json]`: the job's pre-flight estimate, nothing run (the
+window estimates the job it would start this way, from the exact job document)."""
 
 from __future__ import annotations
 
@@ -9,6 +11,7 @@ import sys
 import time
 from pathlib import Path
 
+from ..cli import dry_run
 from ..client import WorkerProcess
 from ..errors import BadInput
 from ..jobs import load_job_file
@@ -23,6 +26,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--resume", action="store_true", help="continue the run directory TARGET")
     parser.add_argument("--events", action="store_true", help="print raw event lines instead of a progress bar")
     parser.add_argument("--json", action="store_true", help="print the report as JSON at the end")
+    parser.add_argument("--dry-run", action="store_true",
+                        help="print the job's estimated peak RAM, GPU memory, disk and time, and whether it "
+                        "fits (--out: where the run would go, for its free disk); run nothing")
     parser.set_defaults(func=run)
 
 
@@ -40,6 +46,10 @@ def _prepare(args: argparse.Namespace) -> RunDir:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.dry_run:
+        if args.resume:
+            raise BadInput("--dry-run estimates a job file, not a run to resume", "pass JOB.json without --resume")
+        return dry_run(load_job_file(args.target), args)
     run_dir = _prepare(args)
     print(f"run directory: {run_dir.path}", file=sys.stderr)
     render = TerminalRenderer()

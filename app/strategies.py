@@ -104,17 +104,21 @@ class StrategiesPanel(QTabWidget):
         for kind, button in self.run_buttons.items():
             button.setEnabled(not running and kind in self.forms)
 
-    def _run(self, kind: str) -> None:
-        try:
-            values = self.forms[kind].values()
-        except ValueError as err:
-            self.problem.emit(str(err))
-            return
+    def fields_for(self, kind: str) -> dict:
+        """The page's spec fields (its model choice included); ValueError says what is wrong."""
+        values = self.forms[kind].values()
         if kind in self.model_choice:
             path = self.model_choice[kind].currentData()
             if path == "":
-                self.problem.emit(f"{kind} needs a quantized checkpoint: run quantize first")
-                return
+                raise ValueError(f"{kind} needs a quantized checkpoint: run quantize first")
             if path is not None:
                 values["model"] = ModelSpec(path)
+        return values
+
+    def _run(self, kind: str) -> None:
+        try:
+            values = self.fields_for(kind)
+        except ValueError as err:
+            self.problem.emit(str(err))
+            return
         self.runRequested.emit(kind, values)

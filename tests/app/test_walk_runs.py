@@ -197,8 +197,9 @@ def test_failed_open_says_so_in_the_summary(opened, run_to_end, tmp_path):
 
 
 def test_the_window_process_never_imports_torch(tiny_llama, tmp_path):
-    """The window, its history, a compare dialog and the export dialog (warnings and size
-    estimate) in a fresh process: torch stays out of it (the worker does all heavy work)."""
+    """The window, its history, a compare dialog, the export dialog (warnings and size
+    estimate) and the Run page's pre-flight estimate in a fresh process: torch stays out of
+    it (the worker and the estimate's own process do all heavy work)."""
     from bitsmith.core.events import Emitter
     from bitsmith.core.jobs import make_job
     from bitsmith.core.rundir import RunDir
@@ -228,9 +229,17 @@ w.checkpoints = [(r.name, str(r.run.quantized_dir)) for r in records]
 w.open_export()
 w.last_dialog.format.setCurrentText("gguf")
 app.processEvents()
-print(len(records), "torch" in sys.modules, "transformers" in sys.modules)
+w.model_source = {str(tiny_llama)!r}          # the Run page's pre-flight estimate, shown
+w.tabs.setCurrentIndex(1)
+w.strategies.setCurrentIndex(list(w.strategies.run_buttons).index("quantize"))
+from PySide6.QtCore import QEventLoop, QTimer
+loop = QEventLoop()
+w.estimate.updated.connect(loop.quit)
+QTimer.singleShot(120_000, loop.quit)
+loop.exec()
+print(len(records), "torch" in sys.modules, "transformers" in sys.modules, w.estimate.shown is not None)
 """
-    out = subprocess.run(python_command("-c", script), capture_output=True, text=True, timeout=120)
+    out = subprocess.run(python_command("-c", script), capture_output=True, text=True, timeout=180)
     assert out.returncode == 0, out.stderr[-2000:]
-    records, torch_loaded, transformers_loaded = out.stdout.split()
-    assert records == "2" and torch_loaded == "False" and transformers_loaded == "False"
+    records, torch_loaded, transformers_loaded, estimated = out.stdout.split()
+    assert records == "2" and torch_loaded == "False" and transformers_loaded == "False" and estimated == "True"

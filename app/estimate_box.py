@@ -101,6 +101,11 @@ class EstimateBox(QLabel):
 
     # --- when to estimate -----------------------------------------------------------------
 
+    @property
+    def busy(self) -> bool:
+        """An estimate is running or about to start (a change waits out the pause)."""
+        return self.process.running or self._timer.isActive()
+
     def request(self, *_) -> None:
         """Something the job depends on changed: estimate again after a pause."""
         self._stale = True
@@ -117,8 +122,12 @@ class EstimateBox(QLabel):
                 self.process.stop()
                 self._stale = True
                 self._say("The estimate waits until the running job ends.")
+            elif self.shown is not None:      # the figures stay, said to be from before the job
+                self._show(self.shown)
         else:
             self._answers.clear()
+            if self.shown is None and self._stale:
+                self._say("The job has ended: the estimate starts again in a moment.")
             self.request()
 
     def showEvent(self, event) -> None:    # noqa: N802 (Qt name)
@@ -159,7 +168,8 @@ class EstimateBox(QLabel):
     def _show(self, answer: Preflight | NoEstimate) -> None:
         self.shown = answer if isinstance(answer, Preflight) else None
         if isinstance(answer, Preflight):
-            head = f"<b>Before you run {answer.kind}</b>, the estimate: "
+            head = (f"<b>{answer.kind.capitalize()}, as estimated before the running job</b>: " if self._held
+                    else f"<b>Before you run {answer.kind}</b>, the estimate: ")
             self._final(head + figures_html(answer, self._fields(self._kind)))
         elif answer.bad_input:
             self._final(f"<b>No estimate for this {self._kind}:</b> {escape(answer.reason)}", "warn")

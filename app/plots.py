@@ -246,9 +246,8 @@ class LivePlots(QTabWidget):
         self._draw_bars(self.error_bars, {n: e for n, (e, _) in self.errors.items()},
                         brushes=[bits_colour(self.errors[n][1]) for n in self._sorted(self.errors)])
         self._draw_bars(self.spike_bars, self.spikes)
-        if self.spikes:
-            top = sorted(self.spikes.items(), key=lambda kv: -kv[1])[:3]
-            self.spike_note.setText("highest: " + ", ".join(f"{n} {v:.1f}" for n, v in top))
+        top = sorted(self.spikes.items(), key=lambda kv: -kv[1])[:3]
+        self.spike_note.setText("highest: " + ", ".join(f"{n} {v:.1f}" for n, v in top) if top else "")
         self._show("errors", bool(self.errors))
         self._show("spikes", bool(self.spikes))
         self._show("fitness", any(name == "fitness" for name, _ in self.series))

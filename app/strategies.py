@@ -104,6 +104,14 @@ class StrategiesPanel(QTabWidget):
         for kind, button in self.run_buttons.items():
             button.setEnabled(not running and kind in self.forms)
 
+    def _run(self, kind: str) -> None:
+        try:
+            values = self.fields_for(kind)
+        except ValueError as err:
+            self.problem.emit(str(err))
+            return
+        self.runRequested.emit(kind, values)
+
     def fields_for(self, kind: str) -> dict:
         """The page's spec fields (its model choice included); ValueError says what is wrong."""
         values = self.forms[kind].values()
@@ -114,11 +122,3 @@ class StrategiesPanel(QTabWidget):
             if path is not None:
                 values["model"] = ModelSpec(path)
         return values
-
-    def _run(self, kind: str) -> None:
-        try:
-            values = self.fields_for(kind)
-        except ValueError as err:
-            self.problem.emit(str(err))
-            return
-        self.runRequested.emit(kind, values)

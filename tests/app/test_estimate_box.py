@@ -35,7 +35,7 @@ def _show_page(w, kind: str, values: dict) -> None:
 
 def _answer(w, wait_for):
     """Spin until the box shows a final answer; the figures it shows (None: a message)."""
-    if w.estimate.process.running or w.estimate._timer.isActive():
+    if w.estimate.busy:
         wait_for(w.estimate.updated, lambda: None, ESTIMATE_MS)
     return w.estimate.shown
 
@@ -132,3 +132,19 @@ def test_no_json_is_read_as_the_cli_error():
         NoEstimate("there is no estimate for tune jobs yet (hint)", bad_input=True)
     failed = parse_output("", "Killed\n", 1)
     assert not failed.bad_input and "code 1" in failed.reason and "Killed" in failed.reason
+
+
+def test_a_running_job_holds_the_estimate(run_page, wait_for):
+    """While a job runs the figures stay, said to be from before it; its end estimates anew."""
+    w = run_page
+    _show_page(w, "quantize", QUANTIZE)
+    assert _answer(w, wait_for) is not None
+    w.estimate.hold(True)
+    assert "as estimated before the running job" in w.estimate.text() and not w.estimate.busy
+    w.strategies.forms["quantize"].set_value("seqlen", 80)          # no estimate while held
+    assert not w.estimate.busy
+    w.estimate.hold(False)
+    assert w.estimate.busy
+    shown = _answer(w, wait_for)
+    assert shown is not None and shown.workload["seqlen"] == 80 and "Before you run quantize" in w.estimate.text()
+    w.strategies.forms["quantize"].set_value("seqlen", QUANTIZE["seqlen"])

@@ -55,3 +55,17 @@ def test_pareto_front_over_history(tmp_path):
     points = pareto_points(records, "default", current="e3")
     assert sorted((p["bits"], p["ppl"]) for p in points) == [(3.1, 110.0), (4.2, 44.0), (16.0, 36.1)]
     assert [p["current"] for p in points if p["bits"] == 3.1] == [True]
+
+
+def test_a_new_run_clears_the_spike_note_with_the_bars(app):
+    """The note under the spike bars names the highest layers of the run drawn, and goes
+    with its bars when a new run starts (not "highest: …" under an empty page)."""
+    plots = LivePlots(live=False)
+    plots.set_layers(["a", "b"])
+    for name, score in (("a", 2.0), ("b", 120.0)):
+        plots.feed({"type": "layer", "name": name, "spike_score": score})
+    plots.redraw()
+    assert plots.spike_note.text() == "highest: b 120.0, a 2.0"
+    plots.clear_run()
+    plots.redraw()
+    assert plots.spike_note.text() == "" and plots.stacks["spikes"].currentIndex() == 0

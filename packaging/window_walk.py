@@ -5,7 +5,8 @@
 
 Steps (each a real job through the worker, on the default model unless --model):
   open       open the model; the Plan tab                                   01-plan.png
-  estimate   the Quantize page's pre-flight estimate, before Run            02-estimate.png
+  estimate   the Quantize page's pre-flight estimate, before Run: of its defaults (GPTQ, 32
+             selfgen windows), then of the walk's settings        02-estimate-default-job, 02-estimate
   quantize   Run (--method, default RTN with --calib-windows of builtin text: output errors in
              minutes; GPTQ with the page's defaults takes most of an hour on two busy cores):
              live from the first second, cancelled part-way, resumed to the end with no layer
@@ -137,12 +138,25 @@ def quantize_form(args) -> dict:
     return {"method": args.method, "calib": "builtin", "calib_windows": args.calib_windows, "seqlen": args.seqlen}
 
 
-def step_estimate(d: Driver, args) -> Step:
-    d.page("quantize", quantize_form(args))
+def estimate_checks(d: Driver) -> dict:
     shown = d.wait_estimate()
-    checks = asdict(shown) if shown else {"message": d.window.estimate.text()}
-    checks.pop("workload", None)
-    return Step("estimate", "done" if shown else "failed", screenshots=[d.shot("02-estimate")], checks=checks)
+    if shown is None:
+        return {"message": d.window.estimate.text()}
+    workload = {k: shown.workload.get(k) for k in ("method", "calib_windows", "seqlen", "selfgen")}
+    return {**{k: v for k, v in asdict(shown).items() if k != "workload"}, "workload": workload}
+
+
+def step_estimate(d: Driver, args) -> Step:
+    """The estimate of the page's own defaults (the default job), then of the walk's settings."""
+    d.page("quantize")
+    step = Step("estimate", checks={"default_job": estimate_checks(d)})
+    step.screenshots.append(d.shot("02-estimate-default-job"))
+    d.page("quantize", quantize_form(args))
+    step.checks["walk_job"] = estimate_checks(d)
+    step.screenshots.append(d.shot("02-estimate"))
+    if not all("peak_ram" in c for c in step.checks.values()):
+        step.outcome = "failed"
+    return step
 
 
 def step_quantize(d: Driver, args) -> Step:

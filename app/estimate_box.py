@@ -126,7 +126,9 @@ class EstimateBox(QLabel):
                 self._show(self.shown)
         else:
             self._answers.clear()
-            if self.shown is None and self._stale:
+            if self.shown is not None:
+                self._show(self.shown)        # no longer "before the running job"; a fresh one follows
+            elif self._stale:
                 self._say("The job has ended: the estimate starts again in a moment.")
             self.request()
 

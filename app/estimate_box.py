@@ -35,7 +35,7 @@ def _hint(suggestion: str, fields: set[str]) -> str:
     flags = {m.group(1) for m in _FLAG.finditer(suggestion)}
     if flags and all(f.replace("-", "_") in fields for f in flags):
         return window_hint(suggestion)
-    return escape(suggestion) + " (a command-line setting: <code>bitsmith … " + escape(suggestion.removeprefix("try ")) + "</code>)"
+    return escape(suggestion) + " (on the command line: the window has no such setting yet)"
 
 
 def figures_html(p: Preflight, fields: set[str] = frozenset()) -> str:

@@ -121,7 +121,7 @@ def test_a_job_that_does_not_fit_says_what_would(tiny_llama):
     assert "does not fit" in html and "fits this machine" not in html and "needs" in html
     fewer = Preflight(**{**answer.__dict__, "refusal": "needs 40.0 GB of RAM, 31.0 GB are available: "
                                                       "try --calib-windows 8 with --offload disk"})
-    assert "command-line setting" in figures_html(fewer, {"calib_windows"})      # --offload has no field
+    assert "on the command line" in figures_html(fewer, {"calib_windows"})      # --offload has no field
     only_form = Preflight(**{**answer.__dict__, "refusal": "needs 40.0 GB of RAM, 31.0 GB are available: "
                                                            "try --calib-windows 8"})
     assert "“calib windows” 8" in figures_html(only_form, {"calib_windows"})

@@ -59,12 +59,22 @@ class SpecForm(QWidget):
         for f in dataclasses.fields(spec_cls):
             if f.name in skip or not f.init:
                 continue
-            made = self._widget(hints[f.name], _default(f), f.name)
+            choices = f.metadata.get("choices")      # a registry's names (e.g. the quantizers)
+            made = self._choice(choices(), _default(f)) if choices else self._widget(hints[f.name], _default(f), f.name)
             if made is None:
                 continue
             widget, getter = made
             self.widgets[f.name], self.getters[f.name] = widget, getter
             layout.addRow(f.name.replace("_", " "), widget)
+
+    @staticmethod
+    def _choice(choices: list, default: Any):
+        combo = ComboBox()
+        for choice in choices:
+            combo.addItem(str(choice), choice)
+        if default in choices:
+            combo.setCurrentIndex(list(choices).index(default))
+        return combo, combo.currentData
 
     def _widget(self, tp: Any, default: Any, name: str = ""):
         base, optional = _unwrap_optional(tp)
@@ -76,12 +86,7 @@ class SpecForm(QWidget):
                              " (never calibrate on WikiText-2 test)")
             return combo, lambda: (combo.currentText().strip() or None) if optional else combo.currentText().strip()
         if get_origin(base) is Literal:
-            combo = ComboBox()
-            for choice in get_args(base):
-                combo.addItem(str(choice), choice)
-            if default in get_args(base):
-                combo.setCurrentIndex(list(get_args(base)).index(default))
-            return combo, combo.currentData
+            return self._choice(list(get_args(base)), default)
         if base is bool and optional:       # None: the engine decides (e.g. clip: on for GPTQ only)
             combo = ComboBox()
             combo.addItems(list(TRI_STATE))

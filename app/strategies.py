@@ -10,6 +10,7 @@ from PySide6.QtWidgets import QComboBox, QFormLayout, QLabel, QPushButton, QScro
 from .widgets import ComboBox
 
 from bitsmith.core.jobs import ModelSpec, job_kinds
+from bitsmith.core.quant.registry import used_by as quantizer_fields
 
 from .spec_form import SpecForm
 
@@ -33,7 +34,7 @@ CHOOSE_MODEL = {"eval": True, "tune": False}     # kind -> whether the open (den
 _EVOPRESS = ("generations", "offspring", "survivors", "tokens", "fitness_seqlen", "pool_windows",
              "start_candidates", "kl_topk", "mutation", "share_prefixes", "eval_every")
 USED_BY = {
-    "quantize": {f: ("gptq",) for f in ("damp", "act_order", "static_groups", "block_size", "true_sequential")},
+    "quantize": quantizer_fields(),      # each method declares what it reads (core/quant/methods/)
     "search": {**{f: ("evopress",) for f in _EVOPRESS},
                **{f: ("spike",) for f in ("spike_threshold", "spike_top_k", "spike_keep_bits")}},
     "tune": {"tau": ("pv",), "rank": ("eora",),

@@ -5,7 +5,7 @@ For each decoder block (one on the work device at a time, see core/capture.py):
      gate,up -> down in Llama);
   2. for each group: run the calibration activations through the block (stopping once the
      group has been called), accumulate the group's Hessian H = (2/N) Σ x xᵀ, quantize each
-     layer of the group with GPTQ (or RTN) per the plan, write Ŵ into the block;
+     layer of the group with its method (core/quant/methods/) per the plan, write Ŵ into the block;
   3. run the block once more, with all its weights quantized, to make the next block's
      inputs.
 
@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Literal
+from typing import Callable
 
 import torch
 from torch import nn
@@ -28,16 +28,15 @@ from .errors import Cancelled
 from .offload import onloaded, trim_memory
 from .inventory import _is_conv1d, find_blocks, linear_weight
 from .plan import LayerPlan, Plan
-from .quant.gptq import HessianAccumulator, gptq_quantize, rel_error
-from .quant.grid import ClipConfig, dequantize_fp8, quantize_fp8, quantize_rtn
+from .quant.gptq import HessianAccumulator, rel_error
+from .quant.grid import ClipConfig, dequantize_fp8, quantize_fp8
+from .quant.registry import quantizer
 from .quant.tensor import QuantizedWeight
-
-Method = Literal["gptq", "rtn"]
 
 
 @dataclass
 class QuantizeOptions:
-    method: Method = "gptq"
+    method: str = "gptq"             # a registered quantizer (core/quant/registry.py)
     damp: float = 0.01               # λ = damp · mean(diag H)
     act_order: bool = False          # columns by descending diag(H), static groups
     static_groups: bool = False      # grids fixed up front even without act-order
@@ -87,14 +86,12 @@ def round_fp8_in_place(module: nn.Module) -> None:
 
 def quantize_layer(W: torch.Tensor, H: torch.Tensor | None, entry: LayerPlan,
                    options: QuantizeOptions) -> tuple[QuantizedWeight, dict]:
-    """One layer per its plan entry: GPTQ against H, or round-to-nearest."""
-    if options.method == "gptq" and H is not None:
-        qw, info = gptq_quantize(W, H, entry.bits, entry.group_size, entry.sym, act_order=options.act_order,
-                                 static_groups=options.static_groups, damp=options.damp,
-                                 block_size=options.block_size, clip=options.clip)
-        return qw, info.to_dict()
-    importance = torch.diag(H) if H is not None else None
-    return quantize_rtn(W.to(torch.float32), entry.bits, entry.group_size, entry.sym, options.clip, importance), {}
+    """One layer per its plan entry, with the method `options.method` names: (codes, the
+    extra fields of its `layer` event)."""
+    method = quantizer(options.method)
+    if method.calibrated and H is None:
+        raise ValueError(f"{method.label} needs the layer's Hessian: calibrate first")
+    return method.quantize(W, H, entry, options)
 
 
 class BlockQuantizer:
@@ -116,8 +113,8 @@ class BlockQuantizer:
         linears = block_linears(block)
         if self.groups is None or any(n not in linears for g in self.groups for n in g):
             self.groups = sequential_groups(block, inputs) if self.calibrated else [list(linears)]
-        # RTN does not depend on the inputs: one pass measures every layer's error
-        sequential = self.options.true_sequential and self.options.method == "gptq"
+        # a method whose codes do not depend on the inputs (RTN): one pass measures every layer's error
+        sequential = self.options.true_sequential and quantizer(self.options.method).sequential
         groups = self.groups if sequential else [[n for g in self.groups for n in g]]
         done, finished = self._apply_partial(index, block)
         try:
@@ -263,8 +260,8 @@ def quantize_model(model: nn.Module, plan: Plan, windows: torch.Tensor | None, o
                                    if e.keep is None and n.startswith(f"{prefix}.{index}.")])
 
     if windows is None:
-        if options.method == "gptq":
-            raise ValueError("GPTQ needs calibration windows")
+        if quantizer(options.method).calibrated:
+            raise ValueError(f"{quantizer(options.method).label} needs calibration windows")
         for index in range(start_block, len(blocks)):
             if check is not None:
                 check()

@@ -1,4 +1,4 @@
-"""`bitsmith quantize MODEL --method gptq|rtn --bits B [--plan PLAN.json] [--group-size G] [--sym]
+"""`bitsmith quantize MODEL --method METHOD --bits B [--plan PLAN.json] [--group-size G] [--sym]
 [--act-order] [--keep REGEX]... --calib SRC --calib-windows N --seqlen L --out RUN_DIR`."""
 
 from __future__ import annotations
@@ -10,17 +10,19 @@ from ..jobs import make_job
 from ..serve import SERVE_TARGETS, serve_help
 from ..jobkinds.quantize import DEFAULT_CALIB, QuantizeSpec
 from ..plan import uniform_plan_spec
+from ..quant.registry import quantizer, quantizer_names, quantizers
 
 _D = QuantizeSpec()
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser("quantize", help="quantize a model with GPTQ or RTN per a bit plan",
+    parser = subparsers.add_parser("quantize", help=f"quantize a model per a bit plan ({', '.join(quantizer_names())})",
                                    description="Quantize every linear layer of the decoder blocks. Without "
                                    "--plan, every layer gets --bits/--group-size/--sym, except layers matching "
                                    "a --keep pattern, which stay at 16-bit.")
     add_model_args(parser)
-    parser.add_argument("--method", choices=["gptq", "rtn"], default=_D.method)
+    parser.add_argument("--method", choices=quantizer_names(), default=_D.method,
+                        help="; ".join(f"{q.name}: {q.description}" for q in quantizers().values()))
     parser.add_argument("--bits", type=int, default=4, help="bits per weight, 2–8 (default 4)")
     parser.add_argument("--group-size", type=int, default=64,
                         help="input columns per scale/zero (default 64; a size that does not divide a "
@@ -34,8 +36,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--calib", default=DEFAULT_CALIB,
                         help=f"calibration text: builtin | selfgen | file:PATH | hf:NAME; 'a+b' mixes (default {DEFAULT_CALIB})")
     parser.add_argument("--calib-windows", type=int, default=None,
-                        help=f"calibration windows (default {_D.calib_windows} for gptq; 0 for rtn, which then "
-                        "needs no data and reports weight-space errors)")
+                        help=f"calibration windows (default {_D.calib_windows}; 0 for a method that needs no data, "
+                        "such as rtn, which then reports weight-space errors)")
     parser.add_argument("--seqlen", type=int, default=_D.seqlen)
     parser.add_argument("--seed", type=int, default=_D.seed)
     parser.add_argument("--damp", type=float, default=_D.damp, help=f"GPTQ dampening (default {_D.damp})")
@@ -47,7 +49,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     clip = parser.add_mutually_exclusive_group()
     clip.add_argument("--clip", dest="clip", action="store_true", default=_D.clip,
                       help="search each group's range (shrink down to 0.8, weighted by the Hessian "
-                           "diagonal; default: on for gptq, off for rtn)")
+                           f"diagonal; default: {_clip_defaults()})")
     clip.add_argument("--no-clip", dest="clip", action="store_false")
     parser.add_argument("--batch-size", type=int, default=_D.batch_size,
                         help=f"calibration windows per forward pass (default {_D.batch_size})")
@@ -57,10 +59,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(func=run)
 
 
+def _clip_defaults() -> str:
+    return ", ".join(f"{q.clip} for {q.name}" for q in quantizers().values())
+
+
 def _calib_windows(args: argparse.Namespace) -> int:
     if args.calib_windows is not None:
         return args.calib_windows
-    return 0 if args.method == "rtn" else _D.calib_windows
+    return _D.calib_windows if quantizer(args.method).calibrated else 0
 
 
 def run(args: argparse.Namespace) -> int:

@@ -1,4 +1,5 @@
-"""`quantize`: calibrate, quantize per plan with GPTQ or RTN, write RUN_DIR/quantized/.
+"""`quantize`: calibrate, quantize per plan with a registered method (GPTQ, RTN, ...), write
+RUN_DIR/quantized/.
 
 Events: `plan` (the resolved plan and its budget), `layer` per layer (bits, group size,
 relative output error, seconds), `progress` with an ETA. Finished blocks are saved to
@@ -12,11 +13,12 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING
 
 from ..errors import BadInput, Cancelled
 from ..jobs import ModelSpec, RunContext, register_job
 from ..plan import PlanSpec
+from ..quant.registry import quantizer, quantizer_names
 from ..serve import check_plan_serves, serve_target
 
 if TYPE_CHECKING:   # torch stays out of the window process, which imports job specs
@@ -31,7 +33,7 @@ DEFAULT_CALIB = "selfgen"
 @dataclass
 class QuantizeSpec:
     model: ModelSpec = field(default_factory=ModelSpec)
-    method: Literal["gptq", "rtn"] = "gptq"
+    method: str = field(default="gptq", metadata={"choices": quantizer_names})   # core/quant/methods/
     plan: PlanSpec | str = field(default_factory=PlanSpec)   # inline rules, or a plan.json path
     calib: str = DEFAULT_CALIB        # text source(s); "a+b" mixes sources in equal parts
     calib_windows: int = 32           # 0: no calibration (RTN only); 32 x 512 = 16k tokens
@@ -40,8 +42,8 @@ class QuantizeSpec:
     damp: float = 0.1                 # λ = damp · mean(diag H)
     act_order: bool = True            # columns by descending diag(H), static groups
     static_groups: bool = False       # grids fixed up front also without act-order
-    # range-shrink search of each group's grid, weighted by diag(H); None: on for GPTQ (it is
-    # what brings 4-bit g64 from 46.3 to 44.2 on WikiText-2), off for RTN (plain rounding)
+    # range-shrink search of each group's grid, weighted by diag(H); None: the method's default
+    # (on for GPTQ: it brings 4-bit g64 from 46.3 to 44.2 on WikiText-2; off for RTN; always for rtn-mse)
     clip: bool | None = None
     clip_min_shrink: float = 0.8
     block_size: int = 128
@@ -57,15 +59,19 @@ class QuantizeSpec:
 
     @property
     def clips(self) -> bool:
-        """Whether the grid's range search runs: `clip`, or by default only for GPTQ."""
-        return self.method == "gptq" if self.clip is None else self.clip
+        """Whether the grid's range search runs: `clip`, or the method's default."""
+        return quantizer(self.method).clip != "off" if self.clip is None else self.clip
 
     def validate(self) -> None:
         serve_target(self.serve)
+        method = quantizer(self.method)
         if self.calib_windows < 0:
             raise BadInput(f"calib_windows {self.calib_windows} is negative", "use --calib-windows 1 or more")
-        if self.calib_windows == 0 and self.method == "gptq":
-            raise BadInput("GPTQ needs calibration windows", "use --calib-windows 1 or more, or --method rtn")
+        if self.calib_windows == 0 and method.calibrated:
+            raise BadInput(f"{method.label} needs calibration windows", "use --calib-windows 1 or more, or --method rtn")
+        if self.clip is False and method.clip == "always":
+            raise BadInput(f"{method.label} is defined by its range search; --no-clip would leave plain rounding",
+                           "leave --no-clip out, or use --method rtn")
         if self.seqlen < 2:
             raise BadInput(f"seqlen {self.seqlen} is too short", "use --seqlen 2 or more (512 is standard)")
         if not self.damp > 0:
@@ -80,7 +86,7 @@ class QuantizeSpec:
             self.plan.validate()
 
 
-@register_job("quantize", QuantizeSpec, "quantize a model per a bit plan with GPTQ or RTN")
+@register_job("quantize", QuantizeSpec, "quantize a model per a bit plan (GPTQ, RTN, ...: core/quant/methods/)")
 def run_quantize(spec: QuantizeSpec, ctx: RunContext) -> dict:
     from .common import cpu_threads
 
@@ -191,7 +197,7 @@ def _calibrate_or_resume(spec: QuantizeSpec, ctx: RunContext, store, loaded, pla
 
 def _quantize_blocks(spec: QuantizeSpec, ctx: RunContext, store, model, plan, layers: list, windows,
                      results: dict, start_block: int, partial: dict) -> None:
-    """GPTQ/RTN from `start_block` on: a `layer` event per layer, each finished block saved
+    """Quantize from `start_block` on: a `layer` event per layer, each finished block saved
     to checkpoint/ (and its float weights dropped from the model), and on a cancel the
     finished layers of the current block."""
     from ..inventory import find_blocks

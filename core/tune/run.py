@@ -291,13 +291,6 @@ def capture_covariances(student: Student, windows: torch.Tensor, micro: int, ctx
     return accs
 
 
-def _output_error(E: torch.Tensor, W: torch.Tensor, C: torch.Tensor) -> float:
-    """‖E X‖² / ‖W X‖² = tr(E C Eᵀ) / tr(W C Wᵀ)."""
-    num = ((E @ C) * E).sum()
-    den = ((W @ C) * W).sum().clamp(min=1e-30)
-    return float(num / den)
-
-
 def _evaluate_stage(ctx: RunContext, student: Student, cache: TeacherCache, micro: int, autocast: Any,
                     adapters: bool) -> dict[str, Any]:
     """Held-out KL and perplexity, emitted as step 0 (without adapters) or 1 (with them)."""
@@ -328,6 +321,7 @@ def _fit_adapters(spec: TuneSpec, ctx: RunContext, student: Student, cache: Teac
                   accs: dict[str, Any]) -> tuple[dict, dict]:
     """Rank-r adapters of every layer, set on the layers; ({name: (A, B) on the CPU},
     {name: (relative output error before, after)})."""
+    from ..quant.gptq import output_error
     from .eora import eora_adapters
 
     device = student.loaded.device
@@ -340,7 +334,7 @@ def _fit_adapters(spec: TuneSpec, ctx: RunContext, student: Student, cache: Teac
         C = accs.pop(name).C
         dW = W - layer.dequantize()
         B, A = eora_adapters(dW, C, spec.rank)                  # [d_out, r], [r, d_in]
-        before, after = _output_error(dW, W, C), _output_error(dW - B @ A, W, C)
+        before, after = output_error(dW, W, C), output_error(dW - B @ A, W, C)
         layer.eora_A, layer.eora_B = A.to(device), B.to(device)
         adapters[name] = (A.cpu(), B.cpu())
         errors[name] = (before, after)

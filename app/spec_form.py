@@ -1,6 +1,8 @@
 """A form for a job kind's spec dataclass, built from its fields and type hints, so each
 job's parameters (with their defaults) appear in the window without a hand-made form that
-would drift from the engine. `model` and `plan` are filled by the window, not the form."""
+would drift from the engine. A field's metadata gives its tooltip (`help`, the CLI's help
+text too: core/spec_args.py) and its choices (`choices`, a registry's names). `model` and
+`plan` are filled by the window, not the form."""
 
 from __future__ import annotations
 
@@ -64,6 +66,8 @@ class SpecForm(QWidget):
             if made is None:
                 continue
             widget, getter = made
+            if f.metadata.get("help") and not widget.toolTip():   # the CLI's help text, from the same field
+                widget.setToolTip(f.metadata["help"])
             self.widgets[f.name], self.getters[f.name] = widget, getter
             layout.addRow(f.name.replace("_", " "), widget)
 

@@ -210,7 +210,7 @@ class MainWindow(QMainWindow):
     def _on_layer(self, event: dict) -> None:
         self.plots.feed(event)
         self.layers.set_result(event.get("name", ""), rel_error=event.get("rel_error"),
-                               spike=event.get("spike", event.get("spike_score")), bits=event.get("bits"))
+                               spike=event.get("spike_score"), bits=event.get("bits"))
 
     def _on_plan(self, layers: dict) -> None:
         self.plan_source = f"by the {self.current_kind} run {self.client.run_dir.path.name}"

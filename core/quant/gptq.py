@@ -30,7 +30,8 @@ MAX_DAMP = 10.0   # give up when λ would exceed 10 · mean(diag H)
 
 
 class HessianAccumulator:
-    """H = (2/N) Σ x xᵀ over every input row seen so far, as a running mean in fp32."""
+    """H = (2/N) Σ x xᵀ over every input row seen so far, as a running mean in fp32; the
+    input covariance C = X Xᵀ / N = H / 2 (EoRA's) is the same sum."""
 
     def __init__(self, d_in: int, device: torch.device | str = "cpu") -> None:
         self.H = torch.zeros(d_in, d_in, dtype=torch.float32, device=device)
@@ -46,6 +47,11 @@ class HessianAccumulator:
         self.n += n_new
         x = x * math.sqrt(2.0 / self.n)
         self.H.addmm_(x.t(), x)
+
+    @property
+    def C(self) -> torch.Tensor:
+        """C = X Xᵀ / N [d_in, d_in] = H / 2 (exact: a power of two)."""
+        return self.H / 2
 
 
 def output_error(E: torch.Tensor, W: torch.Tensor, H: torch.Tensor) -> float:

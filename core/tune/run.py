@@ -180,12 +180,12 @@ def provenance(spec: TuneSpec, best_step: int) -> dict:
 @torch.no_grad()
 def capture_covariances(student: Student, windows: torch.Tensor, micro: int, autocast: Any,
                         check: Callable[[], None], on_batch: Callable[[], Any]) -> dict[str, Any]:
-    """{layer: CovarianceAccumulator} of every quantized layer's inputs over `windows` [n, L],
-    `micro` windows per forward; `on_batch` after each."""
-    from .eora import CovarianceAccumulator
+    """{layer: its input accumulator (`.C` = X Xᵀ / N)} of every quantized layer over `windows`
+    [n, L], `micro` windows per forward; `on_batch` after each."""
+    from ..quant.gptq import HessianAccumulator
 
     device = student.loaded.device
-    accs = {name: CovarianceAccumulator(layer.in_features, device) for name, layer in student.layers.items()}
+    accs = {name: HessianAccumulator(layer.in_features, device) for name, layer in student.layers.items()}
 
     def hook_for(name: str):
         return lambda module, args, output: accs[name].add(args[0])

@@ -55,6 +55,8 @@ class LayerTableModel(QAbstractTableModel):
         self.rows: list[LayerRow] = []
         self._index: dict[str, int] = {}
         self.layer_bytes: dict[str, float] = {}   # per-layer bytes under the plan (from core/plan)
+        self.fused = False                         # edits take whole fused groups (vLLM, SGLang)
+        self._group_rows: dict[int, list[int]] = {}   # row -> rows of its fused group
 
     # --- loading ---------------------------------------------------------------------------
 
@@ -65,15 +67,39 @@ class LayerTableModel(QAbstractTableModel):
                               bits, group_size) for l in layers]
         self._index = {r.name: i for i, r in enumerate(self.rows)}
         self.layer_bytes = {}
+        self.set_fused(self.fused)
         self.endResetModel()
         self.planChanged.emit()
 
-    def layer_dicts(self) -> list[dict]:
-        return [{"name": r.name, "block": r.block, "role": r.role, "d_out": r.d_out, "d_in": r.d_in}
-                for r in self.rows]
-
     def row_of(self, name: str) -> int | None:
         return self._index.get(name)
+
+    def set_fused(self, fused: bool) -> None:
+        """With a runtime that serves q/k/v and gate/up as one module (core/serve.py), an edit
+        to one layer of such a group applies to the whole group."""
+        from bitsmith.core.serve import fused_groups
+
+        self.fused = fused
+        self._group_rows = {}
+        if fused:
+            for group in fused_groups([r.name for r in self.rows]):
+                rows = [self._index[n] for n in group]
+                self._group_rows.update({i: rows for i in rows})
+
+    def with_groups(self, rows: list[int]) -> list[int]:
+        """`rows` and, when edits are fused, the other rows of their groups."""
+        return sorted({j for i in rows for j in self._group_rows.get(i, [i])})
+
+    def split_groups(self) -> list[tuple[str, ...]]:
+        """Fused groups whose rows have different bits or group sizes."""
+        seen, split = set(), []
+        for rows in self._group_rows.values():
+            key = tuple(rows)
+            if key not in seen:
+                seen.add(key)
+                if len({(self.rows[i].bits, self.rows[i].group_size) for i in rows}) > 1:
+                    split.append(tuple(self.rows[i].name for i in rows))
+        return split
 
     # --- plan edits --------------------------------------------------------------------------
 
@@ -82,6 +108,7 @@ class LayerTableModel(QAbstractTableModel):
         return {r.name: (r.bits, r.group_size) for r in self.rows}
 
     def set_bits(self, rows: list[int], bits: int, group_size: int | None = None) -> None:
+        rows = self.with_groups(rows)
         for i in rows:
             self.rows[i].bits = int(bits)
             if group_size is not None:
@@ -218,16 +245,17 @@ class LayerTableModel(QAbstractTableModel):
             number = int(str(value).split()[0])
         except (ValueError, IndexError):
             return False
-        row = self.rows[index.row()]
-        if index.column() == COL["bits"]:
-            if number not in range(2, 9) and number != KEEP_BITS:
-                return False
-            row.bits = number
-        else:
-            if number < 1:   # core/plan falls back to the largest divisor of d_in
-                return False
-            row.group_size = number
-        self._changed_rows([index.row()])
+        if index.column() == COL["bits"] and number not in range(2, 9) and number != KEEP_BITS:
+            return False
+        if index.column() == COL["group"] and number < 1:   # core/plan falls back to the largest divisor of d_in
+            return False
+        rows = self.with_groups([index.row()])
+        for i in rows:
+            if index.column() == COL["bits"]:
+                self.rows[i].bits = number
+            else:
+                self.rows[i].group_size = number
+        self._changed_rows(rows)
         return True
 
 

@@ -61,6 +61,19 @@ class BitsDelegate(QStyledItemDelegate):
             super().setModelData(editor, model, index)
 
 
+def serve_combo():
+    """The serving targets of core/serve.py's registry, each with its note as a tooltip."""
+    from PySide6.QtWidgets import QComboBox
+
+    from bitsmith.core.serve import SERVE_TARGETS
+
+    combo = QComboBox()
+    for i, target in enumerate(SERVE_TARGETS.values()):
+        combo.addItem(target.name, target.name)
+        combo.setItemData(i, target.note, Qt.ItemDataRole.ToolTipRole)
+    return combo
+
+
 class MainWindow(QMainWindow):
     def __init__(self, settings: QSettings | None = None) -> None:
         super().__init__()
@@ -84,10 +97,6 @@ class MainWindow(QMainWindow):
         self.picker.openRequested.connect(self.open_model)
         self.summary = QLabel("Open a model to begin.", objectName="summary", wordWrap=True)
         self.export_button = QPushButton("Export…", clicked=self.open_export)
-        if "export" not in job_kinds():
-            self.export_button.setEnabled(False)
-            self.export_button.setToolTip("needs the export job, which this build does not have yet: "
-                                          "issue 8 (core/jobkinds/export.py)")
 
         self.layers = LayerTableModel(self)
         self.layers.planChanged.connect(self.update_budget)
@@ -146,6 +155,10 @@ class MainWindow(QMainWindow):
         self.sel_bits = bits_combo(START_BITS)
         self.sel_group = SpinBox(minimum=8, maximum=4096, value=START_GROUP, singleStep=32)
         set_sel = QPushButton("Set selected", clicked=self.set_selected_bits)
+        self.serve = serve_combo()
+        self.serve.setCurrentIndex(max(0, self.serve.findData(self.settings.value("plan/serve", "any"))))
+        self.layers.set_fused(self._serve_fuses())
+        self.serve.currentIndexChanged.connect(self._serve_changed)
         tools = QHBoxLayout()
         tools.addWidget(self.filter, 1)
         tools.addWidget(QLabel("bits"))
@@ -153,6 +166,8 @@ class MainWindow(QMainWindow):
         tools.addWidget(QLabel("group"))
         tools.addWidget(self.sel_group)
         tools.addWidget(set_sel)
+        tools.addWidget(QLabel("serve with"))
+        tools.addWidget(self.serve)
         presets = QHBoxLayout()
         presets.addWidget(QLabel("Uniform:"))
         for bits in (8, 4, 3, 2, KEEP_BITS):
@@ -269,6 +284,8 @@ class MainWindow(QMainWindow):
             fields["model"] = ModelSpec(self.model_source)
         if "plan" in spec_fields and "plan" not in fields:
             fields["plan"] = self.plan_for_job(job_kinds()[kind].spec_cls)
+        if "serve" in spec_fields and fields.get("serve", "any") == "any":
+            fields["serve"] = self.serve.currentData()     # the plan panel's target, unless the form names one
         try:
             run = create_run(kind, **fields)
         except (BadInput, TypeError, ValueError) as err:
@@ -279,6 +296,17 @@ class MainWindow(QMainWindow):
             return None
         self._start(run, kind)
         return run
+
+    def _serve_fuses(self) -> bool:
+        from bitsmith.core.serve import serve_target
+
+        return serve_target(self.serve.currentData()).fused
+
+    def _serve_changed(self) -> None:
+        """Fused targets make the table edit whole q/k/v and gate/up groups."""
+        self.layers.set_fused(self._serve_fuses())
+        self.settings.setValue("plan/serve", self.serve.currentData())
+        self.update_budget()
 
     def plan_for_job(self, spec_cls):
         """The table's plan in the form the job's `plan` field takes (a PlanSpec of rules)."""
@@ -382,7 +410,11 @@ class MainWindow(QMainWindow):
         plan = plan_from_table(self.layers.rows)
         budget = plan.budget()
         self.layers.set_layer_bytes(layer_bytes(plan))
-        self.budget.setText(f"Layer table: {budget_line(budget)}")
+        split = self.layers.split_groups()
+        warning = (f" · <span style='color:#b3261e'>{len(split)} fused group(s) split, e.g. "
+                   f"{split[0][0].rsplit('.', 1)[0]}: {self.serve.currentText()} loads one scheme per group</span>"
+                   if split else "")
+        self.budget.setText(f"Layer table: {budget_line(budget)}{warning}")
         m, inv = self.model_summary, self.inventory
         other = 2 * (m.get("parameters", 0) - inv.get("params", 0))   # embeddings, head, norms at 16-bit
         text = (f"<b>{m.get('architecture', '?')}</b> from {m.get('location', self.model_source)} · "

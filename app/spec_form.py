@@ -13,13 +13,14 @@ from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
 
 from PySide6.QtWidgets import QCheckBox, QComboBox, QDoubleSpinBox, QFormLayout, QLineEdit, QSpinBox, QWidget
 
+from bitsmith.core.files import WIKITEXT_TEST
+
 from .widgets import ComboBox, DoubleSpinBox, SpinBox
 
 FILLED_BY_WINDOW = ("model", "plan")
 # Text-source fields get an editable list of the sources core/data.py understands.
 SOURCE_FIELDS = ("data", "calib", "eval_data", "calib_data", "eval")
-WIKITEXT = "file:../shared/data/wikitext-2-raw/wiki.test.raw"
-SOURCES = ["builtin", "builtin-eval", "selfgen", WIKITEXT, "hf:wikitext:wikitext-2-raw-v1:test"]
+SOURCES = ["builtin", "builtin-eval", "selfgen", f"file:{WIKITEXT_TEST}", "hf:wikitext:wikitext-2-raw-v1:test"]
 
 
 TRI_STATE = {"auto": None, "on": True, "off": False}    # an optional bool's choices

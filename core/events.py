@@ -20,7 +20,6 @@ import json
 import logging
 import math
 import os
-import sys
 import threading
 import time
 from dataclasses import dataclass
@@ -204,6 +203,3 @@ class Progress:
         eta = elapsed / fresh * (self.total - self.done) if fresh > 0 else None
         return self.emitter.progress(self.stage, self.done, self.total, eta)
 
-
-def stdout_sink() -> Sink:
-    return stream_sink(sys.stdout)

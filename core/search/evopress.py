@@ -132,7 +132,7 @@ def evopress(space: SearchSpace, target: float, cfg: EvoConfig, score: Score, ch
         if hooks.check is not None:
             hooks.check()
         parent = tuple(state.parent)
-        children = offspring(parent, cfg.offspring, groups, space.levels, rng, pairs=pairs)
+        children = offspring(parent, cfg.offspring, groups, space.steps, rng, pairs=pairs)
 
         def stage_score(cands: list[Genome], stage: int) -> list[float]:
             return score(cands, sample_rows(rng, cfg.tokens[stage], cfg))

@@ -23,6 +23,17 @@ v_proj at 6 bits everywhere (+0.094 bits) takes WikiText perplexity from 66.0 to
 q_proj at 2 bits (−0.094) costs only 66.0 → 71.8 (4 windows, database variants): a trade
 the within-group search can never make.
 
+Runtime costs (`SearchSpace.costs`): a runtime that stores each level in a type of its own
+counts that type's real size. llama.cpp stores 2/3-bit layers as Q2_K/Q3_K (2.625/3.4375
+bits per weight) only when d_in is a multiple of 256, else in 4-bit blocks (4.5), and 5-8
+bits as Q8_0 (8.5). So each layer has its own row of costs per level, and the budget is
+
+    Σ numel_i · cost_i(level_i)  ≤  target · Σ numel_i
+
+The mutations then move by cost steps, not level steps: a flip pairs a step down and a step
+up of equal cost (a step of cost 0 — 2 → 3 bits where both are stored in 4-bit blocks — is
+budget-neutral too and only changes quality).
+
 Everything here is pure (random choices come from a `random.Random` passed in).
 """
 
@@ -37,6 +48,17 @@ from typing import Sequence
 from ..errors import BadInput
 
 Genome = tuple[int, ...]
+Cost = int | Fraction
+
+
+class LayerCosts(tuple):
+    """[layer][level] costs in bits per weight, passed to the mutations in place of the one
+    `levels` row all layers share when the runtime counts bits as the levels say."""
+
+
+def _row(levels: Sequence[int] | LayerCosts, i: int) -> Sequence[Cost]:
+    """Layer i's cost per level."""
+    return levels[i] if isinstance(levels, LayerCosts) else levels
 
 
 @dataclass(frozen=True)
@@ -44,18 +66,39 @@ class SearchSpace:
     names: tuple[str, ...]      # layer names, inventory order
     numels: tuple[int, ...]     # d_out * d_in of each layer
     levels: tuple[int, ...]     # bit-widths, ascending (16 = kept unquantized)
+    # [layer][level] bits per weight as the runtime stores them (see the module docstring);
+    # None: each level costs its bits
+    costs: tuple[tuple[Fraction, ...], ...] | None = None
 
     def __post_init__(self) -> None:
         if len(self.names) != len(self.numels) or not self.names:
             raise ValueError("a search space needs one size per layer, and at least one layer")
         if list(self.levels) != sorted(set(self.levels)) or not self.levels:
             raise ValueError(f"levels must be distinct and ascending, got {self.levels}")
+        if self.costs is not None and (len(self.costs) != len(self.names)
+                                       or any(len(row) != len(self.levels) for row in self.costs)):
+            raise ValueError("costs must be [layers][levels]")
 
     @classmethod
-    def from_layers(cls, layers: Sequence, levels: Sequence[int]) -> "SearchSpace":
-        """From `LayerInfo`s (core/inventory.py)."""
-        return cls(tuple(l.name for l in layers), tuple(l.d_out * l.d_in for l in layers),
-                   tuple(sorted(set(levels))))
+    def from_layers(cls, layers: Sequence, levels: Sequence[int], cost=None) -> "SearchSpace":
+        """From `LayerInfo`s (core/inventory.py); `cost(layer, bits)`: bits per weight as a
+        runtime stores that layer at that level (None: the level's bits)."""
+        levels = tuple(sorted(set(levels)))
+        costs = None if cost is None else tuple(tuple(Fraction(cost(l, b)) for b in levels) for l in layers)
+        return cls(tuple(l.name for l in layers), tuple(l.d_out * l.d_in for l in layers), levels, costs)
+
+    @property
+    def steps(self) -> Sequence[int] | LayerCosts:
+        """What the mutations step by: the levels, or each layer's costs."""
+        return LayerCosts(self.costs) if self.costs is not None else self.levels
+
+    def cost(self, i: int, level: int) -> Cost:
+        """Bits per weight of layer i at level index `level`."""
+        return self.costs[i][level] if self.costs is not None else self.levels[level]
+
+    def avg_bounds(self) -> tuple[float, float]:
+        """The least and the most average cost any genome has (all lowest, all highest)."""
+        return (self.avg_bits((0,) * self.n_layers), self.avg_bits((len(self.levels) - 1,) * self.n_layers))
 
     @property
     def n_layers(self) -> int:
@@ -68,11 +111,12 @@ class SearchSpace:
     def bits(self, genome: Genome) -> list[int]:
         return [self.levels[g] for g in genome]
 
-    def total_bits(self, genome: Genome) -> int:
-        return sum(n * self.levels[g] for n, g in zip(self.numels, genome))
+    def total_bits(self, genome: Genome) -> Cost:
+        """Σ numel·cost (exact: an int, or a Fraction with runtime costs)."""
+        return sum(n * self.cost(i, g) for i, (n, g) in enumerate(zip(self.numels, genome)))
 
     def avg_bits(self, genome: Genome) -> float:
-        return self.total_bits(genome) / self.total_params
+        return float(self.total_bits(genome) / self.total_params)
 
     def fits(self, genome: Genome, target: float) -> bool:
         """Σ numel·bits ≤ target·Σ numel, in exact arithmetic (no float round-off)."""
@@ -83,9 +127,6 @@ class SearchSpace:
 
     def bits_map(self, genome: Genome) -> dict[str, int]:
         return dict(zip(self.names, self.bits(genome)))
-
-    def genome_of(self, bits_map: dict[str, int]) -> Genome:
-        return tuple(self.levels.index(bits_map[name]) for name in self.names)
 
     def groups(self) -> list[list[int]]:
         """Layer indices grouped by size (q/o, k/v, gate/up/down in a Llama), each in order."""
@@ -105,9 +146,14 @@ class Tying:
     units: tuple[tuple[int, ...], ...]     # layer indices of each unit, units in inventory order
 
     def unit_space(self, layers: SearchSpace) -> SearchSpace:
+        """A unit's cost at a level is its layers' size-weighted mean cost there."""
         names = tuple("+".join(layers.names[i] for i in unit) for unit in self.units)
         numels = tuple(sum(layers.numels[i] for i in unit) for unit in self.units)
-        return SearchSpace(names, numels, layers.levels)
+        costs = None
+        if layers.costs is not None:
+            costs = tuple(tuple(Fraction(sum(layers.numels[i] * layers.costs[i][l] for i in unit), size)
+                                for l in range(len(layers.levels))) for unit, size in zip(self.units, numels))
+        return SearchSpace(names, numels, layers.levels, costs)
 
     def expand(self, genome: Genome) -> Genome:
         """Unit genome -> layer genome (every layer of a unit at the unit's level)."""
@@ -127,30 +173,33 @@ class Tying:
 
 
 def check_target(space: SearchSpace, target: float) -> None:
-    """A target outside [lowest level, highest level] cannot be met by any genome."""
+    """A target outside [lowest level, highest level] (their costs, with runtime costs)
+    cannot be met by any genome."""
     low, high = space.levels[0], space.levels[-1]
-    if not math.isfinite(target) or not low <= target <= high:
-        raise BadInput(f"target {target} bits is outside the levels {low}–{high}",
-                       f"choose --target-bits between {low} and {high}, or change --levels")
+    if space.costs is not None:
+        low, high = space.avg_bounds()
+    if not math.isfinite(target) or not low - 1e-9 <= target <= high + 1e-9:
+        raise BadInput(f"target {target} bits is outside the levels {low:g}–{high:g}",
+                       f"choose --target-bits between {low:g} and {high:g}, or change --levels")
 
 
 # --- mutation ----------------------------------------------------------------------------
 
-def _step(levels: Sequence[int], index: int, direction: int) -> int | None:
+def _step(row: Sequence[Cost], index: int, direction: int) -> Cost | None:
     """Bits gained (+) or lost (−) by moving one level in `direction`; None at the edge."""
     j = index + direction
-    if not 0 <= j < len(levels):
+    if not 0 <= j < len(row):
         return None
-    return levels[j] - levels[index]
+    return row[j] - row[index]
 
 
-def flip(genome: list[int], group: Sequence[int], levels: Sequence[int], rng: random.Random) -> bool:
+def flip(genome: list[int], group: Sequence[int], levels: Sequence[int] | LayerCosts, rng: random.Random) -> bool:
     """One budget-neutral flip inside `group`, in place; False when none is possible."""
-    down = [i for i in group if _step(levels, genome[i], -1) is not None]
+    down = [i for i in group if _step(_row(levels, i), genome[i], -1) is not None]
     rng.shuffle(down)
     for d in down:
-        lost = -_step(levels, genome[d], -1)  # type: ignore[operator]
-        up = [i for i in group if i != d and _step(levels, genome[i], +1) == lost]
+        lost = -_step(_row(levels, d), genome[d], -1)  # type: ignore[operator]
+        up = [i for i in group if i != d and _step(_row(levels, i), genome[i], +1) == lost]
         if up:
             u = rng.choice(up)
             genome[d] -= 1
@@ -187,18 +236,18 @@ def exchanges(space: SearchSpace) -> list[Exchange]:
     return pairs
 
 
-def exchange_flip(genome: list[int], pair: Exchange, levels: Sequence[int], rng: random.Random) -> bool:
+def exchange_flip(genome: list[int], pair: Exchange, levels: Sequence[int] | LayerCosts, rng: random.Random) -> bool:
     """One budget-neutral exchange, in place: a `big` layer one level in a random direction,
     `ratio` distinct `small` layers one level the other way, all steps of equal size.
     False when none is possible."""
     if pair.big == pair.small:
         return flip(genome, pair.big, levels, rng)
     for direction in rng.sample((+1, -1), 2):
-        movers = [i for i in pair.big if _step(levels, genome[i], direction) is not None]
+        movers = [i for i in pair.big if _step(_row(levels, i), genome[i], direction) is not None]
         rng.shuffle(movers)
         for b in movers:
-            moved = _step(levels, genome[b], direction)
-            partners = [i for i in pair.small if _step(levels, genome[i], -direction) == -moved]
+            moved = _step(_row(levels, b), genome[b], direction)
+            partners = [i for i in pair.small if _step(_row(levels, i), genome[i], -direction) == -moved]
             if len(partners) >= pair.ratio:
                 genome[b] += direction
                 for i in rng.sample(partners, pair.ratio):
@@ -207,7 +256,7 @@ def exchange_flip(genome: list[int], pair: Exchange, levels: Sequence[int], rng:
     return False
 
 
-def mutate(parent: Genome, groups: Sequence[Sequence[int]], levels: Sequence[int],
+def mutate(parent: Genome, groups: Sequence[Sequence[int]], levels: Sequence[int] | LayerCosts,
            rng: random.Random, pairs: Sequence[Exchange] | None = None) -> Genome:
     """The parent with min(randint(1,3), randint(1,3)) flips, each in a group drawn ∝ its
     size — or, given `pairs` (exchange mutation), each an exchange drawn ∝ its weight."""
@@ -225,7 +274,7 @@ def mutate(parent: Genome, groups: Sequence[Sequence[int]], levels: Sequence[int
     return tuple(child)
 
 
-def offspring(parent: Genome, n: int, groups: Sequence[Sequence[int]], levels: Sequence[int],
+def offspring(parent: Genome, n: int, groups: Sequence[Sequence[int]], levels: Sequence[int] | LayerCosts,
               rng: random.Random, max_tries: int = 100, pairs: Sequence[Exchange] | None = None) -> list[Genome]:
     """`n` distinct children, none equal to the parent (fewer only when the neighbourhood
     is exhausted after n·max_tries draws). `pairs`: exchange mutation (see `exchanges`)."""
@@ -259,12 +308,15 @@ def start_candidates(space: SearchSpace, target: float, n: int, rng: random.Rand
     """The start: every layer at the target when it is a level; otherwise `n` random
     genomes built down from the next level above the target to the budget."""
     check_target(space, target)
-    if float(target).is_integer() and int(target) in space.levels:
+    if space.costs is None and float(target).is_integer() and int(target) in space.levels:
         return [space.uniform(int(target))]
-    above = min(b for b in space.levels if b >= target)
-    top = space.uniform(above)
+    # the lowest uniform genome at or above the budget (with runtime costs, by its cost)
+    top = next((space.uniform(b) for b in space.levels if space.avg_bits(space.uniform(b)) >= target - 1e-12),
+               space.uniform(space.levels[-1]))
+    if space.fits(top, target):
+        return [top]
     return [lower_to_budget(space, top, target, rng) for _ in range(max(1, n))]
 
 
-__all__ = ["Genome", "SearchSpace", "Tying", "check_target", "flip", "mutate", "offspring", "Exchange", "exchanges",
+__all__ = ["Genome", "SearchSpace", "LayerCosts", "Tying", "check_target", "flip", "mutate", "offspring", "Exchange", "exchanges",
            "exchange_flip", "lower_to_budget", "start_candidates"]

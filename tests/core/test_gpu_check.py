@@ -45,7 +45,7 @@ def test_failures_timeouts_and_missing_inputs_do_not_stop_the_run(tmp_path):
         step.results["ran"] = True
 
     functions = {"env": env, "tests": tests, "bench": bench, "model": model, "gptq": step_gptq, "rtn": rtn,
-                 "tune": tune}
+                 "tune": tune, "scale": tune}
     check = GpuCheck(_sizes(limits={"bench": (1.5, 0.0)}), out, tmp_path / "work", tmp_path, functions=functions)
     started = time.monotonic()
     doc = check.run()
@@ -60,7 +60,7 @@ def test_failures_timeouts_and_missing_inputs_do_not_stop_the_run(tmp_path):
     assert steps["gptq"]["status"] == "skipped" and "model" in steps["gptq"]["error"]
     assert steps["rtn"]["status"] == "ok"
     assert seen["bench"]["status"] == "timeout" and seen["rtn"]["status"] == "running"
-    assert steps["tune"]["results"] == {"ran": True}
+    assert steps["tune"]["results"] == {"ran": True} and steps["scale"]["results"] == {"ran": True}
     assert doc["summary"]["status"]["bench"] == "timeout"
 
 
@@ -132,7 +132,7 @@ def test_cpu_rehearsal_env_and_bench_through_the_command_line(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     doc = _read(out)
     assert doc["mode"] == "cpu-rehearsal" and doc["complete"] and doc["sizes"]["tokens_per_step"] == 256
-    assert [s["status"] for s in doc["steps"].values()] == ["ok", "skipped", "ok"] + ["skipped"] * 4
+    assert [s["status"] for s in doc["steps"].values()] == ["ok", "skipped", "ok"] + ["skipped"] * 5
     env = doc["steps"]["env"]["results"]
     assert env["python"]["torch"] and env["python"]["cuda_available"] is False
     assert env["python"]["bitsmith"]["kernels"].endswith("kernels")
@@ -167,3 +167,20 @@ def test_the_1b_shape_has_about_a_billion_parameters():
     with torch.device("meta"):
         model = AutoModelForCausalLM.from_config(synthetic_llama_config("1.1b"))
     assert sum(p.numel() for p in model.parameters()) == 1_100_048_384
+
+
+def test_scale_rows_come_from_the_log_even_when_the_benchmark_was_stopped(tmp_path):
+    """bench scale logs each row as a JSON line when it finishes: a run stopped at its limit
+    keeps the sizes it measured, and the summary carries their figures."""
+    from bitsmith.core.gpu_check import _json_lines, summarize
+
+    log = tmp_path / "scale.log"
+    rows = [{"size": "1b", "method": "rtn", "ok": True, "wall_s": 9.5, "peak_gpu_gb": 0.61, "est_peak_gpu_gb": 0.7},
+            {"size": "1b", "method": "gptq", "ok": True, "wall_s": 40.0, "peak_gpu_gb": 1.2}]
+    log.write_text("loading...\n" + "\n".join(json.dumps(r) for r in rows) + '\n{"size": "3b", "meth')
+    assert _json_lines(log) == rows
+    steps = {name: {"status": "skipped", "results": {}} for name in STEPS}
+    steps["scale"] = {"status": "timeout", "results": {"rows": rows}}
+    scale = summarize(steps)["scale"]
+    assert [(r["size"], r["method"], r["peak_gpu_gb"]) for r in scale] == [("1b", "rtn", 0.61), ("1b", "gptq", 1.2)]
+    assert scale[1]["est_peak_gpu_gb"] is None

@@ -9,6 +9,7 @@ import re
 
 import pytest
 
+from bitsmith.core.errors import BadInput
 from bitsmith.core.events import Emitter
 from bitsmith.core.inventory import layer_inventory
 from bitsmith.core.jobs import ModelSpec, make_job
@@ -173,3 +174,99 @@ def test_exports_warn_before_writing_a_split_group(tiny_llama):
         warned = [w for w in export_warnings(split, fmt) if "fuse (qkv)" in w]
         assert len(warned) == 1 and "--serve vllm" in warned[0] and "k_proj=3-bit" in warned[0], fmt
         assert not [w for w in export_warnings(tied, fmt) if "fuse (" in w], fmt
+
+
+# --- llama.cpp: each level costs its GGUF type ------------------------------------------
+
+def _smollm_block(block: int = 0) -> list:
+    """The default model's layer shapes (hidden 576, MLP 1536, 3 kv heads of 64)."""
+    from bitsmith.core.inventory import LayerInfo
+
+    shapes = {"q_proj": (576, 576), "k_proj": (192, 576), "v_proj": (192, 576), "o_proj": (576, 576),
+              "gate_proj": (1536, 576), "up_proj": (1536, 576), "down_proj": (576, 1536)}
+    return [LayerInfo(f"model.layers.{block}.{'mlp' if 'p_' in role and role[0] in 'gud' else 'self_attn'}.{role}",
+                      block, role, d_out, d_in, False) for role, (d_out, d_in) in shapes.items()]
+
+
+def test_gguf_level_costs_are_the_types_the_exporter_writes():
+    from fractions import Fraction
+
+    from bitsmith.core.serve import gguf_level_cost
+
+    assert gguf_level_cost(1536, 2, 64, False) == Fraction(21, 8)         # Q2_K: d_in a multiple of 256
+    assert gguf_level_cost(1536, 3, 64, False) == Fraction(55, 16)        # Q3_K
+    assert gguf_level_cost(576, 2, 64, False) == gguf_level_cost(576, 3, 64, False) == 4.5   # 4-bit blocks
+    assert gguf_level_cost(576, 4, 64, True) == 4.5 and gguf_level_cost(576, 4, 64, False) == 5   # Q4_0, Q4_1
+    assert gguf_level_cost(576, 6, 64, False) == gguf_level_cost(576, 8, 64, False) == 8.5      # Q8_0
+    assert gguf_level_cost(576, 4, 48, False) == gguf_level_cost(576, 16, 64, False) == 16      # F16
+
+
+def test_llama_cpp_knapsack_counts_gguf_sizes_and_skips_dominated_levels():
+    """Errors fall with bits, so a level that costs as much as a higher one (2/3 bits stored
+    in 4-bit blocks where d_in is 576) is never chosen, and the plan's GGUF size fits."""
+    from bitsmith.core.search.knapsack import knapsack
+    from bitsmith.core.serve import gguf_level_cost
+
+    layers = _smollm_block(0) + _smollm_block(1)
+    levels = (2, 3, 4, 8)
+    space = SearchSpace.from_layers(layers, levels, lambda l, b: gguf_level_cost(l.d_in, b, 64, True))
+    errors = [[1.0 / b ** 2 * (1 + i % 3) for b in levels] for i in range(len(layers))]
+    for target in (4.1, 4.5, 6.0):
+        genome = knapsack(space.numels, space.levels, errors, target, space.costs)
+        assert space.fits(tuple(genome), target)
+        for layer, g in zip(layers, genome):
+            if layer.d_in == 576:
+                assert levels[g] not in (2, 3), (target, layer.name)
+        assert space.avg_bits(tuple(genome)) == pytest.approx(
+            sum(l.params * float(gguf_level_cost(l.d_in, levels[g], 64, True)) for l, g in zip(layers, genome))
+            / sum(l.params for l in layers))
+    # 4.1 GGUF bits cannot hold everything at 4-bit (4.5): the down projections go to Q2_K/Q3_K
+    genome = knapsack(space.numels, space.levels, errors, 4.1, space.costs)
+    assert {levels[g] for l, g in zip(layers, genome) if l.role == "down_proj"} <= {2, 3}
+
+
+@pytest.mark.parametrize("exchange", [False, True])
+def test_llama_cpp_mutations_keep_the_gguf_budget(exchange):
+    from bitsmith.core.serve import gguf_level_cost
+
+    layers = [l for b in range(3) for l in _smollm_block(b)]
+    space = SearchSpace.from_layers(layers, (2, 3, 4, 5, 6, 8), lambda l, b: gguf_level_cost(l.d_in, b, 64, True))
+    rng = random.Random(1)
+    parent = start_candidates(space, 4.2, 4, rng)[0]
+    assert space.fits(parent, 4.2)
+    pairs = exchanges(space) if exchange else None
+    moved = 0
+    for _ in range(200):
+        child = mutate(parent, space.groups(), space.steps, rng, pairs)
+        assert space.total_bits(child) == space.total_bits(parent)
+        moved += child != parent
+        parent = child
+    assert moved > 100
+
+
+def knapsack_at(layers: list, target: float) -> list[int]:
+    from bitsmith.core.search.knapsack import knapsack
+    from bitsmith.core.serve import gguf_level_cost
+
+    space = SearchSpace.from_layers(layers, (2, 3, 4), lambda l, b: gguf_level_cost(l.d_in, b, 64, True))
+    return knapsack(space.numels, space.levels, [[1.0, 0.5, 0.1]] * len(layers), target, space.costs)
+
+
+def test_llama_cpp_search_budget_is_in_gguf_bits(run_search, db_run, tiny_llama, tmp_path):
+    """The tiny model's d_in (64, 128) is no multiple of 256: 2/3-bit layers are stored in
+    4-bit blocks (4.5 bits) and asymmetric 4-bit in Q4_1 (5.0). So 4.5 GGUF bits buys 3 bits
+    everywhere, where the same effective budget for any runtime (4.0 code bits + 0.5) buys 4."""
+    code, run, events = run_search(tmp_path / "cpp", model=ModelSpec(str(tiny_llama)), method="sensitivity",
+                                   target_bits=4.5, budget="effective", serve="llama.cpp", database=str(db_run))
+    assert code == 0, [e for e in events if e["type"] == "error"]
+    plan = load_plan_file(run.plan_file)
+    assert {e.bits for e in plan.entries.values()} == {3}
+    assert run.read_report()["target_code_bits"] == 4.5
+    code, run, events = run_search(tmp_path / "any", model=ModelSpec(str(tiny_llama)), method="sensitivity",
+                                   target_bits=4.5, budget="effective", serve="any", database=str(db_run))
+    plan = load_plan_file(run.plan_file)
+    assert code == 0 and plan.budget().avg_code_bits <= 4.0 + 1e-9 and max(e.bits for e in plan.entries.values()) > 3
+    # below the cheapest GGUF plan: refused, naming the least budget
+    with pytest.raises(BadInput) as err:
+        knapsack_at(layers=_smollm_block(), target=3.5)
+    assert "at least 4.031" in err.value.hint        # 2/3 bits cost 4.5 wherever d_in is 576

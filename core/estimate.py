@@ -491,11 +491,11 @@ def _selfgen_cached(facts: ModelFacts, w: Workload, spec: Any) -> bool:
 
 def _probe(facts: ModelFacts, w: Workload, model: Any, spec: Any) -> Any:
     from .facts import _resolve
-    from .jobkinds.quantize import QuantizeSpec, _options
+    from .quant.config import QuantizeSpec
     from .probe import probe_block
 
     config = _resolve(model)[0]
-    options = _options(spec if isinstance(spec, QuantizeSpec) else QuantizeSpec(method=w.method))
+    options = (spec if isinstance(spec, QuantizeSpec) else QuantizeSpec(method=w.method)).options()
     return probe_block(config, facts, torch.device(w.device), getattr(torch, w.compute_dtype),
                        getattr(torch, facts.stored_dtype), w.method, options, w.group_size, w.bits,
                        model.trust_remote_code)

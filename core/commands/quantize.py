@@ -8,7 +8,7 @@ import argparse
 from ..cli import add_model_args, add_output_args, finish, model_spec, run_job_inline
 from ..jobs import make_job
 from ..serve import SERVE_TARGETS, serve_help
-from ..jobkinds.quantize import DEFAULT_CALIB, QuantizeSpec
+from ..quant.config import DEFAULT_CALIB, QuantizeSpec
 from ..plan import uniform_plan_spec
 from ..quant.registry import quantizer, quantizer_names, quantizers
 

@@ -18,16 +18,9 @@ ROOMS = ("bitsmith.app", "bitsmith.core", "bitsmith.kernels")
 # model, quant/checkpoint, search/* and jobkinds/*): each entry must disappear after that merge,
 # and test_allowed_circles_are_still_there then says to delete it here.
 ALLOWED_CIRCLES = {
-    # model.load_model lazily imports quant.checkpoint.load_quantized_model, which lazily
-    # imports model.check_safetensors / LoadedModel back.
-    frozenset({"bitsmith.core.model", "bitsmith.core.quant.checkpoint"}),
     # jobkinds.search runs search.driver, which imports jobkinds.common / jobkinds.quantize
     # (and jobkinds.search's SearchSpec for its types) back.
     frozenset({"bitsmith.core.jobkinds.search", "bitsmith.core.search.driver"}),
-    # the pre-flight estimate probes with the quantize job's options (jobkinds.quantize), whose
-    # job runs the pre-flight check (jobkinds.common -> estimate): goes when the quantize spec
-    # and its options move to core/quant (one shape for every job kind).
-    frozenset({"bitsmith.core.estimate", "bitsmith.core.jobkinds.common", "bitsmith.core.jobkinds.quantize"}),
     # search.database lazily builds search.propagated, which imports database's settings type.
     frozenset({"bitsmith.core.search.database", "bitsmith.core.search.propagated"}),
 }

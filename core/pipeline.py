@@ -28,7 +28,7 @@ from .errors import Cancelled
 from .offload import onloaded, trim_memory
 from .inventory import _is_conv1d, find_blocks, linear_weight
 from .plan import LayerPlan, Plan
-from .quant.gptq import HessianAccumulator, rel_error
+from .quant.gptq import SharedInputHessians, rel_error
 from .quant.grid import ClipConfig, dequantize_fp8, quantize_fp8
 from .quant.registry import quantizer
 from .quant.tensor import QuantizedWeight
@@ -156,33 +156,16 @@ class BlockQuantizer:
         return done, list(mine)
 
     def _hessians(self, block: nn.Module, inputs: BlockInputs, names: list[str]) -> dict[str, torch.Tensor]:
-        """H [d_in, d_in] of each named layer over all batches. Layers that receive the very
-        same input tensor (q, k, v) share one accumulator, so H is computed once for them."""
+        """H [d_in, d_in] of each named layer over all batches; layers that receive the very
+        same input tensor (q, k, v) share one (quant/gptq.SharedInputHessians)."""
         if not names:
             return {}
-        device = inputs.hidden[0].device
-        accs: dict[str, HessianAccumulator] = {}     # leader name -> accumulator
-        alias: dict[str, str] = {}                   # layer -> leader that saw the same input
+        shared = SharedInputHessians()
         for hidden, args, kwargs in zip(inputs.hidden, inputs.args, inputs.kwargs):
-            seen: dict[int, str] = {}
-            alive: list[torch.Tensor] = []           # keeps ids unique during this batch
-
-            def make_cb(name: str) -> Callable[[torch.Tensor], None]:
-                def cb(x: torch.Tensor) -> None:
-                    leader = seen.get(id(x))
-                    if leader is not None:
-                        alias[name] = leader
-                        return
-                    seen[id(x)] = name
-                    alive.append(x)
-                    if name not in accs:
-                        accs[name] = HessianAccumulator(x.shape[-1], device)
-                    accs[name].add(x)
-                return cb
-
-            with record_inputs(block, {n: make_cb(n) for n in names}, stop_after=set(names)):
+            callbacks = {n: (lambda x, n=n: shared.add(n, x)) for n in names}
+            with record_inputs(block, callbacks, stop_after=set(names)):
                 run_block(block, BlockInputs([hidden], [args], [kwargs]))
-        return {n: accs[alias.get(n, n)].H for n in names}
+        return shared.hessians(names)
 
     def _quantize_one(self, name: str, index: int, module: nn.Module, H: torch.Tensor | None) -> QuantizedWeight | None:
         entry = self.plan.entries[name]

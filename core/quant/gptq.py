@@ -54,6 +54,34 @@ class HessianAccumulator:
         return self.H / 2
 
 
+class SharedInputHessians:
+    """H of each layer, fed `add(name, x)` with the inputs the layers receive, in call order.
+
+    A layer whose input is the very tensor the call before it received (q/k/v read one normed
+    hidden state, gate/up another) shares that layer's accumulator, so H is accumulated once
+    for all of them; a layer's first call decides whom it shares with."""
+
+    def __init__(self) -> None:
+        self.acc: dict[str, HessianAccumulator] = {}     # owner -> its accumulator
+        self.owner: dict[str, str] = {}                  # layer -> the layer whose H it shares
+        self._last: tuple[object, str | None] = (None, None)
+
+    def add(self, name: str, x: torch.Tensor) -> None:
+        """x [..., d_in]: one call's input of layer `name`."""
+        last_x, last_name = self._last
+        if name not in self.owner:
+            self.owner[name] = self.owner[last_name] if x is last_x and last_name is not None else name
+        self._last = (x, name)
+        if self.owner[name] == name:
+            if name not in self.acc:
+                self.acc[name] = HessianAccumulator(x.shape[-1], x.device)
+            self.acc[name].add(x)
+
+    def hessians(self, names) -> dict[str, torch.Tensor]:
+        """{layer: H [d_in, d_in]} of `names` (a shared H is the same tensor)."""
+        return {n: self.acc[self.owner[n]].H for n in names}
+
+
 def output_error(E: torch.Tensor, W: torch.Tensor, H: torch.Tensor) -> float:
     """tr(E H Eᵀ) / tr(W H Wᵀ) = ‖E X‖² / ‖W X‖² for an error E [d_out, d_in] of the weight W
     and H ∝ X Xᵀ of the layer's inputs X (the factor cancels: a Hessian or a covariance)."""

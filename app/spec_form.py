@@ -13,6 +13,7 @@ from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
 
 from PySide6.QtWidgets import QCheckBox, QComboBox, QDoubleSpinBox, QFormLayout, QLineEdit, QSpinBox, QWidget
 
+from bitsmith.core.config import field_default
 from bitsmith.core.files import WIKITEXT_TEST
 
 from .widgets import ComboBox, DoubleSpinBox, SpinBox
@@ -37,14 +38,6 @@ def _unwrap_optional(tp: Any) -> tuple[Any, bool]:
     return tp, False
 
 
-def _default(f: dataclasses.Field) -> Any:
-    if f.default is not dataclasses.MISSING:
-        return f.default
-    if f.default_factory is not dataclasses.MISSING:
-        return f.default_factory()
-    return None
-
-
 class SpecForm(QWidget):
     """Widgets for the simple fields of `spec_cls`; `values()` gives only changed-or-set fields."""
 
@@ -63,7 +56,8 @@ class SpecForm(QWidget):
             if f.name in skip or not f.init:
                 continue
             choices = f.metadata.get("choices")      # a registry's names (e.g. the quantizers)
-            made = self._choice(choices(), _default(f)) if choices else self._widget(hints[f.name], _default(f), f.name)
+            default = field_default(f)
+            made = self._choice(choices(), default) if choices else self._widget(hints[f.name], default, f.name)
             if made is None:
                 continue
             widget, getter = made

@@ -89,6 +89,15 @@ def _convert(value: Any, tp: Any, where: str) -> Any:
     raise TypeError(f"unsupported config annotation {tp!r} at {where}")
 
 
+def field_default(f: dataclasses.Field) -> Any:
+    """A field's default value (a fresh one from its factory); None when it has none."""
+    if f.default is not dataclasses.MISSING:
+        return f.default
+    if f.default_factory is not dataclasses.MISSING:
+        return f.default_factory()
+    return None
+
+
 def setting(default: Any, help: str = "", **meta: Any) -> Any:
     """A spec field with its help text (and other metadata: core/spec_args.py) where the CLI's
     flags and the window's forms read it; a list default is copied for each instance."""
@@ -134,5 +143,5 @@ def to_dict(obj: Any) -> Any:
     return obj
 
 
-__all__ = ["ConfigError", "setting", "from_dict", "to_dict"]
+__all__ = ["ConfigError", "field_default", "setting", "from_dict", "to_dict"]
 _ = typing  # keep `typing` importable for annotations evaluated by get_type_hints

@@ -22,6 +22,8 @@ import dataclasses
 import types
 from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
 
+from .config import field_default
+
 
 def _base(tp: Any) -> Any:
     """`X | None` → X."""
@@ -44,14 +46,6 @@ def comma_list(item: type):
     return parse
 
 
-def _default(f: dataclasses.Field) -> Any:
-    if f.default is not dataclasses.MISSING:
-        return f.default
-    if f.default_factory is not dataclasses.MISSING:
-        return f.default_factory()
-    return None
-
-
 def spec_fields(spec_cls: type, skip: tuple[str, ...] = ()) -> list[dataclasses.Field]:
     """The fields of `spec_cls` that are flags: not skipped, not nested specs, not `cli: False`."""
     hints = get_type_hints(spec_cls)
@@ -69,7 +63,7 @@ def add_spec_args(parser: argparse.ArgumentParser, spec_cls: type, skip: tuple[s
     """One flag per field of `spec_cls` (see the module docstring), in field order."""
     hints = get_type_hints(spec_cls)
     for f in spec_fields(spec_cls, skip):
-        tp, default = _base(hints[f.name]), _default(f)
+        tp, default = _base(hints[f.name]), field_default(f)
         kwargs: dict[str, Any] = {"dest": f.name, "default": default}
         if f.metadata.get("help"):
             kwargs["help"] = f.metadata["help"]

@@ -18,12 +18,11 @@ the window process reads the registry for its menus.
 
 from __future__ import annotations
 
-import importlib
-import pkgutil
 from dataclasses import dataclass
 from typing import Any, Callable, Literal
 
 from ..errors import BadInput
+from ..plugins import import_all
 
 ClipDefault = Literal["off", "on", "always"]   # the grid's range search: off / on unless --no-clip / always
 
@@ -65,8 +64,7 @@ def quantizers() -> dict[str, Quantizer]:
     """Every registered method; imports each module of core/quant/methods/ once."""
     from . import methods
 
-    for mod in pkgutil.iter_modules(methods.__path__):
-        importlib.import_module(f"{methods.__name__}.{mod.name}")
+    import_all(methods)
     return dict(_QUANTIZERS)
 
 

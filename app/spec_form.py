@@ -15,6 +15,7 @@ from PySide6.QtWidgets import QCheckBox, QComboBox, QDoubleSpinBox, QFormLayout,
 
 from bitsmith.core.config import field_default
 from bitsmith.core.files import WIKITEXT_TEST
+from bitsmith.core.spec_args import help_of
 
 from .widgets import ComboBox, DoubleSpinBox, SpinBox
 
@@ -61,8 +62,8 @@ class SpecForm(QWidget):
             if made is None:
                 continue
             widget, getter = made
-            if f.metadata.get("help") and not widget.toolTip():   # the CLI's help text, from the same field
-                widget.setToolTip(f.metadata["help"])
+            if help_of(f) and not widget.toolTip():     # the CLI's help text, from the same field
+                widget.setToolTip(help_of(f))
             self.widgets[f.name], self.getters[f.name] = widget, getter
             layout.addRow(f.name.replace("_", " "), widget)
 

@@ -6,7 +6,7 @@ type, and the help text in the field's metadata — the same metadata the window
 
     code_lr: float = field(default=1e-2, metadata={"help": "Adam lr of the straight-through buffers"})
 
-Metadata keys: `help`; `choices` (a callable giving the allowed names, e.g. a registry's);
+Metadata keys: `help` (a text, or a callable giving it: a registry's notes); `choices` (a callable giving the allowed names, e.g. a registry's);
 `cli` (False: no flag; a string: the flag's name when it is not the field's); `none_as`
 (a flag value that stands for null: `--teacher-topk 0` is the full distribution).
 
@@ -54,6 +54,12 @@ def spec_fields(spec_cls: type, skip: tuple[str, ...] = ()) -> list[dataclasses.
             and not dataclasses.is_dataclass(_base(hints[f.name]))]
 
 
+def help_of(f: dataclasses.Field) -> str:
+    """The field's help text ("" when it has none)."""
+    text = f.metadata.get("help", "")
+    return text() if callable(text) else text
+
+
 def flag_of(f: dataclasses.Field) -> str:
     cli = f.metadata.get("cli")
     return "--" + (cli if isinstance(cli, str) else f.name.replace("_", "-"))
@@ -66,7 +72,7 @@ def add_spec_args(parser: argparse.ArgumentParser, spec_cls: type, skip: tuple[s
         tp, default = _base(hints[f.name]), field_default(f)
         kwargs: dict[str, Any] = {"dest": f.name, "default": default}
         if f.metadata.get("help"):
-            kwargs["help"] = f.metadata["help"]
+            kwargs["help"] = help_of(f)
         if "choices" in f.metadata:
             kwargs["choices"] = list(f.metadata["choices"]())
         elif get_origin(tp) is Literal:
@@ -95,4 +101,4 @@ def spec_values(spec_cls: type, args: argparse.Namespace, skip: tuple[str, ...] 
     return out
 
 
-__all__ = ["add_spec_args", "spec_values", "spec_fields", "flag_of", "comma_list"]
+__all__ = ["add_spec_args", "spec_values", "spec_fields", "flag_of", "help_of", "comma_list"]

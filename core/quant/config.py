@@ -8,11 +8,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from ..config import setting
 from ..errors import BadInput
 from ..jobs import ModelSpec
 from ..plan import PlanSpec
-from ..serve import serve_target
-from .registry import quantizer, quantizer_names
+from ..serve import SERVE_TARGETS, serve_help, serve_target
+from .registry import quantizer, quantizer_names, quantizers
 
 if TYPE_CHECKING:
     from ..pipeline import QuantizeOptions
@@ -24,32 +25,45 @@ if TYPE_CHECKING:
 DEFAULT_CALIB = "selfgen"
 
 
+def _method_help() -> str:
+    return "; ".join(f"{q.name}: {q.description}" for q in quantizers().values())
+
+
+def _clip_help() -> str:
+    defaults = ", ".join(f"{q.clip} for {q.name}" for q in quantizers().values())
+    return f"search each group's range (shrink down to 0.8, weighted by the Hessian diagonal; default: {defaults})"
+
+
+def _serve_choices() -> list[str]:
+    return list(SERVE_TARGETS)
+
+
 @dataclass
 class QuantizeSpec:
     model: ModelSpec = field(default_factory=ModelSpec)
-    method: str = field(default="gptq", metadata={"choices": quantizer_names})   # core/quant/methods/
+    method: str = setting("gptq", _method_help, choices=quantizer_names)   # core/quant/methods/
     plan: PlanSpec | str = field(default_factory=PlanSpec)   # inline rules, or a plan.json path
-    calib: str = DEFAULT_CALIB        # text source(s); "a+b" mixes sources in equal parts
+    calib: str = setting(DEFAULT_CALIB, "calibration text: builtin | selfgen | file:PATH | hf:NAME; 'a+b' mixes "
+                         f"(default {DEFAULT_CALIB})")
     calib_windows: int = 32           # 0: no calibration (RTN only); 32 x 512 = 16k tokens
     seqlen: int = 512
     seed: int = 0
-    damp: float = 0.1                 # λ = damp · mean(diag H)
-    act_order: bool = True            # columns by descending diag(H), static groups
-    static_groups: bool = False       # grids fixed up front also without act-order
-    # range-shrink search of each group's grid, weighted by diag(H); None: the method's default
-    # (on for GPTQ: it brings 4-bit g64 from 46.3 to 44.2 on WikiText-2; off for RTN; always for rtn-mse)
-    clip: bool | None = None
-    clip_min_shrink: float = 0.8
-    block_size: int = 128
-    true_sequential: bool = True
-    batch_size: int = 8
-    serve: str = "any"                # runtime the plan is for (core/serve.py): vllm/sglang refuse a plan
-                                      # that gives one fused group (q/k/v, gate/up) different settings
-    # torch CPU threads; null: torch's default (every core). GPTQ's many small operations run
-    # several times faster on 1 thread when the machine is busy, but the result depends on the
-    # thread count (float sums in another order): default 4-bit WikiText-2 42.72 on 2 threads,
-    # 43.06 on 1; so the default does not follow the load
-    threads: int | None = None
+    damp: float = setting(0.1, "GPTQ dampening, λ = damp · mean(diag H) (default 0.1)")
+    act_order: bool = setting(True, "GPTQ columns by descending Hessian diagonal, static groups (default)")
+    static_groups: bool = setting(False, "GPTQ grids fixed up front also without act-order")
+    # on for GPTQ: it brings 4-bit g64 from 46.3 to 44.2 on WikiText-2; off for RTN; always for rtn-mse
+    clip: bool | None = setting(None, _clip_help)
+    clip_min_shrink: float = setting(0.8, "the range search's smallest factor (GPTQ's reference maxshrink)")
+    block_size: int = setting(128, "GPTQ lazy-update block (columns)")
+    true_sequential: bool = setting(True, "a group's Hessian sees the block's earlier groups quantized")
+    batch_size: int = setting(8, "calibration windows per forward pass (default 8)")
+    # vllm/sglang refuse a plan that gives one fused group (q/k/v, gate/up) different settings
+    serve: str = setting("any", serve_help, choices=_serve_choices)   # core/serve.py
+    # null: torch's default (every core). The result depends on the thread count (float sums
+    # in another order): default 4-bit WikiText-2 42.72 on 2 threads, 43.06 on 1; so the
+    # default does not follow the load
+    threads: int | None = setting(None, "torch CPU threads (default: all cores; on a busy machine 1 runs GPTQ "
+                                  "several times faster, with slightly different numbers)")
 
     @property
     def clips(self) -> bool:

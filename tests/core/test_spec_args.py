@@ -56,3 +56,16 @@ def test_the_tune_command_makes_the_default_job_and_keeps_its_old_flags():
     values = spec_values(TuneSpec, args)
     assert (values["train_zeros"], values["train_head"], values["teacher_topk"], values["check_codes"],
             values["micro_batch"]) == (False, True, None, False, 2)
+
+
+def test_the_quantize_command_makes_the_default_job():
+    from bitsmith.core.cli import build_parser
+    from bitsmith.core.quant.config import QuantizeSpec
+
+    args = build_parser().parse_args(["quantize", "default"])
+    values = spec_values(QuantizeSpec, args, skip=("plan", "calib_windows"))
+    defaults = to_dict(QuantizeSpec())
+    assert values == {k: v for k, v in defaults.items() if k in values} and "damp" in values
+    args = build_parser().parse_args(["quantize", "default", "--no-act-order", "--clip", "--method", "rtn-mse"])
+    values = spec_values(QuantizeSpec, args, skip=("plan", "calib_windows"))
+    assert (values["act_order"], values["clip"], values["method"]) == (False, True, "rtn-mse")

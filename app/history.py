@@ -178,7 +178,7 @@ def pareto_points(records: list[RunRecord], model_source: str, current: str | No
                        "plan_file": str(plan) if plan else None})
     for r in records:                                    # every target of a budget sweep is a point
         if r.kind == "search" and model_of(r, by_path)[0] == model_source:
-            points.extend(sweep_points(r.report.get("sweep") or [], r.name))
+            points.extend(sweep_points((r.report or {}).get("sweep") or [], r.name))
     return points
 
 

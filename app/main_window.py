@@ -29,6 +29,7 @@ from .plan_state import load_plan, save_plan
 from .plots import LivePlots
 from .rule_editor import RuleEditor, bits_combo
 from .run_view import RunDialog, plan_bits
+from .run_target import RunTarget
 from .runs_panel import RunsPanel
 from .strategies import StrategiesPanel
 from .try_it import TryIt
@@ -197,14 +198,20 @@ class MainWindow(QMainWindow):
         return split
 
     def _run_page(self) -> QWidget:
+        self.run_target = RunTarget(self.settings)
         self.strategies = StrategiesPanel()
         self.strategies.runRequested.connect(self.start_job)
         self.strategies.problem.connect(lambda text: self.runs.set_message(text, "error"))
         self.plots = LivePlots()
         self.plots.planRequested.connect(self.use_plan_file)
         self.live_sweep: list[dict] = []      # this run's sweep points, as their events arrive
+        left = QWidget()
+        col = QVBoxLayout(left)
+        col.setContentsMargins(0, 0, 0, 0)
+        col.addWidget(self.run_target)
+        col.addWidget(self.strategies, 1)
         split = QSplitter()
-        split.addWidget(self.strategies)
+        split.addWidget(left)
         split.addWidget(self.plots)
         split.setSizes([460, 1000])
         return split
@@ -287,6 +294,8 @@ class MainWindow(QMainWindow):
         if "serve" in spec_fields and fields.get("serve", "any") == "any":
             fields["serve"] = self.serve.currentData()     # the plan panel's target, unless the form names one
         try:
+            # opening a model (inspect) stays here: it is what the window itself shows
+            submit_to = self.run_target.submit_address() if kind != "inspect" else None
             run = create_run(kind, **fields)
         except (BadInput, TypeError, ValueError) as err:
             message = getattr(err, "message", str(err))
@@ -294,7 +303,7 @@ class MainWindow(QMainWindow):
             self.runs.set_message(f"<b>Cannot start {kind}:</b> {message}" + (f"<br><i>{hint}</i>" if hint else ""),
                                   "error")
             return None
-        self._start(run, kind)
+        self._start(run, kind, submit_to=submit_to)
         return run
 
     def _serve_fuses(self) -> bool:
@@ -315,9 +324,9 @@ class MainWindow(QMainWindow):
 
         return from_dict(PlanSpec, plan_spec_from_table(self.layers.rows), where="plan")
 
-    def _start(self, run: RunDir, kind: str, resume: bool = False) -> None:
+    def _start(self, run: RunDir, kind: str, resume: bool = False, submit_to: str | None = None) -> None:
         self.current_kind, self.last_error = kind, ""
-        self.runs.job_started(kind, run, resumed=resume)
+        self.runs.job_started(kind, run, resumed=resume, where=self.run_target.describe() if submit_to else "")
         self.strategies.set_running(True)
         self.picker.open_button.setEnabled(False)
         if kind == "eval":
@@ -328,7 +337,7 @@ class MainWindow(QMainWindow):
                 self.layers.clear_results()
             if resume:
                 self._replay(run)
-        self.client.start(run, resume=resume)
+        self.client.start(run, resume=resume, submit_to=submit_to)
 
     def _replay(self, run: RunDir) -> None:
         """A resumed run shows what it did before the resume: its layers and curves, from
@@ -344,7 +353,12 @@ class MainWindow(QMainWindow):
             self.runs.set_message("A job is already running: wait for it or cancel it.", "warn")
             return
         kind = run.read_job_doc().get("kind", "?")
-        self._start(run, kind, resume=True)
+        try:                    # the run directory is shared: it resumes wherever "Run on" says
+            submit_to = self.run_target.submit_address() if kind != "inspect" else None
+        except BadInput as err:
+            self.runs.set_message(f"<b>Cannot resume {kind}:</b> {err.message}<br><i>{err.hint}</i>", "error")
+            return
+        self._start(run, kind, resume=True, submit_to=submit_to)
 
     # --- the model --------------------------------------------------------------------------
 

@@ -86,16 +86,18 @@ class RunsPanel(QWidget):
         client.log.connect(self.append_log)
         client.finished.connect(self._on_finished)
 
-    def job_started(self, kind: str, run_dir, resumed: bool = False) -> None:
+    def job_started(self, kind: str, run_dir, resumed: bool = False, where: str = "") -> None:
+        """`where`: e.g. "on the Ray cluster at http://head:8265" (empty: this machine)."""
         self.outcome, self.resumable = None, None
         self.started_at = time.monotonic()
         self.eta_smoother, self.warning = EtaSmoother(), ""
-        self.title.setText(f"{'Resuming' if resumed else 'Running'} {kind}")
-        self.stage_label.setText("starting worker…")
+        self.title.setText(f"{'Resuming' if resumed else 'Running'} {kind}" + (" on Ray" if where else ""))
+        self.title.setToolTip(where)
+        self.stage_label.setText("submitting…" if where else "starting worker…")
         self._idle_bar("starting")
         self.eta.setText("")
         self.set_message("")
-        self.append_log(f"{kind}: {run_dir.path}")
+        self.append_log(f"{kind}: {run_dir.path}" + (f" ({where})" if where else ""))
         self.cancel_button.setText("Cancel")
         self.cancel_button.setEnabled(True)
         self.resume_button.setEnabled(False)

@@ -70,7 +70,9 @@ class WorkerClient(QObject):
     def running(self) -> bool:
         return self._proc is not None and self._proc.state() != QProcess.ProcessState.NotRunning
 
-    def start(self, run_dir: RunDir | str | Path, resume: bool = False) -> None:
+    def start(self, run_dir: RunDir | str | Path, resume: bool = False, submit_to: str | None = None) -> None:
+        """Start the worker for `run_dir`; `submit_to`: a Ray cluster's Jobs API address, where
+        the job runs instead (core/submit.py speaks for it, with the same events)."""
         if self.running:
             raise RuntimeError("a job is already running")
         self.run_dir = run_dir if isinstance(run_dir, RunDir) else RunDir(run_dir)
@@ -83,7 +85,7 @@ class WorkerClient(QObject):
         proc.readyReadStandardError.connect(self._read_stderr)
         proc.finished.connect(self._on_finished)
         proc.errorOccurred.connect(self._on_process_error)
-        cmd = worker_command(self.run_dir.path, resume=resume)
+        cmd = worker_command(self.run_dir.path, resume=resume, submit_to=submit_to)
         self._proc = proc
         proc.start(cmd[0], cmd[1:])
 

@@ -26,8 +26,13 @@ def module_command(module: str, *args: str) -> list[str]:
     return python_command("-m", module, *args)
 
 
-def worker_command(run_dir: str | Path, resume: bool = False) -> list[str]:
-    """The command line that runs the worker; a frozen app ships a separate worker program."""
+def worker_command(run_dir: str | Path, resume: bool = False, submit_to: str | None = None) -> list[str]:
+    """The command line that runs the worker; a frozen app ships a separate worker program.
+    `submit_to`: a Ray cluster's Jobs API address: the job runs there, and this command
+    (core/submit.py) speaks for it as the worker would."""
+    if submit_to:
+        return module_command("bitsmith.core.submit", str(Path(run_dir).resolve()), "--address", submit_to) \
+            + (["--resume"] if resume else [])
     if getattr(sys, "frozen", False):
         exe = Path(sys.executable).with_name("bitsmith-worker" + (".exe" if sys.platform == "win32" else ""))
         cmd = [str(exe), str(run_dir)]
@@ -39,8 +44,8 @@ def worker_command(run_dir: str | Path, resume: bool = False) -> list[str]:
 class WorkerProcess:
     """A running worker: iterate `events()`, call `cancel()`, read `returncode` at the end."""
 
-    def __init__(self, run_dir: str | Path, resume: bool = False) -> None:
-        self.proc = subprocess.Popen(worker_command(run_dir, resume), stdin=subprocess.PIPE,
+    def __init__(self, run_dir: str | Path, resume: bool = False, submit_to: str | None = None) -> None:
+        self.proc = subprocess.Popen(worker_command(run_dir, resume, submit_to), stdin=subprocess.PIPE,
                                      stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, bufsize=1)
 
     def events(self) -> Iterator[dict]:

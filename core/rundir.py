@@ -1,7 +1,7 @@
 """The run directory: the unit of history (DESIGN.md, "One job, one run directory").
 
     RUN_DIR/job.json        the frozen spec
-    RUN_DIR/state.json      running | done | failed | cancelled, with the worker's pid
+    RUN_DIR/state.json      running | done | failed | cancelled, with the worker's pid and host
     RUN_DIR/events.jsonl    every event, appended as it happens
     RUN_DIR/plan.json       the resolved per-layer plan
     RUN_DIR/checkpoint/     state to resume a search or tuning run
@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -80,14 +81,17 @@ class RunDir:
             raise BadInput(f"{self.job_file} is not valid JSON ({err.msg})", "fix or recreate the run") from None
 
     def write_state(self, state: str, **fields) -> None:
-        atomic.write_json(self.state_file, {"state": state, "pid": os.getpid(), "t": time.time(), **fields})
+        atomic.write_json(self.state_file, {"state": state, "pid": os.getpid(), "host": socket.gethostname(),
+                                            "t": time.time(), **fields})
 
     def read_state(self) -> dict:
-        """The recorded state; a `running` run whose worker is gone reads as `interrupted`."""
+        """The recorded state; a `running` run whose worker is gone reads as `interrupted` (a
+        worker on another host, e.g. a Ray cluster's node, cannot be looked up from here)."""
         if not self.state_file.exists():
             return {"state": "new" if self.job_file.exists() else "missing"}
         state = json.loads(self.state_file.read_text())
-        if state.get("state") == "running" and not _pid_alive(int(state.get("pid", -1))):
+        here = state.get("host", socket.gethostname()) == socket.gethostname()
+        if state.get("state") == "running" and here and not _pid_alive(int(state.get("pid", -1))):
             state["state"] = "interrupted"
         return state
 

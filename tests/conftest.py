@@ -67,3 +67,18 @@ def tiny_bf16(tmp_path_factory) -> dict[str, tuple[Path, Path]]:
             tiny_tokenizer().save_pretrained(folder)
         out[family] = (bf16, fp32)
     return out
+
+
+@pytest.fixture(scope="module")
+def ray_jobs() -> str:
+    """A local Ray instance (2 CPUs) with its dashboard, which serves the Jobs API: its URL.
+    Skipped without Ray or without its Jobs API client (`ray[default]`, the cluster extra)."""
+    ray = pytest.importorskip("ray")
+    pytest.importorskip("aiohttp", reason="the Jobs API client needs ray[default] (the cluster extra)")
+    from bitsmith.core.search.cluster import init_local_ray_jobs
+
+    if ray.is_initialized():
+        pytest.skip("another Ray instance is running in this process")
+    url = init_local_ray_jobs(2)
+    yield url
+    ray.shutdown()

@@ -1,5 +1,6 @@
-"""`bitsmith run JOB.json [--out RUN_DIR] [--events]` and `bitsmith run RUN_DIR --resume`:
-a job through a separate worker process, with a progress bar or raw event lines."""
+"""`bitsmith run JOB.json [--out RUN_DIR] [--events] [--submit ADDRESS]` and `bitsmith run RUN_DIR
+--resume`: a job through a separate worker process (or a Ray cluster's Jobs API, core/submit.py),
+with a progress bar or raw event lines."""
 
 from __future__ import annotations
 
@@ -23,6 +24,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--resume", action="store_true", help="continue the run directory TARGET")
     parser.add_argument("--events", action="store_true", help="print raw event lines instead of a progress bar")
     parser.add_argument("--json", action="store_true", help="print the report as JSON at the end")
+    parser.add_argument("--submit", metavar="ADDRESS",
+                        help="run it on a Ray cluster through its Jobs API (e.g. http://HEAD:8265); the run "
+                        "directory must be on storage every node mounts at the same path")
     parser.set_defaults(func=run)
 
 
@@ -43,7 +47,7 @@ def run(args: argparse.Namespace) -> int:
     run_dir = _prepare(args)
     print(f"run directory: {run_dir.path}", file=sys.stderr)
     render = TerminalRenderer()
-    worker = WorkerProcess(run_dir.path, resume=args.resume)
+    worker = WorkerProcess(run_dir.path, resume=args.resume, submit_to=args.submit)
     report = None
     try:
         for event in worker.events():

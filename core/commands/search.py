@@ -66,6 +66,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--serve", choices=list(SERVE_TARGETS), default=_D.serve,
                         help=serve_help())
     parser.add_argument("--threads", type=int, help="torch CPU threads (default: 1 on a busy machine, else all)")
+    parser.add_argument("--cluster", help="build the variant database and score EvoPress candidates on Ray (pip install "
+                        "'bitsmith[cluster]'): "
+                        "local:N (N actors on this machine), ray://HOST:PORT (a running cluster), or auto "
+                        "(RAY_ADDRESS or `ray start`); the run directory must be on storage every node mounts")
+    parser.add_argument("--cluster-actors", type=int,
+                        help="actors on a ray:// or auto cluster (default: one per GPU, else one per node)")
     evo = parser.add_argument_group("EvoPress (defaults from the preset)")
     evo.add_argument("--generations", type=int)
     evo.add_argument("--offspring", type=int)
@@ -105,7 +111,8 @@ def run(args: argparse.Namespace) -> int:
                    database_inputs=args.database_inputs,
                    spike_threshold=args.spike_threshold, spike_top_k=args.spike_top_k,
                    spike_keep_bits=args.keep_bits, then_quantize=args.then_quantize, threads=args.threads,
-                   serve=args.serve, budget=args.budget, targets=args.targets)
+                   serve=args.serve, budget=args.budget, targets=args.targets, cluster=args.cluster,
+                   cluster_actors=args.cluster_actors)
     code, report = run_job_inline(job, args)
     summary = None
     if report and "sweep" in report:
@@ -118,6 +125,10 @@ def run(args: argparse.Namespace) -> int:
             e = report["evopress"]
             lines.append(f"  {e['generations']} generations, KL {e['fitness']:.4f}, {e['forward_tokens']} forward "
                          f"tokens ({e['prefix_saving']:.0%} saved by shared prefixes), {e['search_seconds']:.0f} s")
+            if "cluster" in e:
+                c = e["cluster"]
+                lines.append(f"  scored on {c['actors']} Ray actors ({', '.join(map(str, c['hosts']))}), "
+                             f"{len(c['lost_actors'])} lost, {c['rescored_units']} units re-scored")
         if "database" in report:
             lines.append(f"  variant database built in {report['database']['build_seconds']:.0f} s")
         if "spike" in report:

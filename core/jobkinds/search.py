@@ -51,6 +51,10 @@ class SearchSpec:
     share_prefixes: bool = True           # candidates share the blocks they agree on
     batch_size: int = 4                   # windows per forward
     threads: int | None = None            # torch CPU threads; null: 1 when the CPU is oversubscribed
+    cluster: str | None = None            # database tasks and EvoPress scoring on Ray ('bitsmith[cluster]'):
+                                          # local:N (N actors on this machine), ray://HOST:PORT, or auto
+                                          # (RAY_ADDRESS / `ray start`); null: in this process, no Ray
+    cluster_actors: int | None = None     # ray:// and auto: actors (null: one per GPU, else one per node)
     eval_every: int | None = None         # perplexity every k generations (0: never)
     eval_data: str = "builtin-eval"
     eval_windows: int | None = None
@@ -110,6 +114,19 @@ class SearchSpec:
             raise BadInput("seqlen must be at least 2 and batch_size at least 1", "use the defaults")
         if self.threads is not None and self.threads < 1:
             raise BadInput(f"threads {self.threads} must be at least 1", "use e.g. --threads 2")
+        if self.cluster is not None:
+            from ..search.cluster import parse_cluster
+
+            address = parse_cluster(self.cluster)
+            if self.method == "spike":
+                raise BadInput("--cluster builds the variant database and scores EvoPress candidates; "
+                               "the spike method does neither", "leave --cluster out, or use another --method")
+            if address.kind == "local" and self.cluster_actors is not None:
+                raise BadInput(f"--cluster {self.cluster} already says how many actors",
+                               "leave --cluster-actors out, or change N in local:N")
+        if self.cluster_actors is not None and (self.cluster_actors < 1 or self.cluster is None):
+            raise BadInput(f"cluster_actors {self.cluster_actors} needs --cluster and must be at least 1",
+                           "pass --cluster ray://HOST:PORT (or auto) with --cluster-actors 1 or more")
         if self.spike_top_k is not None and self.spike_top_k < 0:
             raise BadInput(f"spike_top_k {self.spike_top_k} is negative", "use 0 or more")
 

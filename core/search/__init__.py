@@ -6,11 +6,13 @@
     spike.py       spike scores (QFeM) and the spike-aware allocation
     multigptq.py   GPTQ of several layers × levels sharing one Hessian, in one sweep
     database.py    the variant database (Hessians, variants on disk, lazy LRU)
+    block_variants.py  one block's variants at every level, quantized here or elsewhere
     blocks.py      running a model block by block
     assemble.py    swapping variants into the model
     fitness.py     dense targets and KL scoring with shared block prefixes
     evopress.py    the EvoPress loop with checkpoint and resume
     presets.py     `reference` and `cpu`
     driver.py      the `search` job (core/jobkinds/search.py) step by step
+    cluster*.py    --cluster: database tasks and candidate scoring on Ray
     bench.py       `bitsmith bench search`
 """

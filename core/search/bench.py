@@ -99,6 +99,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--database", help="a search run holding the variant database to reuse")
     parser.add_argument("--database-inputs", choices=["dense", "propagated"], default="dense",
                         help="the search jobs' variant database (see `bitsmith search --help`)")
+    parser.add_argument("--cluster", help="score EvoPress candidates on Ray, e.g. local:2 (see `bitsmith search --help`)")
     parser.add_argument("--collect", action="store_true",
                         help="run nothing: gather the finished runs in --out into one JSON")
     parser.add_argument("--json", action="store_true", help="accepted for `bitsmith bench`; the output is JSON")
@@ -187,6 +188,8 @@ class SearchBench:
     def search(self, target: float, method: str) -> None:
         path = self.out / f"{method}-{target}"
         extra = {"spike_top_k": self.args.spike_top_k} if method == "spike" and self.args.spike_top_k else {}
+        if method == "evopress" and self.args.cluster:       # only EvoPress has candidates to send out
+            extra["cluster"] = self.args.cluster
         try:
             db_run = self.database_run(target)
             report = _run_job(path, False, self.args.collect, **self.common, method=method, target_bits=target,

@@ -35,10 +35,9 @@ from ..errors import BadInput
 from ..capture import BlockInputs, forward_with_input_hooks, iterate_blocks, run_block
 from ..inventory import LayerInfo, find_blocks, linear_weight
 from ..model import model_fingerprint
-from ..plan import resolve_group_size
-from ..quant.gptq import HessianAccumulator, rel_error
+from ..quant.gptq import HessianAccumulator
 from ..quant.tensor import QuantizedWeight
-from .multigptq import gptq_multi
+from .block_variants import BlockQuantizer, LocalBlocks, block_groups
 
 DB_FORMAT = "bitsmith-variant-db"
 DB_VERSION = 1
@@ -254,8 +253,11 @@ def _save_block(folder: Path, meta: dict, block: int, variants: dict[str, dict[i
 def build_database(folder: Path, settings: DatabaseSettings, levels: Sequence[int],
                    model: torch.nn.Module, layers: Sequence[LayerInfo], calib_windows: Callable[[], torch.Tensor],
                    emit_layer: Callable[..., None] | None = None, check: Callable[[], None] | None = None,
-                   on_progress: Callable[[str, int, int], None] | None = None) -> dict:
-    """Build (or finish building) the database in `folder`; returns its metadata."""
+                   on_progress: Callable[[str, int, int], None] | None = None,
+                   quantizer: BlockQuantizer | None = None) -> dict:
+    """Build (or finish building) the database in `folder`; returns its metadata. `quantizer`:
+    who quantizes each block's layers at every level (default: this process, block by block;
+    core/search/cluster_database.py: Ray tasks)."""
     levels = sorted(b for b in set(levels) if b != KEPT)
     meta = _read_meta(folder)
     if meta is not None and (meta["key"] != settings.key() or meta["levels"] != levels):
@@ -288,36 +290,26 @@ def build_database(folder: Path, settings: DatabaseSettings, levels: Sequence[in
         return meta
 
     prefix, _ = find_blocks(model)
+    work = quantizer or LocalBlocks(settings, levels, check)
 
     def on_block(block: int, module: torch.nn.Module, inputs: BlockInputs) -> list | None:
         """Block by block over the dense model: this block's Hessians (dense inputs, as a
-        whole-model pass gives them), every level of its layers, saved; then it is dropped."""
+        whole-model pass gives them), then every level of its layers, here or on Ray tasks,
+        saved when done; the block itself is dropped at once."""
         if block not in todo:
             return None                      # finished before: only propagate
         t_block = time.time()
         in_block = [l for l in layers if l.block == block]
         hessians, owner, outs = _block_hessians(module, f"{prefix}.{block}", in_block, inputs, check)
         meta["hessian_seconds"] += time.time() - t_block
-        t_quant = time.time()
-        variants: dict[str, dict[int, QuantizedWeight]] = {}
-        errors: dict[str, dict[int, float]] = {}
-        for head in [l for l in in_block if owner[l.name] == l.name]:
-            if check is not None:
-                check()
-            group = [l for l in in_block if owner[l.name] == head.name]
-            H = hessians[head.name]
-            g = resolve_group_size(head.d_in, settings.group_size)
-            weights = [linear_weight(module.get_submodule(l.name[len(f"{prefix}.{block}."):])).detach().float()
-                       for l in group]
-            per_layer = gptq_multi(weights, H, levels, g, settings.sym, settings.act_order,
-                                   settings.static_groups, settings.damp, clip=settings.clip)
-            for l, W, per_level in zip(group, weights, per_layer):
-                variants[l.name] = dict(zip(levels, per_level))
-                errors[l.name] = {bits: rel_error(W, qw.dequantize(), H) for bits, qw in variants[l.name].items()}
-        save_block(block, variants, errors, time.time() - t_quant)
+        inside = len(f"{prefix}.{block}.")
+        groups = block_groups(in_block, owner, hessians, lambda l: linear_weight(module.get_submodule(l.name[inside:])),
+                              settings.group_size)
+        work.submit(block, groups, save_block)
         return outs
 
     iterate_blocks(model, calib_windows(), on_block, batch_size=HESSIAN_BATCH, check=check)
+    work.finish()
     return meta
 
 

@@ -46,6 +46,7 @@ class Setup:
     tying: Tying                 # units of layers that share one level (fused groups for vLLM/SGLang)
     target: float                # the budget in average code bits, or runtime bits (see `code_target`)
     tag: str = ""                # names this allocation's checkpoint apart (a sweep's target)
+    cluster: Any = None          # a ClusterSession (core/search/cluster.py) with --cluster
 
     @classmethod
     def create(cls, spec: "SearchSpec", preset: Preset, ctx: "RunContext", loaded: "LoadedModel",
@@ -117,6 +118,18 @@ def database_settings(setup: Setup) -> DatabaseSettings:
                             group_size=spec.group_size, sym=spec.sym, propagate_bits=propagate)
 
 
+def database_quantizer(setup: Setup, settings: DatabaseSettings, levels: list[int]) -> Any:
+    """Ray tasks with --cluster (core/search/cluster_database.py); None: this process. A
+    propagated database stays here: each layer's inputs come from the layers quantized before it."""
+    if setup.cluster is None:
+        return None
+    if settings.propagate_bits is not None:
+        setup.ctx.emitter.log("the propagated variant database is built in this process (each layer's inputs "
+                              "depend on the layers quantized before it); the cluster scores candidates")
+        return None
+    return setup.cluster.database_blocks(settings, levels, setup.ctx.cancel.check)
+
+
 def ensure_database(setup: Setup) -> VariantDatabase:
     """Reuse `spec.database`, or build (or finish) this run's own database."""
     from ..jobkinds.common import sampling_hooks
@@ -155,7 +168,8 @@ def ensure_database(setup: Setup) -> VariantDatabase:
                                 spec.seed, model=setup.model, **sampling_hooks(ctx))
 
     build_database(folder, settings, levels, setup.model, setup.layers, windows,
-                   emit_layer=ctx.emitter.layer, check=ctx.cancel.check, on_progress=on_progress)
+                   emit_layer=ctx.emitter.layer, check=ctx.cancel.check, on_progress=on_progress,
+                   quantizer=database_quantizer(setup, settings, levels))
     ctx.emitter.stage("database", "end")
     db = open_database(folder, cache, db_device)
     ctx.emitter.log(f"variant database: {len(setup.layers)} layers × {levels} bits in {db.seconds:.0f} s")
@@ -274,6 +288,10 @@ def evopress_genome(setup: Setup, space: SearchSpace, db: VariantDatabase) -> tu
     targets = load_or_compute_targets(setup, runner)
     scorer = CandidateScorer(runner, [l.block for l in setup.layers], assembler.set_layer, targets,
                              spec.batch_size, spec.share_prefixes)
+    if setup.cluster is not None:       # the same scoring on Ray actors (core/search/cluster.py)
+        from .cluster_units import actor_job
+
+        scorer = setup.cluster.pool(actor_job(setup, space.levels, db, dense_targets_path(setup)), ctx.cancel.check)
     eval_windows = _eval_windows(setup) if preset.eval_every else None
     progress = Progress(ctx.emitter, "search", cfg.generations)
     started = time.time()
@@ -294,7 +312,7 @@ def evopress_genome(setup: Setup, space: SearchSpace, db: VariantDatabase) -> tu
             ctx.emitter.metric("ppl", ppl, step=g, split="eval")
 
     ctx.emitter.stage("search", "start")
-    key = _hash({"spec": to_dict(spec), "db": db.meta["key"], "target": setup.target})
+    key = _hash({"spec": search_key_fields(spec), "db": db.meta["key"], "target": setup.target})
     def score(genomes, rows):
         return scorer.score([expand(g) for g in genomes], rows, ctx.cancel.check)
 
@@ -310,7 +328,22 @@ def evopress_genome(setup: Setup, space: SearchSpace, db: VariantDatabase) -> tu
         "prefix_saving": round(1 - state.forward_tokens / state.candidate_tokens, 4) if state.candidate_tokens else 0.0,
         "search_seconds": round(state.seconds, 2), "this_session_seconds": round(time.time() - started, 2),
         "dense_target_tokens": int(targets.windows.numel()), "kl_topk": targets.topk,
-        "config": asdict(cfg), "history": state.history}
+        "config": asdict(cfg), "history": state.history,
+        **({"cluster": scorer.summary()} if setup.cluster is not None else {})}
+
+
+def search_key_fields(spec: "SearchSpec") -> dict:
+    """The spec fields a search's result depends on: where it is scored is not one of them
+    (a clustered search gives the local one's result), so a run resumes either way."""
+    return {k: v for k, v in to_dict(spec).items() if k not in ("cluster", "cluster_actors")}
+
+
+def dense_targets_path(setup: Setup) -> Path:
+    """checkpoint/dense-<key>.safetensors: the fitness pool and its dense log-probabilities."""
+    spec, preset = setup.spec, setup.preset
+    key = _hash({"model": model_fingerprint(setup.model), "calib": spec.calib, "seed": spec.seed,
+                 "pool": preset.pool_windows, "seqlen": preset.fitness_seqlen, "topk": preset.kl_topk or None})
+    return setup.ctx.run_dir.checkpoint_dir / f"dense-{key}.safetensors"
 
 
 def load_or_compute_targets(setup: Setup, runner) -> "Any":
@@ -324,9 +357,7 @@ def load_or_compute_targets(setup: Setup, runner) -> "Any":
 
     spec, preset, ctx = setup.spec, setup.preset, setup.ctx
     topk = preset.kl_topk or None
-    key = _hash({"model": model_fingerprint(setup.model), "calib": spec.calib,
-                 "seed": spec.seed, "pool": preset.pool_windows, "seqlen": preset.fitness_seqlen, "topk": topk})
-    path = ctx.run_dir.checkpoint_dir / f"dense-{key}.safetensors"
+    path = dense_targets_path(setup)
     if path.is_file():
         t = load_file(str(path))
         return DenseTargets(t["windows"], t.get("logp"), t.get("top_logp"), t.get("top_idx"))
@@ -375,14 +406,18 @@ def plan_perplexity(setup: Setup, space: SearchSpace, genome: Genome, db: Varian
 # --- the job -----------------------------------------------------------------------------
 
 def run_search_job(spec: "SearchSpec", ctx: "RunContext") -> dict:
-    with cpu_threads(spec.threads) as threads:
+    from .cluster import open_cluster
+
+    # the cluster first: an unreachable one is one error line before any work
+    with open_cluster(spec.cluster, ctx.emitter, spec.threads, spec.cluster_actors) as cluster, \
+            cpu_threads(spec.threads) as threads:
         ctx.emitter.log(f"torch CPU threads: {threads}")
-        report = _run_search(spec, ctx)
+        report = _run_search(spec, ctx, cluster)
     report["threads"] = threads
     return report
 
 
-def _run_search(spec: "SearchSpec", ctx: "RunContext") -> dict:
+def _run_search(spec: "SearchSpec", ctx: "RunContext", cluster: Any = None) -> dict:
     from ..jobkinds.common import open_model, preflight
 
     started = time.time()
@@ -392,7 +427,7 @@ def _run_search(spec: "SearchSpec", ctx: "RunContext") -> dict:
     if loaded.quantized is not None:
         raise BadInput(f"{spec.model.source} is already quantized", "search on the original model")
     layers = layer_inventory(loaded.model)
-    setup = Setup.create(spec, preset, ctx, loaded, layers)
+    setup = replace(Setup.create(spec, preset, ctx, loaded, layers), cluster=cluster)
     report: dict[str, Any] = {"model": loaded.summary(), "inventory": inventory_summary(layers),
                               "method": spec.method, "target_bits": spec.target_bits, "preset": spec.preset,
                               "serve": spec.serve, "units": len(setup.tying.units), "budget_kind": spec.budget,

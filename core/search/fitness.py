@@ -142,7 +142,8 @@ class CandidateScorer:
         return tuple(genome[i] for i in self.block_layers[block])
 
     def _descend(self, block: int, hidden: torch.Tensor, kwargs: dict, members: list[int],
-                 genomes: Sequence[Genome], rows: torch.Tensor, totals: list[float]) -> None:
+                 genomes: Sequence[Genome], rows: torch.Tensor, totals: list[float],
+                 check: Callable[[], None] | None = None) -> None:
         tokens = hidden.shape[0] * hidden.shape[1]
         if block == self.runner.n_blocks:
             flat = hidden.reshape(-1, hidden.shape[-1])               # [B·L, d], a chunk of positions at a time
@@ -156,31 +157,55 @@ class CandidateScorer:
         for m in members:
             groups.setdefault(self._key(genomes[m], block), []).append(m)
         for key in sorted(groups):
+            if check is not None:          # between candidates (and shared prefixes)
+                check()
             self._apply(block, key)
             out = self.runner.block(block, hidden, kwargs)
             self.forward_tokens += tokens / self.runner.n_blocks
-            self._descend(block + 1, out, kwargs, groups[key], genomes, rows, totals)
+            self._descend(block + 1, out, kwargs, groups[key], genomes, rows, totals, check)
 
     @torch.no_grad()
-    def score(self, genomes: Sequence[Genome], window_rows: Sequence[int],
-              check: Callable[[], None] | None = None) -> list[float]:
-        """Mean KL per token of each genome over the pool windows `window_rows`."""
-        totals = [0.0] * len(genomes)
+    def totals(self, genomes: Sequence[Genome], window_rows: Sequence[int],
+               check: Callable[[], None] | None = None) -> tuple[list[list[float]], list[int]]:
+        """Summed KL of each genome on each batch of the pool windows `window_rows` (sorted,
+        `batch_size` at a time): (kl[batch][genome], tokens[batch]). A genome's batch sums
+        do not depend on the other genomes scored with it (core/search/cluster.py relies on it)."""
         rows_all = torch.as_tensor(sorted(window_rows), dtype=torch.long)
-        n_tokens = 0
+        kl: list[list[float]] = []
+        tokens: list[int] = []
         for start in range(0, len(rows_all), self.batch_size):
             if check is not None:
                 check()
             rows = rows_all[start: start + self.batch_size]
             hidden, kwargs = self.runner.embed(self.targets.windows[rows])
-            n_tokens += hidden.shape[0] * hidden.shape[1]
+            tokens.append(hidden.shape[0] * hidden.shape[1])
+            kl.append([0.0] * len(genomes))
             if self.share_prefixes:
-                self._descend(0, hidden, kwargs, list(range(len(genomes))), genomes, rows, totals)
+                self._descend(0, hidden, kwargs, list(range(len(genomes))), genomes, rows, kl[-1], check)
             else:
                 for m in range(len(genomes)):
-                    self._descend(0, hidden, kwargs, [m], genomes, rows, totals)
-        self.candidate_tokens += n_tokens * len(genomes)
-        return [t / n_tokens for t in totals]
+                    self._descend(0, hidden, kwargs, [m], genomes, rows, kl[-1], check)
+        self.candidate_tokens += sum(tokens) * len(genomes)
+        return kl, tokens
+
+    def score(self, genomes: Sequence[Genome], window_rows: Sequence[int],
+              check: Callable[[], None] | None = None) -> list[float]:
+        """Mean KL per token of each genome over the pool windows `window_rows`."""
+        kl, tokens = self.totals(genomes, window_rows, check)
+        return mean_kl(kl, tokens)
 
 
-__all__ = ["DenseTargets", "dense_targets", "CandidateScorer"]
+def mean_kl(kl: Sequence[Sequence[float]], tokens: Sequence[int]) -> list[float]:
+    """Per-batch KL sums [batch][genome] and token counts → mean KL per token of each genome.
+    The sums are added in batch order, from 0.0: the same float operations wherever each
+    batch was computed."""
+    means = []
+    for m in range(len(kl[0]) if kl else 0):
+        total = 0.0
+        for batch in kl:
+            total += batch[m]
+        means.append(total / sum(tokens))
+    return means
+
+
+__all__ = ["DenseTargets", "dense_targets", "CandidateScorer", "mean_kl"]

@@ -40,3 +40,12 @@ def test_a_live_sweep_point_click_loads_its_plan(opened, tmp_path):
 class _Layer:
     def __init__(self, name, d_out, d_in):
         self.name, self.d_out, self.d_in = name, d_out, d_in
+
+
+def test_a_search_without_a_report_is_no_pareto_point(tmp_path):
+    """A cancelled or running search of the open model has no report yet: History still draws."""
+    from bitsmith.app.history import RunRecord, pareto_points
+    from bitsmith.core.rundir import RunDir
+
+    record = RunRecord(RunDir(tmp_path / "run"), {"kind": "search", "model": {"source": "m"}}, "cancelled", 0.0)
+    assert pareto_points([record], "m") == []

@@ -26,7 +26,8 @@ def _locked() -> dict[str, str]:
 def _requirements() -> list[Requirement]:
     project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
     reqs = [Requirement(r) for r in project["dependencies"]]
-    reqs += [Requirement(r) for r in project["optional-dependencies"]["test"]]
+    for extra in ("test", "cluster"):         # the extras packaging/setup_env.sh installs
+        reqs += [Requirement(r) for r in project["optional-dependencies"][extra]]
     return [r for r in reqs if r.marker is None or r.marker.evaluate()]
 
 

@@ -49,6 +49,21 @@ def db_run(tiny_llama, tmp_path_factory) -> Path:
     return run.path
 
 
+@pytest.fixture(scope="module")
+def ray_local():
+    """A local Ray instance with 2 CPUs for the module's tests (skipped without Ray); one a caller
+    started is used and left running."""
+    ray = pytest.importorskip("ray")
+    from bitsmith.core.search.cluster import init_local_ray
+
+    started = not ray.is_initialized()
+    if started:
+        init_local_ray(2)
+    yield ray
+    if started:
+        ray.shutdown()
+
+
 # Helpers as fixtures: tests import nothing from conftest (pytest runs in importlib mode,
 # with the repository root off sys.path).
 @pytest.fixture(scope="session")

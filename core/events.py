@@ -61,7 +61,8 @@ EVENTS: dict[str, EventType] = {
     "result": EventType(("report",)),
     # a note the window may show; a warning adds level "warning" and a code ("diverged":
     # tuning got much worse than its best, with the step and the best step)
-    "log": EventType(("message",), ("level", "code", "step", "best_step")),
+    "log": EventType(("message",), ("level", "code", "step", "best_step",
+                                    "cluster", "actor", "candidates", "actors_left")),   # a Ray actor lost
 }
 EVENT_TYPES = tuple(EVENTS)
 

@@ -4,7 +4,6 @@
     selection.py   multi-stage elitist selection
     knapsack.py    the sensitivity baseline's DP over levels
     spike.py       spike scores (QFeM) and the spike-aware allocation
-    multigptq.py   GPTQ of several layers × levels sharing one Hessian, in one sweep
     database.py    the variant database (Hessians, variants on disk, lazy LRU)
     block_variants.py  one block's variants at every level, quantized here or elsewhere
     blocks.py      running a model block by block

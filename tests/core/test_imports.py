@@ -21,8 +21,6 @@ ALLOWED_CIRCLES = {
     # jobkinds.search runs search.driver, which imports jobkinds.common / jobkinds.quantize
     # (and jobkinds.search's SearchSpec for its types) back.
     frozenset({"bitsmith.core.jobkinds.search", "bitsmith.core.search.driver"}),
-    # search.database lazily builds search.propagated, which imports database's settings type.
-    frozenset({"bitsmith.core.search.database", "bitsmith.core.search.propagated"}),
 }
 
 

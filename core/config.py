@@ -102,6 +102,8 @@ def setting(default: Any, help: str = "", **meta: Any) -> Any:
     """A spec field with its help text (and other metadata: core/spec_args.py) where the CLI's
     flags and the window's forms read it; a list default is copied for each instance."""
     meta = {"help": help, **meta} if help else meta
+    if default is dataclasses.MISSING:                  # a field every instance must give
+        return dataclasses.field(metadata=meta)
     if isinstance(default, (list, dict)):
         return dataclasses.field(default_factory=lambda: type(default)(default), metadata=meta)
     return dataclasses.field(default=default, metadata=meta)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import importlib
 import pkgutil
 from types import ModuleType
+from typing import Iterable
 
 
 def import_all(package: ModuleType) -> None:
@@ -15,4 +16,14 @@ def import_all(package: ModuleType) -> None:
         importlib.import_module(f"{package.__name__}.{mod.name}")
 
 
-__all__ = ["import_all"]
+def used_by(entries: Iterable) -> dict[str, tuple[str, ...]]:
+    """{job field: the names of the entries that read it}, from each entry's `uses` (the
+    fields only some quantizers or allocators read: the window greys them out for the rest)."""
+    fields: dict[str, tuple[str, ...]] = {}
+    for entry in entries:
+        for f in entry.uses:
+            fields[f] = fields.get(f, ()) + (entry.name,)
+    return fields
+
+
+__all__ = ["import_all", "used_by"]

@@ -7,7 +7,8 @@ type, and the help text in the field's metadata — the same metadata the window
     code_lr: float = field(default=1e-2, metadata={"help": "Adam lr of the straight-through buffers"})
 
 Metadata keys: `help` (a text, or a callable giving it: a registry's notes); `choices` (a callable giving the allowed names, e.g. a registry's);
-`cli` (False: no flag; a string: the flag's name when it is not the field's); `none_as`
+`cli` (False: no flag; a string: the flag's name when it is not the field's); `group` (the
+title of the help section the flag is listed under); `none_as`
 (a flag value that stands for null: `--teacher-topk 0` is the full distribution).
 
 Types: bool → --x / --no-x; int, float, str and their `| None`; Literal → choices;
@@ -68,7 +69,12 @@ def flag_of(f: dataclasses.Field) -> str:
 def add_spec_args(parser: argparse.ArgumentParser, spec_cls: type, skip: tuple[str, ...] = ()) -> None:
     """One flag per field of `spec_cls` (see the module docstring), in field order."""
     hints = get_type_hints(spec_cls)
+    groups: dict[str, argparse._ArgumentGroup] = {}
     for f in spec_fields(spec_cls, skip):
+        title = f.metadata.get("group")
+        if title and title not in groups:
+            groups[title] = parser.add_argument_group(title)
+        where = groups[title] if title else parser
         tp, default = _base(hints[f.name]), field_default(f)
         kwargs: dict[str, Any] = {"dest": f.name, "default": default}
         if f.metadata.get("help"):
@@ -87,7 +93,7 @@ def add_spec_args(parser: argparse.ArgumentParser, spec_cls: type, skip: tuple[s
             kwargs["metavar"] = "A,B,..."
         elif tp in (int, float):
             kwargs["type"] = tp
-        parser.add_argument(flag_of(f), **kwargs)
+        where.add_argument(flag_of(f), **kwargs)
 
 
 def spec_values(spec_cls: type, args: argparse.Namespace, skip: tuple[str, ...] = ()) -> dict[str, Any]:

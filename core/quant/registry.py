@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Literal
 
 from ..errors import BadInput
-from ..plugins import import_all
+from ..plugins import import_all, used_by as fields_used_by
 
 ClipDefault = Literal["off", "on", "always"]   # the grid's range search: off / on unless --no-clip / always
 
@@ -83,11 +83,7 @@ def quantizer(name: str) -> Quantizer:
 
 def used_by() -> dict[str, tuple[str, ...]]:
     """{job field: the methods that read it} for the fields only some methods read."""
-    fields: dict[str, tuple[str, ...]] = {}
-    for name in quantizer_names():
-        for f in quantizers()[name].uses:
-            fields[f] = fields.get(f, ()) + (name,)
-    return fields
+    return fields_used_by(quantizers()[name] for name in quantizer_names())
 
 
 __all__ = ["Quantizer", "register_quantizer", "quantizers", "quantizer_names", "quantizer", "used_by"]

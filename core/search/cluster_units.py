@@ -153,7 +153,7 @@ class ActorJob:
 
 
 def actor_job(setup: Any, levels: Sequence[int], db: Any, targets: Path) -> ActorJob:
-    """The ActorJob of a search (driver.Setup): the driver's model as it was loaded — its
+    """The ActorJob of a search (setup.Setup): the driver's model as it was loaded — its
     dtype, so the actors compute what it would; a path source made absolute."""
     from ..model import model_fingerprint
 

@@ -6,9 +6,9 @@ carries and those some add. The window reads declared fields only. An event with
 its type does not declare is a bug: with BITSMITH_STRICT_EVENTS=1 (the test suite) the
 emitter raises, otherwise it warns once per field.
 
-`REPORT_CORE` declares what every job's report (the `result` event, RUN_DIR/report.json)
-may say in the same words: the model, the bit budget, and a perplexity with the data it was
-measured on.
+What every job's report (the `result` event, RUN_DIR/report.json) may say in the same
+words — the model, the bit budget, a perplexity with the data it was measured on — is
+declared in core/report.py (`ReportCore`).
 
 An `Emitter` fans each event out to sinks (stdout, `events.jsonl`, a terminal renderer,
 a list in tests). Sinks are plain callables taking the event dict.
@@ -65,11 +65,6 @@ EVENTS: dict[str, EventType] = {
                                     "cluster", "actor", "candidates", "actors_left")),   # a Ray actor lost
 }
 EVENT_TYPES = tuple(EVENTS)
-
-# What every report may say in these words (each where the job has it): the model it ran on
-# (LoadedModel.summary(), or its source), the bit budget (plan.Budget.to_dict()), and a
-# perplexity with the data it was measured on ("ppl", "data", "seqlen", "windows").
-REPORT_CORE = ("model", "budget", "ppl", "data", "seqlen", "windows")
 
 STRICT_ENV = "BITSMITH_STRICT_EVENTS"
 _warned: set[str] = set()

@@ -61,8 +61,10 @@ EVENTS: dict[str, EventType] = {
     "result": EventType(("report",)),
     # a note the window may show; a warning adds level "warning" and a code ("diverged":
     # tuning got much worse than its best, with the step and the best step)
+    # Ray (core/search/cluster.py, core/submit.py): `cluster` says what happened ("actor_lost":
+    # with the actor, its candidates and the actors left; "submitted": with the job's submission id)
     "log": EventType(("message",), ("level", "code", "step", "best_step",
-                                    "cluster", "actor", "candidates", "actors_left")),   # a Ray actor lost
+                                    "cluster", "actor", "candidates", "actors_left", "submission_id")),
 }
 EVENT_TYPES = tuple(EVENTS)
 

@@ -14,7 +14,7 @@ from PySide6.QtWidgets import (QAbstractItemView, QHBoxLayout, QLabel, QPushButt
                                QTreeWidgetItem, QVBoxLayout, QWidget)
 
 from bitsmith.core.files import QUANT_MANIFEST
-from bitsmith.core.report import find_ppl
+from bitsmith.core.report import report_core
 from bitsmith.core.rundir import RunDir
 
 
@@ -67,7 +67,7 @@ class RunRecord:
     @property
     def own_ppl(self) -> float | None:
         """The perplexity this run measured itself (an eval, a search's final eval, a tune)."""
-        found = find_ppl(self.report)
+        found = report_core(self.report).ppl
         return found["ppl"] if found else None
 
     @property
@@ -97,7 +97,8 @@ class RunRecord:
 
     @property
     def avg_bits(self) -> float | None:
-        value = _dig(self.report, "budget.avg_code_bits", "plan.budget.avg_code_bits", "avg_code_bits")
+        budget = report_core(self.report).budget
+        value = budget["avg_code_bits"] if budget else _dig(self.report, "avg_code_bits")
         if value is None:
             value = _dig(self.plan, "budget.avg_code_bits")
         return float(value) if isinstance(value, (int, float)) else None

@@ -202,23 +202,20 @@ class LivePlots(QTabWidget):
                 self.errors[name] = (float(event["rel_error"]), event.get("bits"))
                 if not event.get("keep"):
                     self.error_kind = "weight" if event.get("error_kind") == "weight" else "output"
-            spike = event.get("spike", event.get("spike_score"))
+            spike = event.get("spike_score")
             if spike is not None:
                 self.spikes[name] = float(spike)
         elif kind == "metric" and event.get("value") is not None:
             name, split = str(event.get("name")), str(event.get("split", ""))
-            if name in ("spike", "spike_score") and event.get("layer"):
-                self.spikes[event["layer"]] = float(event["value"])
-            else:
-                steps, values = self.series.setdefault((name, split), ([], []))
-                step = float(event.get("step", len(steps)))
-                if steps and step <= steps[-1]:
-                    # a resumed run repeats the steps after its checkpoint: its new points
-                    # replace the old ones from there on
-                    keep = next((i for i, s in enumerate(steps) if s >= step), len(steps))
-                    del steps[keep:], values[keep:]
-                steps.append(step)
-                values.append(float(event["value"]))
+            steps, values = self.series.setdefault((name, split), ([], []))
+            step = float(event.get("step", len(steps)))
+            if steps and step <= steps[-1]:
+                # a resumed run repeats the steps after its checkpoint: its new points
+                # replace the old ones from there on
+                keep = next((i for i, s in enumerate(steps) if s >= step), len(steps))
+                del steps[keep:], values[keep:]
+            steps.append(step)
+            values.append(float(event["value"]))
         else:
             return
         self._dirty = True

@@ -1,6 +1,8 @@
 """A form for a job kind's spec dataclass, built from its fields and type hints, so each
 job's parameters (with their defaults) appear in the window without a hand-made form that
-would drift from the engine. `model` and `plan` are filled by the window, not the form."""
+would drift from the engine. A field's metadata gives its tooltip (`help`, the CLI's help
+text too: core/spec_args.py) and its choices (`choices`, a registry's names). `model` and
+`plan` are filled by the window, not the form."""
 
 from __future__ import annotations
 
@@ -12,7 +14,9 @@ from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
 from PySide6.QtCore import Signal
 from PySide6.QtWidgets import QCheckBox, QComboBox, QDoubleSpinBox, QFormLayout, QLineEdit, QSpinBox, QWidget
 
+from bitsmith.core.config import field_default
 from bitsmith.core.files import WIKITEXT_TEST
+from bitsmith.core.spec_args import help_of
 
 from .widgets import ComboBox, DoubleSpinBox, SpinBox
 
@@ -34,14 +38,6 @@ def _unwrap_optional(tp: Any) -> tuple[Any, bool]:
         args = [a for a in get_args(tp) if a is not type(None)]
         return (args[0] if len(args) == 1 else tp), type(None) in get_args(tp)
     return tp, False
-
-
-def _default(f: dataclasses.Field) -> Any:
-    if f.default is not dataclasses.MISSING:
-        return f.default
-    if f.default_factory is not dataclasses.MISSING:
-        return f.default_factory()
-    return None
 
 
 def _change_signals(widget: QWidget) -> list:
@@ -74,14 +70,27 @@ class SpecForm(QWidget):
         for f in dataclasses.fields(spec_cls):
             if f.name in skip or not f.init:
                 continue
-            made = self._widget(hints[f.name], _default(f), f.name)
+            choices = f.metadata.get("choices")      # a registry's names (e.g. the quantizers)
+            default = field_default(f)
+            made = self._choice(choices(), default) if choices else self._widget(hints[f.name], default, f.name)
             if made is None:
                 continue
             widget, getter = made
+            if help_of(f) and not widget.toolTip():     # the CLI's help text, from the same field
+                widget.setToolTip(help_of(f))
             self.widgets[f.name], self.getters[f.name] = widget, getter
             for signal in _change_signals(widget):
                 signal.connect(self.changed)
             layout.addRow(f.name.replace("_", " "), widget)
+
+    @staticmethod
+    def _choice(choices: list, default: Any):
+        combo = ComboBox()
+        for choice in choices:
+            combo.addItem(str(choice), choice)
+        if default in choices:
+            combo.setCurrentIndex(list(choices).index(default))
+        return combo, combo.currentData
 
     def _widget(self, tp: Any, default: Any, name: str = ""):
         base, optional = _unwrap_optional(tp)
@@ -93,12 +102,7 @@ class SpecForm(QWidget):
                              " (never calibrate on WikiText-2 test)")
             return combo, lambda: (combo.currentText().strip() or None) if optional else combo.currentText().strip()
         if get_origin(base) is Literal:
-            combo = ComboBox()
-            for choice in get_args(base):
-                combo.addItem(str(choice), choice)
-            if default in get_args(base):
-                combo.setCurrentIndex(list(get_args(base)).index(default))
-            return combo, combo.currentData
+            return self._choice(list(get_args(base)), default)
         if base is bool and optional:       # None: the engine decides (e.g. clip: on for GPTQ only)
             combo = ComboBox()
             combo.addItems(list(TRI_STATE))

@@ -9,6 +9,8 @@ from PySide6.QtWidgets import QComboBox, QFormLayout, QLabel, QPushButton, QScro
 from .widgets import ComboBox
 
 from bitsmith.core.jobs import ModelSpec, job_kinds
+from bitsmith.core.quant.registry import used_by as quantizer_fields
+from bitsmith.core.search.registry import used_by as allocator_fields
 
 from .spec_form import SpecForm
 
@@ -28,12 +30,9 @@ ACTIONS = {
 CHOOSE_MODEL = {"eval": True, "tune": False}     # kind -> whether the open (dense) model is a choice
 
 # Fields only some methods use: disabled while another method is chosen (field -> methods).
-_EVOPRESS = ("generations", "offspring", "survivors", "tokens", "fitness_seqlen", "pool_windows",
-             "start_candidates", "kl_topk", "mutation", "share_prefixes", "eval_every")
 USED_BY = {
-    "quantize": {f: ("gptq",) for f in ("damp", "act_order", "static_groups", "block_size", "true_sequential")},
-    "search": {**{f: ("evopress",) for f in _EVOPRESS},
-               **{f: ("spike",) for f in ("spike_threshold", "spike_top_k", "spike_keep_bits")}},
+    "quantize": quantizer_fields(),      # each method declares what it reads (core/quant/methods/)
+    "search": allocator_fields(),        # each allocator too (core/search/allocators/)
     "tune": {"tau": ("pv",), "rank": ("eora",),
              **{f: ("pv", "ste") for f in ("code_lr", "code_beta1", "code_precondition", "code_lr_in_grid_steps",
                                            "check_codes", "check_z", "delta_decay")}},

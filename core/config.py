@@ -89,6 +89,26 @@ def _convert(value: Any, tp: Any, where: str) -> Any:
     raise TypeError(f"unsupported config annotation {tp!r} at {where}")
 
 
+def field_default(f: dataclasses.Field) -> Any:
+    """A field's default value (a fresh one from its factory); None when it has none."""
+    if f.default is not dataclasses.MISSING:
+        return f.default
+    if f.default_factory is not dataclasses.MISSING:
+        return f.default_factory()
+    return None
+
+
+def setting(default: Any, help: str = "", **meta: Any) -> Any:
+    """A spec field with its help text (and other metadata: core/spec_args.py) where the CLI's
+    flags and the window's forms read it; a list default is copied for each instance."""
+    meta = {"help": help, **meta} if help else meta
+    if default is dataclasses.MISSING:                  # a field every instance must give
+        return dataclasses.field(metadata=meta)
+    if isinstance(default, (list, dict)):
+        return dataclasses.field(default_factory=lambda: type(default)(default), metadata=meta)
+    return dataclasses.field(default=default, metadata=meta)
+
+
 def from_dict(cls: type[T], data: Any, where: str = "config") -> T:
     """Build dataclass `cls` from JSON data; unknown or mistyped fields raise ConfigError."""
     if not isinstance(data, dict):
@@ -125,5 +145,5 @@ def to_dict(obj: Any) -> Any:
     return obj
 
 
-__all__ = ["ConfigError", "from_dict", "to_dict"]
+__all__ = ["ConfigError", "field_default", "setting", "from_dict", "to_dict"]
 _ = typing  # keep `typing` importable for annotations evaluated by get_type_hints

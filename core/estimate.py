@@ -37,6 +37,7 @@ import torch
 
 from .errors import BadInput
 from .facts import ModelFacts, model_facts
+from .quant.registry import quantizer
 
 GB = 2**30
 ESTIMATED = ("quantize", "search", "eval")
@@ -53,7 +54,7 @@ class Workload:
     offload: str = "ram"                 # ram | disk | none (resident)
     device: str = "cpu"
     compute_dtype: str = "float32"
-    method: str = "gptq"                 # gptq | rtn (quantize, database)
+    method: str = "gptq"                 # a registered quantizer (quantize; the database is GPTQ)
     bits: int = 4
     group_size: int = 64
     calib_windows: int = 0
@@ -183,7 +184,7 @@ def _block_work(f: ModelFacts, w: Workload, tokens: int, quantizing: bool) -> in
     work = 0
     if quantizing:
         d_in = f.intermediate
-        layer = 8 * f.max_layer_params * 4 + (5 * d_in * d_in * 4 if w.method == "gptq" else 0)
+        layer = 8 * f.max_layer_params * 4 + quantizer(w.method).workspace * d_in * d_in * 4
         work = layer + codes_bytes(f.block_linear_params, w.group_size) * max(w.levels, 1)
     return onload + acts + batch + work
 
@@ -273,7 +274,7 @@ def _seconds(f: ModelFacts, w: Workload, t: Any) -> dict[str, float]:
             + min(w.calib_windows, 64) * t.head_s_per_token
         out["calibrate"] = batches * w.seqlen * step
     if w.kind == "quantize":
-        passes = 0.0 if tokens == 0 else (2.0 if w.method == "rtn" else (f.groups_per_block + 1) / 2 + 1)
+        passes = 0.0 if tokens == 0 else ((f.groups_per_block + 1) / 2 + 1 if quantizer(w.method).sequential else 2.0)
         hess = t.hessian_s_per_token if tokens else 0.0
         per_block = t.block_quant_s + tokens * (passes * t.forward_s_per_token + hess) + onload
         out["quantize"] = n * per_block
@@ -490,11 +491,11 @@ def _selfgen_cached(facts: ModelFacts, w: Workload, spec: Any) -> bool:
 
 def _probe(facts: ModelFacts, w: Workload, model: Any, spec: Any) -> Any:
     from .facts import _resolve
-    from .jobkinds.quantize import QuantizeSpec, _options
+    from .quant.config import QuantizeSpec
     from .probe import probe_block
 
     config = _resolve(model)[0]
-    options = _options(spec if isinstance(spec, QuantizeSpec) else QuantizeSpec(method=w.method))
+    options = (spec if isinstance(spec, QuantizeSpec) else QuantizeSpec(method=w.method)).options()
     return probe_block(config, facts, torch.device(w.device), getattr(torch, w.compute_dtype),
                        getattr(torch, facts.stored_dtype), w.method, options, w.group_size, w.bits,
                        model.trust_remote_code)

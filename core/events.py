@@ -1,17 +1,14 @@
 """Events: one JSON object per line, the only thing a worker writes on stdout.
 
-Every event carries `v` (schema version), `t` (unix time) and `type`. Types and their
-fields (DESIGN.md, "The worker and its events"):
+Every event carries `v` (schema version), `t` (unix time) and `type`; `EVENTS` declares
+each type's fields (DESIGN.md, "The worker and its events"), those every event of the type
+carries and those some add. The window reads declared fields only. An event with a field
+its type does not declare is a bug: with BITSMITH_STRICT_EVENTS=1 (the test suite) the
+emitter raises, otherwise it warns once per field.
 
-    stage     stage, state ("start" | "end")
-    progress  stage, done, total, eta_s
-    layer     name, bits, rel_error, seconds (+ group_size, ...)
-    metric    name, step, value, split
-    plan      layers: {layer name: bits}
-    error     kind ("bad_input" | "cancelled" | "failure"), message, hint
-    result    report
-    log       message (human-readable notes that the window may show); a warning adds
-              level "warning" and a code ("diverged": tuning got much worse than its best)
+What every job's report (the `result` event, RUN_DIR/report.json) may say in the same
+words — the model, the bit budget, a perplexity with the data it was measured on — is
+declared in core/report.py (`ReportCore`).
 
 An `Emitter` fans each event out to sinks (stdout, `events.jsonl`, a terminal renderer,
 a list in tests). Sinks are plain callables taking the event dict.
@@ -20,14 +17,59 @@ a list in tests). Sinks are plain callables taking the event dict.
 from __future__ import annotations
 
 import json
+import logging
 import math
+import os
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable, TextIO
 
 EVENT_VERSION = 1
-EVENT_TYPES = ("stage", "progress", "layer", "metric", "plan", "error", "result", "log")
+
+
+@dataclass(frozen=True)
+class EventType:
+    """The fields of one event type: those every such event carries, and those some add."""
+
+    fields: tuple[str, ...]
+    optional: tuple[str, ...] = ()
+
+    def problems(self, event: dict) -> list[str]:
+        """What about `event` this declaration does not allow (empty: nothing)."""
+        missing = [f for f in self.fields if f not in event]
+        extra = [f for f in event if f not in ("v", "t", "type") and f not in self.fields + self.optional]
+        return [f"lacks {f!r}" for f in missing] + [f"has undeclared {f!r}" for f in extra]
+
+
+EVENTS: dict[str, EventType] = {
+    "stage": EventType(("stage", "state")),                         # state: "start" | "end"
+    "progress": EventType(("stage", "done", "total", "eta_s"),
+                          ("text", "tokens_per_s")),                # eval's generate stage: the text so far
+    "layer": EventType(("name",), (
+        "block", "bits", "group_size", "rel_error", "seconds", "keep", "error_kind",   # quantize, database
+        "damp", "damp_retries", "dead_inputs", "act_order", "static_groups",          # GPTQ's own
+        "step", "rel_error_before", "rank",                                           # tune (and EoRA)
+        "spike_score", "kept")),                                                      # spike-aware search
+    "metric": EventType(("name", "step", "value", "split"), (
+        "adapters",                                                 # EoRA: with its adapters or without
+        "candidate_tokens",                                         # EvoPress: tokens of the candidates
+        "target_bits", "avg_code_bits", "effective_bits", "mb", "kl", "plan_file")),   # a sweep point
+    "plan": EventType(("layers",), ("budget", "group_sizes", "generation", "avg_bits", "fitness", "final")),
+    "error": EventType(("kind", "message", "hint")),                # kind: bad_input | cancelled | failure
+    "result": EventType(("report",)),
+    # a note the window may show; a warning adds level "warning" and a code ("diverged":
+    # tuning got much worse than its best, with the step and the best step)
+    # Ray (core/search/cluster.py, core/submit.py): `cluster` says what happened ("actor_lost":
+    # with the actor, its candidates and the actors left; "submitted": with the job's submission id)
+    "log": EventType(("message",), ("level", "code", "step", "best_step",
+                                    "cluster", "actor", "candidates", "actors_left", "submission_id")),
+}
+EVENT_TYPES = tuple(EVENTS)
+
+STRICT_ENV = "BITSMITH_STRICT_EVENTS"
+_warned: set[str] = set()
 
 Sink = Callable[[dict], None]
 
@@ -88,6 +130,19 @@ def read_events(path: Path) -> list[dict]:
     return events
 
 
+def _check(event: dict) -> None:
+    """Raise (strict) or warn once (otherwise) about an event its declaration does not allow."""
+    problems = EVENTS[event["type"]].problems(event)
+    if not problems:
+        return
+    message = f"{event['type']} event {', '.join(problems)} (core/events.py EVENTS)"
+    if os.environ.get(STRICT_ENV) == "1":
+        raise ValueError(message)
+    if message not in _warned:
+        _warned.add(message)
+        logging.getLogger("bitsmith.events").warning(message)
+
+
 class Emitter:
     """Builds events and hands them to every sink."""
 
@@ -97,6 +152,7 @@ class Emitter:
     def emit(self, type: str, **fields: Any) -> dict:
         assert type in EVENT_TYPES, type
         event = {"v": EVENT_VERSION, "t": round(time.time(), 3), "type": type, **fields}
+        _check(event)
         for sink in self.sinks:
             sink(event)
         return event

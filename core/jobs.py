@@ -12,9 +12,7 @@ in `core/jobkinds/` that calls `register_job`; nothing central is edited.
 from __future__ import annotations
 
 import dataclasses
-import importlib
 import json
-import pkgutil
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,6 +21,7 @@ from typing import Any, Callable, Generic, Literal, TypeVar
 from .config import from_dict, to_dict
 from .errors import BadInput, Cancelled
 from .events import Emitter
+from .plugins import import_all
 
 JOB_VERSION = 1
 
@@ -101,8 +100,7 @@ def job_kinds() -> dict[str, JobKind]:
     """All registered kinds; imports every module of `core/jobkinds/` once."""
     from . import jobkinds
 
-    for mod in pkgutil.iter_modules(jobkinds.__path__):
-        importlib.import_module(f"{jobkinds.__name__}.{mod.name}")
+    import_all(jobkinds)
     return dict(_KINDS)
 
 

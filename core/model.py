@@ -89,24 +89,6 @@ def default_model_path() -> Path:
     return path
 
 
-def check_safetensors(path: Path) -> None:
-    """Reject a truncated or corrupt safetensors file before transformers trips on it."""
-    size = path.stat().st_size
-    try:
-        with open(path, "rb") as f:
-            (header_len,) = struct.unpack("<Q", f.read(8))
-            if header_len > size - 8:
-                raise ValueError("header longer than file")
-            header = json.loads(f.read(header_len))
-    except (struct.error, ValueError, UnicodeDecodeError):
-        raise BadInput(f"{path} is not a valid safetensors file (corrupt header)",
-                       "download or copy the model again") from None
-    end = max((t["data_offsets"][1] for k, t in header.items() if k != "__metadata__"), default=0)
-    if 8 + header_len + end > size:
-        raise BadInput(f"{path} is truncated ({size} bytes, needs {8 + header_len + end})",
-                       "the download or copy was cut off: fetch the model again")
-
-
 def model_fingerprint(model: torch.nn.Module) -> str:
     """The model's config and a hash of a slice of its first weights — not where it was
     loaded from, so the default model read from its GGUF or from its cached copy (or a
@@ -165,6 +147,8 @@ def _check_hf_folder(folder: Path, trust: bool) -> None:
     if isinstance(config, dict) and config.get("auto_map") and not trust:
         raise BadInput(f"{folder} needs its own modelling code to load",
                        "if you trust its author, pass --trust-remote-code")
+    from .offload import check_safetensors
+
     for file in sorted(folder.glob("*.safetensors")):
         check_safetensors(file)
 
@@ -251,7 +235,9 @@ def load_model(spec: ModelSpec | str, lean: bool = False) -> LoadedModel:
     if source != "default" and path.exists() and _is_quantized_checkpoint(path):
         from .quant.checkpoint import load_quantized_model  # the engine's own format
 
-        return load_quantized_model(path, spec, device, resolve_dtype(spec.dtype, device))
+        dtype = resolve_dtype(spec.dtype, device)
+        model, tokenizer, manifest = load_quantized_model(path, spec.trust_remote_code, device, dtype)
+        return LoadedModel(model, tokenizer, spec.source, str(path), device, dtype, quantized=manifest)
     if offload == "disk":
         return _load_disk(spec, source, path, device)
     if offload == "ram":

@@ -21,6 +21,7 @@ ask where to compute: `placement_of(model)`.
 from __future__ import annotations
 
 import json
+import struct
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,6 +29,8 @@ from typing import Any, Iterator, Literal
 
 import torch
 from torch import nn
+
+from .errors import BadInput
 
 Offload = Literal["none", "ram", "disk"]
 _ATTR = "_bitsmith_placement"
@@ -303,6 +306,24 @@ def release(model: nn.Module, names: list[str]) -> None:
 
 
 # --- a model whose blocks stay on disk ---------------------------------------------------
+
+def check_safetensors(path: Path) -> None:
+    """Reject a truncated or corrupt safetensors file before transformers trips on it."""
+    size = path.stat().st_size
+    try:
+        with open(path, "rb") as f:
+            (header_len,) = struct.unpack("<Q", f.read(8))
+            if header_len > size - 8:
+                raise ValueError("header longer than file")
+            header = json.loads(f.read(header_len))
+    except (struct.error, ValueError, UnicodeDecodeError):
+        raise BadInput(f"{path} is not a valid safetensors file (corrupt header)",
+                       "download or copy the model again") from None
+    end = max((t["data_offsets"][1] for k, t in header.items() if k != "__metadata__"), default=0)
+    if 8 + header_len + end > size:
+        raise BadInput(f"{path} is truncated ({size} bytes, needs {8 + header_len + end})",
+                       "the download or copy was cut off: fetch the model again")
+
 
 def safetensors_index(folder: Path) -> dict[str, tuple[str, str]]:
     """{key: (file, key)} over the folder's safetensors files (sharded or single)."""

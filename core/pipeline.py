@@ -5,7 +5,7 @@ For each decoder block (one on the work device at a time, see core/capture.py):
      gate,up -> down in Llama);
   2. for each group: run the calibration activations through the block (stopping once the
      group has been called), accumulate the group's Hessian H = (2/N) Σ x xᵀ, quantize each
-     layer of the group with GPTQ (or RTN) per the plan, write Ŵ into the block;
+     layer of the group with its method (core/quant/methods/) per the plan, write Ŵ into the block;
   3. run the block once more, with all its weights quantized, to make the next block's
      inputs.
 
@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Literal
+from typing import Callable
 
 import torch
 from torch import nn
@@ -28,16 +28,15 @@ from .errors import Cancelled
 from .offload import onloaded, trim_memory
 from .inventory import _is_conv1d, find_blocks, linear_weight
 from .plan import LayerPlan, Plan
-from .quant.gptq import HessianAccumulator, gptq_quantize, rel_error
-from .quant.grid import ClipConfig, dequantize_fp8, quantize_fp8, quantize_rtn
+from .quant.gptq import SharedInputHessians, rel_error
+from .quant.grid import ClipConfig, dequantize_fp8, quantize_fp8
+from .quant.registry import quantizer
 from .quant.tensor import QuantizedWeight
-
-Method = Literal["gptq", "rtn"]
 
 
 @dataclass
 class QuantizeOptions:
-    method: Method = "gptq"
+    method: str = "gptq"             # a registered quantizer (core/quant/registry.py)
     damp: float = 0.01               # λ = damp · mean(diag H)
     act_order: bool = False          # columns by descending diag(H), static groups
     static_groups: bool = False      # grids fixed up front even without act-order
@@ -87,14 +86,12 @@ def round_fp8_in_place(module: nn.Module) -> None:
 
 def quantize_layer(W: torch.Tensor, H: torch.Tensor | None, entry: LayerPlan,
                    options: QuantizeOptions) -> tuple[QuantizedWeight, dict]:
-    """One layer per its plan entry: GPTQ against H, or round-to-nearest."""
-    if options.method == "gptq" and H is not None:
-        qw, info = gptq_quantize(W, H, entry.bits, entry.group_size, entry.sym, act_order=options.act_order,
-                                 static_groups=options.static_groups, damp=options.damp,
-                                 block_size=options.block_size, clip=options.clip)
-        return qw, info.to_dict()
-    importance = torch.diag(H) if H is not None else None
-    return quantize_rtn(W.to(torch.float32), entry.bits, entry.group_size, entry.sym, options.clip, importance), {}
+    """One layer per its plan entry, with the method `options.method` names: (codes, the
+    extra fields of its `layer` event)."""
+    method = quantizer(options.method)
+    if method.calibrated and H is None:
+        raise ValueError(f"{method.label} needs the layer's Hessian: calibrate first")
+    return method.quantize(W, H, entry, options)
 
 
 class BlockQuantizer:
@@ -116,8 +113,8 @@ class BlockQuantizer:
         linears = block_linears(block)
         if self.groups is None or any(n not in linears for g in self.groups for n in g):
             self.groups = sequential_groups(block, inputs) if self.calibrated else [list(linears)]
-        # RTN does not depend on the inputs: one pass measures every layer's error
-        sequential = self.options.true_sequential and self.options.method == "gptq"
+        # a method whose codes do not depend on the inputs (RTN): one pass measures every layer's error
+        sequential = self.options.true_sequential and quantizer(self.options.method).sequential
         groups = self.groups if sequential else [[n for g in self.groups for n in g]]
         done, finished = self._apply_partial(index, block)
         try:
@@ -159,33 +156,16 @@ class BlockQuantizer:
         return done, list(mine)
 
     def _hessians(self, block: nn.Module, inputs: BlockInputs, names: list[str]) -> dict[str, torch.Tensor]:
-        """H [d_in, d_in] of each named layer over all batches. Layers that receive the very
-        same input tensor (q, k, v) share one accumulator, so H is computed once for them."""
+        """H [d_in, d_in] of each named layer over all batches; layers that receive the very
+        same input tensor (q, k, v) share one (quant/gptq.SharedInputHessians)."""
         if not names:
             return {}
-        device = inputs.hidden[0].device
-        accs: dict[str, HessianAccumulator] = {}     # leader name -> accumulator
-        alias: dict[str, str] = {}                   # layer -> leader that saw the same input
+        shared = SharedInputHessians()
         for hidden, args, kwargs in zip(inputs.hidden, inputs.args, inputs.kwargs):
-            seen: dict[int, str] = {}
-            alive: list[torch.Tensor] = []           # keeps ids unique during this batch
-
-            def make_cb(name: str) -> Callable[[torch.Tensor], None]:
-                def cb(x: torch.Tensor) -> None:
-                    leader = seen.get(id(x))
-                    if leader is not None:
-                        alias[name] = leader
-                        return
-                    seen[id(x)] = name
-                    alive.append(x)
-                    if name not in accs:
-                        accs[name] = HessianAccumulator(x.shape[-1], device)
-                    accs[name].add(x)
-                return cb
-
-            with record_inputs(block, {n: make_cb(n) for n in names}, stop_after=set(names)):
+            callbacks = {n: (lambda x, n=n: shared.add(n, x)) for n in names}
+            with record_inputs(block, callbacks, stop_after=set(names)):
                 run_block(block, BlockInputs([hidden], [args], [kwargs]))
-        return {n: accs[alias.get(n, n)].H for n in names}
+        return shared.hessians(names)
 
     def _quantize_one(self, name: str, index: int, module: nn.Module, H: torch.Tensor | None) -> QuantizedWeight | None:
         entry = self.plan.entries[name]
@@ -263,8 +243,8 @@ def quantize_model(model: nn.Module, plan: Plan, windows: torch.Tensor | None, o
                                    if e.keep is None and n.startswith(f"{prefix}.{index}.")])
 
     if windows is None:
-        if options.method == "gptq":
-            raise ValueError("GPTQ needs calibration windows")
+        if quantizer(options.method).calibrated:
+            raise ValueError(f"{quantizer(options.method).label} needs calibration windows")
         for index in range(start_block, len(blocks)):
             if check is not None:
                 check()

@@ -84,6 +84,7 @@ def probe_block(config: Any, facts: Any, device: torch.device, dtype: torch.dtyp
     from .inventory import find_blocks, linear_weight
     from .plan import LayerPlan, resolve_group_size
     from .quant.gptq import HessianAccumulator
+    from .quant.registry import quantizer
 
     started = time.perf_counter()
     model = probe_model(config, device, dtype, trust)
@@ -108,7 +109,7 @@ def probe_block(config: Any, facts: Any, device: torch.device, dtype: torch.dtyp
         W = torch.randn(rows, d_in, device=device) * 0.02
         g = resolve_group_size(d_in, group_size)
         entry = LayerPlan(bits=bits, group_size=g, sym=False, keep=None, d_out=rows, d_in=d_in)
-        if method == "gptq":
+        if quantizer(method).calibrated:
             X = torch.randn(PROBE_TOKENS, d_in, device=device)
             H = X.t() @ X / PROBE_TOKENS
         else:

@@ -19,6 +19,7 @@ if TEST_DEVICE == "cuda" and not torch.cuda.is_available():
 if TEST_DEVICE == "cpu":
     os.environ.setdefault("TRITON_INTERPRET", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("BITSMITH_STRICT_EVENTS", "1")   # an undeclared event field fails the job (core/events.py)
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 torch.set_num_threads(min(2, os.cpu_count() or 1))
 

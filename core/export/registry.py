@@ -10,12 +10,11 @@ menus and warnings. A writer that needs torch imports it (or its own module) whe
 
 from __future__ import annotations
 
-import importlib
-import pkgutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
+from ..plugins import import_all
 from .readers import ReaderVerdict
 from .settings import LayerSetting
 
@@ -117,8 +116,7 @@ def export_formats() -> dict[str, ExportFormat]:
     """Every registered format by name, in rank order; imports each module of formats/ once."""
     from . import formats
 
-    for mod in pkgutil.iter_modules(formats.__path__):
-        importlib.import_module(f"{formats.__name__}.{mod.name}")
+    import_all(formats)
     return dict(sorted(_FORMATS.items(), key=lambda item: (item[1].rank, item[0])))
 
 

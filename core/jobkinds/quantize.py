@@ -1,4 +1,5 @@
-"""`quantize`: calibrate, quantize per plan with GPTQ or RTN, write RUN_DIR/quantized/.
+"""`quantize`: calibrate, quantize per plan with a registered method (GPTQ, RTN, ...), write
+RUN_DIR/quantized/.
 
 Events: `plan` (the resolved plan and its budget), `layer` per layer (bits, group size,
 relative output error, seconds), `progress` with an ETA. Finished blocks are saved to
@@ -11,76 +12,18 @@ finished (checkpoint/partial.safetensors), and a resume goes on from the next la
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING
 
 from ..errors import BadInput, Cancelled
-from ..jobs import ModelSpec, RunContext, register_job
-from ..plan import PlanSpec
+from ..jobs import RunContext, register_job
+from ..quant.config import DEFAULT_CALIB, QuantizeSpec  # noqa: F401 (the job's spec, re-exported)
 from ..serve import check_plan_serves, serve_target
 
 if TYPE_CHECKING:   # torch stays out of the window process, which imports job specs
     import torch
 
-# Data-free by default: windows sampled from the model itself. Calibrating on one domain
-# (the builtin Python docs) overfits it: 4-bit g64 WikiText-2, with the range search,
-# 44.2 with builtin, 43.0 with selfgen.
-DEFAULT_CALIB = "selfgen"
 
-
-@dataclass
-class QuantizeSpec:
-    model: ModelSpec = field(default_factory=ModelSpec)
-    method: Literal["gptq", "rtn"] = "gptq"
-    plan: PlanSpec | str = field(default_factory=PlanSpec)   # inline rules, or a plan.json path
-    calib: str = DEFAULT_CALIB        # text source(s); "a+b" mixes sources in equal parts
-    calib_windows: int = 32           # 0: no calibration (RTN only); 32 x 512 = 16k tokens
-    seqlen: int = 512
-    seed: int = 0
-    damp: float = 0.1                 # λ = damp · mean(diag H)
-    act_order: bool = True            # columns by descending diag(H), static groups
-    static_groups: bool = False       # grids fixed up front also without act-order
-    # range-shrink search of each group's grid, weighted by diag(H); None: on for GPTQ (it is
-    # what brings 4-bit g64 from 46.3 to 44.2 on WikiText-2), off for RTN (plain rounding)
-    clip: bool | None = None
-    clip_min_shrink: float = 0.8
-    block_size: int = 128
-    true_sequential: bool = True
-    batch_size: int = 8
-    serve: str = "any"                # runtime the plan is for (core/serve.py): vllm/sglang refuse a plan
-                                      # that gives one fused group (q/k/v, gate/up) different settings
-    # torch CPU threads; null: torch's default (every core). GPTQ's many small operations run
-    # several times faster on 1 thread when the machine is busy, but the result depends on the
-    # thread count (float sums in another order): default 4-bit WikiText-2 42.72 on 2 threads,
-    # 43.06 on 1; so the default does not follow the load
-    threads: int | None = None
-
-    @property
-    def clips(self) -> bool:
-        """Whether the grid's range search runs: `clip`, or by default only for GPTQ."""
-        return self.method == "gptq" if self.clip is None else self.clip
-
-    def validate(self) -> None:
-        serve_target(self.serve)
-        if self.calib_windows < 0:
-            raise BadInput(f"calib_windows {self.calib_windows} is negative", "use --calib-windows 1 or more")
-        if self.calib_windows == 0 and self.method == "gptq":
-            raise BadInput("GPTQ needs calibration windows", "use --calib-windows 1 or more, or --method rtn")
-        if self.seqlen < 2:
-            raise BadInput(f"seqlen {self.seqlen} is too short", "use --seqlen 2 or more (512 is standard)")
-        if not self.damp > 0:
-            raise BadInput(f"damp {self.damp} must be positive", "use e.g. --damp 0.01 or 0.1")
-        if not 0 < self.clip_min_shrink <= 1:
-            raise BadInput(f"clip_min_shrink {self.clip_min_shrink} must be in (0, 1]", "use e.g. 0.8")
-        if self.threads is not None and self.threads < 1:
-            raise BadInput(f"threads {self.threads} must be at least 1", "use e.g. --threads 2")
-        if self.block_size < 1 or self.batch_size < 1:
-            raise BadInput("block_size and batch_size must be at least 1", "use the defaults (128, 8)")
-        if isinstance(self.plan, PlanSpec):
-            self.plan.validate()
-
-
-@register_job("quantize", QuantizeSpec, "quantize a model per a bit plan with GPTQ or RTN")
+@register_job("quantize", QuantizeSpec, "quantize a model per a bit plan (GPTQ, RTN, ...: core/quant/methods/)")
 def run_quantize(spec: QuantizeSpec, ctx: RunContext) -> dict:
     from ..threads import cpu_threads
 
@@ -191,7 +134,7 @@ def _calibrate_or_resume(spec: QuantizeSpec, ctx: RunContext, store, loaded, pla
 
 def _quantize_blocks(spec: QuantizeSpec, ctx: RunContext, store, model, plan, layers: list, windows,
                      results: dict, start_block: int, partial: dict) -> None:
-    """GPTQ/RTN from `start_block` on: a `layer` event per layer, each finished block saved
+    """Quantize from `start_block` on: a `layer` event per layer, each finished block saved
     to checkpoint/ (and its float weights dropped from the model), and on a cancel the
     finished layers of the current block."""
     from ..inventory import find_blocks
@@ -216,7 +159,7 @@ def _quantize_blocks(spec: QuantizeSpec, ctx: RunContext, store, model, plan, la
         replay_block(block, f"{prefix}.{index}", plan, store.load_block(index, plan))
 
     try:
-        quantize_model(model, plan, windows, _options(spec), on_layer=on_layer, on_block_done=on_block_done,
+        quantize_model(model, plan, windows, spec.options(), on_layer=on_layer, on_block_done=on_block_done,
                        check=ctx.cancel.check, start_block=start_block, on_partial=on_partial, partial=partial,
                        replay=replay, release=True)
     except Cancelled:
@@ -241,16 +184,6 @@ def _report(spec: QuantizeSpec, ctx: RunContext, loaded, layers: list, budget, w
             **timing,
             "quantized_dir": str(ctx.run_dir.quantized_dir), "plan_file": str(ctx.run_dir.plan_file),
             "layers": results}
-
-
-def _options(spec: QuantizeSpec):
-    from ..pipeline import QuantizeOptions
-    from ..quant.grid import ClipConfig
-
-    return QuantizeOptions(method=spec.method, damp=spec.damp, act_order=spec.act_order,
-                           static_groups=spec.static_groups, block_size=spec.block_size,
-                           clip=ClipConfig(enabled=True, min_shrink=spec.clip_min_shrink) if spec.clips else None,
-                           true_sequential=spec.true_sequential, batch_size=spec.batch_size)
 
 
 def _progress(ctx: RunContext, total: int, done: int):

@@ -167,7 +167,7 @@ def read_quantized(path: str | Path) -> QuantCheckpoint:
     """Everything in the checkpoint folder, tensors on the CPU."""
     from safetensors.torch import load_file
 
-    from ..model import check_safetensors
+    from ..offload import check_safetensors
 
     path = Path(path)
     manifest = read_manifest(path)
@@ -211,15 +211,14 @@ def _set_fp8_layer(model: nn.Module, name: str, values: torch.Tensor, scale: tor
     module.weight = nn.Parameter(w.t().contiguous() if _is_conv1d(module) else w, requires_grad=False)
 
 
-def load_quantized_model(path: str | Path, spec: Any, device: torch.device, dtype: torch.dtype) -> Any:
-    """A LoadedModel from a checkpoint folder (called by core.model.load_model)."""
+def load_quantized_model(path: str | Path, trust: bool, device: torch.device,
+                         dtype: torch.dtype) -> tuple[nn.Module, Any, dict]:
+    """(model on `device` in eval mode, tokenizer, manifest) from a checkpoint folder
+    (core.model.load_model makes it a LoadedModel)."""
     from transformers import AutoTokenizer
-
-    from ..model import LoadedModel
 
     path = Path(path)
     ckpt = read_quantized(path)
-    trust = bool(getattr(spec, "trust_remote_code", False))
     model = _empty_model(path, trust, dtype)
     install_quantized(model, ckpt.layers, cache_dequantized=device.type == "cpu")
     for name, (values, scale) in ckpt.fp8.items():
@@ -236,8 +235,7 @@ def load_quantized_model(path: str | Path, spec: Any, device: torch.device, dtyp
     tokenizer = AutoTokenizer.from_pretrained(str(path), trust_remote_code=trust)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
-    source = getattr(spec, "source", str(path))
-    return LoadedModel(model, tokenizer, source, str(path), device, dtype, quantized=ckpt.manifest)
+    return model, tokenizer, ckpt.manifest
 
 
 def _check_all_loaded(model: nn.Module, path: Path) -> None:

@@ -13,7 +13,7 @@ clipping search shrinks the range by factors from 1 down to `min_shrink` and kee
 group, the factor with the lowest (optionally importance-weighted) squared error.
 
 Everything here is a pure function on tensors; `quantize_rtn` is round-to-nearest for a
-whole weight matrix, and `fit_grid` / `quantize_column` are the pieces GPTQ uses.
+whole weight matrix, and `fit_grid` / `quantize_codes` are the pieces GPTQ uses.
 """
 
 from __future__ import annotations
@@ -79,12 +79,6 @@ def quantize_codes(w: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, bit
 
 def dequantize_codes(q: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor) -> torch.Tensor:
     return scale * (q - zero)
-
-
-def quantize_column(w: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, bits: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """(codes, w_hat) of one column w [rows] — GPTQ's inner step."""
-    q = quantize_codes(w, scale, zero, bits)
-    return q, dequantize_codes(q, scale, zero)
 
 
 def fit_grid(w: torch.Tensor, bits: int, sym: bool = False, clip: bool | ClipConfig | None = None,

@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 
 from ..files import WIKITEXT_TEST
+from .presets import PRESETS
 
 REFERENCE_SECONDS = 941 + 3019      # the EvoPress reference code here: database + search
 
@@ -58,25 +59,23 @@ def _run_job(path: Path, resume: bool, collect: bool = False, **fields) -> dict:
 
 def _uniform_ppl(model_source: str, db_run: Path, bits: int, common: dict) -> dict:
     """Perplexity of every layer at `bits`, from the same database."""
-    from ..events import Emitter
     from ..inventory import layer_inventory
-    from ..jobs import CancelToken, ModelSpec, RunContext, make_job
+    from ..jobs import ModelSpec, make_job
     from ..model import load_model
-    from ..rundir import RunDir
-    from .driver import Setup, _eval_windows, ensure_database, plan_perplexity
-    from .presets import resolved_preset
+    from .driver import ensure_database, plan_perplexity
     from .genome import SearchSpace
+    from .presets import resolved_preset
+    from .setup import Setup, eval_windows
 
     job = make_job("search", **{**common, "method": "sensitivity", "target_bits": float(bits),
                                 "database": str(db_run)})
     loaded = load_model(ModelSpec(model_source))
     layers = layer_inventory(loaded.model)
-    ctx = RunContext(RunDir(db_run), Emitter(), CancelToken())
-    setup = Setup.create(job.spec, resolved_preset(job.spec), ctx, loaded, layers)
+    setup = Setup.create(job.spec, resolved_preset(job.spec), loaded, layers, run_path=db_run)
     db = ensure_database(setup)
     space = SearchSpace.from_layers(layers, job.spec.levels)
     started = time.time()
-    ppl = plan_perplexity(setup, space, space.uniform(bits), db, _eval_windows(setup))
+    ppl = plan_perplexity(setup, space, space.uniform(bits), db, eval_windows(setup))
     return {"ppl": ppl, "eval_seconds": round(time.time() - started, 1)}
 
 
@@ -85,7 +84,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--model", default="default")
     parser.add_argument("--targets", default="2.5,3.0,3.5")
     parser.add_argument("--methods", default="uniform,sensitivity,spike,evopress")
-    parser.add_argument("--preset", default="cpu", choices=["cpu", "reference"])
+    parser.add_argument("--preset", default="cpu", choices=list(PRESETS))
     parser.add_argument("--group-size", type=int, default=64)
     parser.add_argument("--eval-data", default=f"file:{WIKITEXT_TEST}")
     parser.add_argument("--eval-windows", type=int, default=16)
@@ -143,7 +142,7 @@ class SearchBench:
     """One search job per (method, target) cell in OUT/<method>-<target>/, sharing databases."""
 
     def __init__(self, args: argparse.Namespace) -> None:
-        from ..jobkinds.search import SearchSpec
+        from .config import SearchSpec
 
         self.args = args
         self.levels = SearchSpec().levels          # the search jobs run with the default levels

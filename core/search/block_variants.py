@@ -3,7 +3,7 @@ every level, and who does it — this process as each block is handed over (`Loc
 or Ray tasks, one per (block, level) (core/search/cluster_database.py).
 
 Both call `quantize_groups`, so a level quantized alone gives the very codes, scales and
-errors it gets in the all-levels sweep: GPTQ's rows are independent given H (multigptq.py),
+errors it gets in the all-levels sweep: GPTQ's rows are independent given H (quant/gptq.gptq_sweep),
 and the stacked update adds each row's own products. The files written are the same
 either way (tests/search/test_cluster_database.py checks them byte for byte).
 """
@@ -18,12 +18,11 @@ import torch
 
 from ..inventory import LayerInfo
 from ..plan import resolve_group_size
-from ..quant.gptq import rel_error
+from ..quant.gptq import gptq_multi, rel_error
 from ..quant.tensor import QuantizedWeight
-from .multigptq import gptq_multi
 
 if TYPE_CHECKING:
-    from .database import DatabaseSettings
+    from .db_settings import DatabaseSettings
 
 Variants = dict[str, dict[int, QuantizedWeight]]     # layer -> bits -> variant
 Errors = dict[str, dict[int, float]]                 # layer -> bits -> relative output error

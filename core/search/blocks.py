@@ -10,10 +10,10 @@ identity, so every architecture that transformers runs works the same way.
 
 from __future__ import annotations
 
-
 import torch
 from torch import nn
 
+from ..capture import BlockInputs, capture_block_inputs, run_block
 from ..inventory import find_blocks
 from ..offload import final_norm, head_onloaded, onloaded, placement_of
 
@@ -41,22 +41,19 @@ class BlockRunner:
         return len(self.blocks)
 
     @torch.no_grad()
-    def embed(self, ids: torch.Tensor) -> tuple[torch.Tensor, dict]:
-        """(hidden states entering block 0 [B, L, d], the blocks' call arguments): each
-        block's own (core/capture.capture_block_inputs), under "__calls__"."""
-        from ..capture import capture_block_inputs
-
+    def embed(self, ids: torch.Tensor) -> tuple[torch.Tensor, BlockInputs]:
+        """(hidden states entering block 0 [B, L, d], what every block is called with): one
+        batch of core/capture.capture_block_inputs."""
         captured = capture_block_inputs(self.model, ids, batch_size=len(ids))
         if not captured.hidden:
             raise RuntimeError("the model never reached its first decoder block")
-        return captured.hidden[0], {"__calls__": [calls[0] for calls in captured.calls]}
+        return captured.hidden[0], captured
 
     @torch.no_grad()
-    def block(self, index: int, hidden: torch.Tensor, kwargs: dict) -> torch.Tensor:
-        args, rest = kwargs["__calls__"][index]
+    def block(self, index: int, hidden: torch.Tensor, inputs: BlockInputs) -> torch.Tensor:
+        """Block `index` on `hidden` [B, L, d], with the arguments `embed` caught for it."""
         with onloaded(self.model, index) as block:
-            out = block(hidden, *args, **rest)
-        return out[0] if isinstance(out, (tuple, list)) else out
+            return run_block(block, inputs.for_block(index, [hidden]), stop_early=False)[0]
 
     @torch.no_grad()
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
@@ -68,9 +65,9 @@ class BlockRunner:
     @torch.no_grad()
     def final(self, ids: torch.Tensor) -> torch.Tensor:
         """The last block's outputs [B, L, d] (before the final norm)."""
-        hidden, kwargs = self.embed(ids)
+        hidden, inputs = self.embed(ids)
         for b in range(self.n_blocks):
-            hidden = self.block(b, hidden, kwargs)
+            hidden = self.block(b, hidden, inputs)
         return hidden
 
     @torch.no_grad()

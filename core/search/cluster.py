@@ -44,12 +44,12 @@ from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
 
 from ..errors import BadInput, BitsmithError, Cancelled
-from .cluster_units import ActorJob, ScoringActor, Unit, combine_units, plan_units
+from .cluster_units import ActorJob, ActorShape, ScoringActor, Unit, combine_units, plan_units
 
 if TYPE_CHECKING:
     from ..events import Emitter
     from .cluster_database import RayBlocks
-    from .database import DatabaseSettings
+    from .db_settings import DatabaseSettings
     from .genome import Genome
 
 INSTALL_HINT = "install the cluster extra: pip install 'bitsmith[cluster]' (or leave --cluster out)"
@@ -180,17 +180,6 @@ def connect(address: ClusterAddress) -> tuple[Any, bool]:
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise BadInput(f"cannot connect to the Ray cluster at {address.text}: {first}", fix) from None
     return ray, True
-
-
-@dataclass(frozen=True)
-class ActorShape:
-    count: int
-    num_cpus: int
-    num_gpus: int
-
-    def describe(self) -> str:
-        each = "1 GPU" if self.num_gpus else f"{self.num_cpus} CPU core{'s' * (self.num_cpus > 1)}"
-        return f"{self.count} scoring actor{'s' * (self.count > 1)}, {each} each"
 
 
 def size_pool(address: ClusterAddress, resources: dict, nodes: int, threads: int | None,

@@ -30,8 +30,8 @@ from .block_variants import BlockDone, Errors, LayerGroup, Variants, quantize_gr
 
 if TYPE_CHECKING:
     from ..events import Emitter
-    from .cluster import ActorShape
-    from .database import DatabaseSettings
+    from .cluster_units import ActorShape
+    from .db_settings import DatabaseSettings
 
 POLL_S = 0.2          # the driver checks its cancel token this often while tasks run
 TASK_RETRIES = 3      # re-runs of a task whose worker died (Ray's own retry)

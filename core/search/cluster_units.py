@@ -26,6 +26,17 @@ if TYPE_CHECKING:
     from .genome import Genome
 
 
+@dataclass(frozen=True)
+class ActorShape:
+    count: int
+    num_cpus: int
+    num_gpus: int
+
+    def describe(self) -> str:
+        each = "1 GPU" if self.num_gpus else f"{self.num_cpus} CPU core{'s' * (self.num_cpus > 1)}"
+        return f"{self.count} scoring actor{'s' * (self.count > 1)}, {each} each"
+
+
 # --- units: the pieces of a stage ---------------------------------------------------------
 
 @dataclass
@@ -142,7 +153,7 @@ class ActorJob:
 
 
 def actor_job(setup: Any, levels: Sequence[int], db: Any, targets: Path) -> ActorJob:
-    """The ActorJob of a search (driver.Setup): the driver's model as it was loaded — its
+    """The ActorJob of a search (setup.Setup): the driver's model as it was loaded — its
     dtype, so the actors compute what it would; a path source made absolute."""
     from ..model import model_fingerprint
 

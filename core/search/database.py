@@ -3,7 +3,7 @@
 Hessians come from the dense model, one block at a time (forward hooks while the block is
 on the work device, core/capture.iterate_blocks): only one block's Hessians exist at once.
 Layers that read the same input tensor (q/k/v, gate/up) share one Hessian, and all their
-levels are quantized in one sweep (core/search/multigptq.py). A candidate model is then assembled by
+levels are quantized in one sweep (core/quant/gptq.gptq_sweep). A candidate model is then assembled by
 swapping dequantized variants in — no requantizing during a search.
 
 On disk, one folder per settings hash, so later searches on the same model, calibration
@@ -18,11 +18,10 @@ Variants are read lazily (safetensors maps the file) and kept dequantized in a b
 
 from __future__ import annotations
 
-import hashlib
 import json
 import time
 from collections import OrderedDict
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -35,67 +34,21 @@ from ..errors import BadInput
 from ..capture import BlockInputs, forward_with_input_hooks, iterate_blocks, run_block
 from ..inventory import LayerInfo, find_blocks, linear_weight
 from ..model import model_fingerprint
-from ..quant.gptq import HessianAccumulator
+from ..quant.gptq import SharedInputHessians
 from ..quant.tensor import QuantizedWeight
 from .block_variants import BlockQuantizer, LocalBlocks, block_groups
+from .db_settings import DB_FORMAT, DB_VERSION, DatabaseSettings
 
-DB_FORMAT = "bitsmith-variant-db"
-DB_VERSION = 1
 KEPT = 16      # the level that means "the dense weight": never stored, error 0
 HESSIAN_BATCH = 4   # calibration windows per block call while collecting Hessians
 
 
-@dataclass(frozen=True)
-class DatabaseSettings:
-    """Everything a variant depends on, besides the level (the database's identity)."""
-
-    model: str            # model fingerprint (model_fingerprint)
-    calib: str            # calibration text source
-    windows: int
-    seqlen: int
-    seed: int
-    group_size: int
-    sym: bool
-    damp: float = 0.1             # the quantize job's defaults, so variants match what it makes
-    act_order: bool = True
-    static_groups: bool = False
-    clip: bool = True
-    propagate_bits: int | None = None   # None: Hessians of the dense model (the reference); b: inputs
-                                        # propagated through the model quantized at b (core/search/propagated.py)
-
-    def key(self) -> str:
-        fields = {k: v for k, v in asdict(self).items() if not (k == "propagate_bits" and v is None)}
-        doc = json.dumps({"format": DB_FORMAT, "version": DB_VERSION, **fields}, sort_keys=True)
-        return hashlib.sha256(doc.encode()).hexdigest()[:16]
-
-
 # --- Hessians ----------------------------------------------------------------------------
 
-class _HessianHooks:
-    """Forward pre-hooks that accumulate H of each hooked layer. A layer whose input is the
-    very tensor the layer hooked before it received (q/k/v read one normed hidden state,
-    gate/up another) shares that layer's accumulator; the first batch decides who shares."""
-
-    def __init__(self) -> None:
-        self.acc: dict[str, HessianAccumulator] = {}
-        self.owner: dict[str, str] = {}
-        self._last_x: object = None
-        self._last_name: str | None = None
-
-    def hook_for(self, name: str) -> Callable:
-        def hook(module: torch.nn.Module, args: tuple) -> None:
-            x = args[0]
-            if name not in self.owner:
-                self.owner[name] = self.owner[self._last_name] if x is self._last_x else name  # type: ignore[index]
-            self._last_x, self._last_name = x, name
-            if self.owner[name] == name:
-                if name not in self.acc:
-                    self.acc[name] = HessianAccumulator(x.shape[-1], device=x.device)
-                self.acc[name].add(x)
-        return hook
-
-    def hessians(self, names: Sequence[str]) -> dict[str, torch.Tensor]:
-        return {n: self.acc[self.owner[n]].H for n in names}
+def _input_hook(shared: SharedInputHessians, name: str) -> Callable:
+    """A forward pre-hook feeding layer `name`'s input to `shared` (quant/gptq.py: layers fed
+    the very same tensor, q/k/v or gate/up, share one H; the first batch decides)."""
+    return lambda module, args: shared.add(name, args[0])
 
 
 @torch.no_grad()
@@ -105,18 +58,18 @@ def collect_hessians(model: torch.nn.Module, layers: Sequence[LayerInfo], window
     """({layer: H [d_in, d_in]}, {layer: layer whose input it shares}) from one pass over
     the dense model (every layer's Hessian held at once: for small models and checks;
     `build_database` keeps one block's)."""
-    hooks = _HessianHooks()
-    forward_with_input_hooks(model, {l.name: hooks.hook_for(l.name) for l in layers}, windows, batch_size,
+    shared = SharedInputHessians()
+    forward_with_input_hooks(model, {l.name: _input_hook(shared, l.name) for l in layers}, windows, batch_size,
                              check, on_batch)
-    return hooks.hessians([l.name for l in layers]), hooks.owner
+    return shared.hessians([l.name for l in layers]), shared.owner
 
 
 @torch.no_grad()
 def _block_hessians(block: torch.nn.Module, block_name: str, layers: Sequence[LayerInfo], inputs: BlockInputs,
                     check: Callable[[], None] | None) -> tuple[dict[str, torch.Tensor], dict[str, str], list]:
     """(H per layer, sharing owners, the block's outputs) of one onloaded block over all batches."""
-    hooks = _HessianHooks()
-    handles = [block.get_submodule(l.name[len(block_name) + 1:]).register_forward_pre_hook(hooks.hook_for(l.name))
+    shared = SharedInputHessians()
+    handles = [block.get_submodule(l.name[len(block_name) + 1:]).register_forward_pre_hook(_input_hook(shared, l.name))
                for l in layers]
     try:
         outs = []
@@ -127,7 +80,7 @@ def _block_hessians(block: torch.nn.Module, block_name: str, layers: Sequence[La
     finally:
         for handle in handles:
             handle.remove()
-    return hooks.hessians([l.name for l in layers]), hooks.owner, outs
+    return shared.hessians([l.name for l in layers]), shared.owner, outs
 
 
 # --- the database ------------------------------------------------------------------------

@@ -23,23 +23,10 @@ from typing import Callable, Sequence
 
 from .. import atomic
 from .genome import Genome, SearchSpace, exchanges, offspring, start_candidates
+from .presets import Preset
 from .selection import select
 
 CHECKPOINT_VERSION = 1
-
-
-@dataclass
-class EvoConfig:
-    generations: int
-    offspring: int
-    survivors: list[int]          # per stage; the last is 1
-    tokens: list[int]             # per stage: tokens in that stage's fresh sample
-    seqlen: int                   # tokens per pool window
-    pool_windows: int             # windows in the pool the samples are drawn from
-    start_candidates: int = 8     # fractional targets: random starts to choose from
-    mutation: str = "within"      # within: flips inside equal-size groups (the reference);
-                                  # exchange: also between sizes that divide (core/search/genome.py)
-    seed: int = 0
 
 
 @dataclass
@@ -81,10 +68,17 @@ def load_state(path: Path, key: str) -> SearchState | None:
     return SearchState(**doc)
 
 
-def sample_rows(rng: random.Random, tokens: int, cfg: EvoConfig) -> list[int]:
-    """A fresh sample: ⌈tokens / seqlen⌉ distinct pool windows (at most the pool)."""
-    n = min(cfg.pool_windows, max(1, -(-tokens // cfg.seqlen)))
+def sample_rows(rng: random.Random, tokens: int, cfg: Preset) -> list[int]:
+    """A fresh sample: ⌈tokens / fitness_seqlen⌉ distinct pool windows (at most the pool)."""
+    n = min(cfg.pool_windows, max(1, -(-tokens // cfg.fitness_seqlen)))
     return sorted(rng.sample(range(cfg.pool_windows), n))
+
+
+def config_record(cfg: Preset, seed: int) -> dict:
+    """The loop's settings as a search report records them."""
+    return {"generations": cfg.generations, "offspring": cfg.offspring, "survivors": list(cfg.survivors),
+            "tokens": list(cfg.tokens), "seqlen": cfg.fitness_seqlen, "pool_windows": cfg.pool_windows,
+            "start_candidates": cfg.start_candidates, "mutation": cfg.mutation, "seed": seed}
 
 
 # Scoring: (genomes, pool window rows) -> mean KL per token of each genome.
@@ -100,11 +94,12 @@ class Hooks:
     tokens: Callable[[], tuple[float, int]] | None = None     # (forward, candidate) tokens so far
 
 
-def evopress(space: SearchSpace, target: float, cfg: EvoConfig, score: Score, checkpoint: Path,
+def evopress(space: SearchSpace, target: float, cfg: Preset, seed: int, score: Score, checkpoint: Path,
              key: str, resume: bool = False, hooks: Hooks | None = None) -> SearchState:
-    """Run (or continue) the search; returns the final state (its `parent` is the result)."""
+    """Run (or continue) the search with the settings `cfg` (core/search/presets.py) and the
+    random seed `seed`; returns the final state (its `parent` is the result)."""
     hooks = hooks or Hooks()
-    rng = random.Random(cfg.seed)
+    rng = random.Random(seed)
     state = load_state(checkpoint, key) if resume else None
     token_base = (state.forward_tokens, state.candidate_tokens) if state else (0.0, 0)
     started = time.time() - (state.seconds if state else 0.0)
@@ -155,4 +150,4 @@ def evopress(space: SearchSpace, target: float, cfg: EvoConfig, score: Score, ch
     return state
 
 
-__all__ = ["EvoConfig", "SearchState", "evopress", "save_state", "load_state", "sample_rows", "Hooks"]
+__all__ = ["SearchState", "evopress", "config_record", "save_state", "load_state", "sample_rows", "Hooks"]

@@ -20,6 +20,7 @@ from typing import Callable, Sequence
 import torch
 import torch.nn.functional as F
 
+from ..capture import BlockInputs
 from ..evaluate import kl_per_token
 from .blocks import BlockRunner
 from .genome import Genome
@@ -141,7 +142,7 @@ class CandidateScorer:
     def _key(self, genome: Genome, block: int) -> tuple[int, ...]:
         return tuple(genome[i] for i in self.block_layers[block])
 
-    def _descend(self, block: int, hidden: torch.Tensor, kwargs: dict, members: list[int],
+    def _descend(self, block: int, hidden: torch.Tensor, inputs: BlockInputs, members: list[int],
                  genomes: Sequence[Genome], rows: torch.Tensor, totals: list[float],
                  check: Callable[[], None] | None = None) -> None:
         tokens = hidden.shape[0] * hidden.shape[1]
@@ -160,9 +161,9 @@ class CandidateScorer:
             if check is not None:          # between candidates (and shared prefixes)
                 check()
             self._apply(block, key)
-            out = self.runner.block(block, hidden, kwargs)
+            out = self.runner.block(block, hidden, inputs)
             self.forward_tokens += tokens / self.runner.n_blocks
-            self._descend(block + 1, out, kwargs, groups[key], genomes, rows, totals, check)
+            self._descend(block + 1, out, inputs, groups[key], genomes, rows, totals, check)
 
     @torch.no_grad()
     def totals(self, genomes: Sequence[Genome], window_rows: Sequence[int],
@@ -177,14 +178,14 @@ class CandidateScorer:
             if check is not None:
                 check()
             rows = rows_all[start: start + self.batch_size]
-            hidden, kwargs = self.runner.embed(self.targets.windows[rows])
+            hidden, inputs = self.runner.embed(self.targets.windows[rows])
             tokens.append(hidden.shape[0] * hidden.shape[1])
             kl.append([0.0] * len(genomes))
             if self.share_prefixes:
-                self._descend(0, hidden, kwargs, list(range(len(genomes))), genomes, rows, kl[-1], check)
+                self._descend(0, hidden, inputs, list(range(len(genomes))), genomes, rows, kl[-1], check)
             else:
                 for m in range(len(genomes)):
-                    self._descend(0, hidden, kwargs, [m], genomes, rows, kl[-1], check)
+                    self._descend(0, hidden, inputs, [m], genomes, rows, kl[-1], check)
         self.candidate_tokens += sum(tokens) * len(genomes)
         return kl, tokens
 

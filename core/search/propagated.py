@@ -32,13 +32,12 @@ from ..capture import BlockInputs, iterate_blocks
 from ..inventory import LayerInfo, find_blocks, linear_weight
 from ..pipeline import BlockQuantizer, QuantizeOptions, write_weight
 from ..plan import plan_from_bits
-from ..quant.gptq import rel_error
+from ..quant.gptq import gptq_multi, rel_error
 from ..quant.grid import ClipConfig
 from ..quant.tensor import QuantizedWeight
-from .multigptq import gptq_multi
 
 if TYPE_CHECKING:
-    from .database import DatabaseSettings
+    from .db_settings import DatabaseSettings
 
 # save_block(block, {layer: {bits: variant}}, {layer: {bits: rel_error}}, seconds)
 SaveBlock = Callable[[int, dict[str, dict[int, QuantizedWeight]], dict[str, dict[int, float]], float], None]

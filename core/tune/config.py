@@ -23,6 +23,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
+from ..config import setting
 from ..errors import BadInput
 from ..jobs import ModelSpec
 
@@ -32,37 +33,41 @@ Method = Literal["pv", "ste", "continuous", "eora"]
 @dataclass
 class TuneSpec:
     model: ModelSpec = field(default_factory=ModelSpec)  # source: a native quantized checkpoint folder
-    teacher: str | None = None        # the dense model; default: the checkpoint's base model
+    teacher: str | None = setting(None, "the dense model (default: the checkpoint's base model)")
     method: Method = "pv"
     steps: int = 100
-    lr: float = 3e-4                  # Adam on continuous parameters, betas (0.9, 0.95)
-    code_lr: float = 1e-2             # Adam on the straight-through buffers, betas (code_beta1, 0.95)
-    code_beta1: float = 0.0           # 0 as in the reference; > 0 averages noisy small-batch gradients
-    code_precondition: bool = False   # scale the V step per input column by E[x_j²]^(-1/2) (core/tune/vstep.py)
-    code_lr_in_grid_steps: bool = False   # code_lr in units of each group's scale (core/tune/vstep.py)
-    check_codes: bool = True          # keep a V step only if it lowers the next batch's loss (2 more forwards)
-    check_z: float = 0.0              # … by more than z standard errors of the per-token loss change
-    tau: float = 0.01                 # fraction of each layer's weights re-rounded per step (pv)
-    delta_decay: float = 0.0          # 0 keeps R across steps, 1 resets it to W_hat each step
-    rank: int = 32                    # eora: adapter rank
-    calib: str = "selfgen"            # calibration text source (core/data.py); never the eval text
-    windows: int = 64                 # calibration windows (tuning data, or EoRA's covariance)
+    lr: float = setting(3e-4, "Adam lr of scales, zero points, norms")   # betas (0.9, 0.95)
+    code_lr: float = setting(1e-2, "Adam lr of the straight-through buffers")   # betas (code_beta1, 0.95)
+    # > 0 averages noisy small-batch gradients
+    code_beta1: float = setting(0.0, "Adam beta1 of the straight-through buffers (reference 0)")
+    code_precondition: bool = setting(False, "scale each input column's V step by E[x_j^2]^(-1/2)")  # tune/vstep.py
+    code_lr_in_grid_steps: bool = setting(False, "--code-lr in units of each group's scale (grid steps per step)")
+    check_codes: bool = setting(True, "keep a V step only if it lowers the loss of the next step's windows")
+    check_z: float = setting(0.0, "with --check-codes: the decrease must exceed this many standard errors")
+    tau: float = setting(0.01, "fraction of weights re-rounded per step (pv)")
+    delta_decay: float = setting(0.0, "0 keeps R across steps, 1 resets it to W_hat each step")
+    rank: int = setting(32, "EoRA adapter rank")
+    calib: str = setting("selfgen", "calibration text source (default selfgen: sampled from the dense model); "
+                         "never the eval text")
+    windows: int = setting(64, "calibration windows (tuning data, or EoRA's covariance)")
     seqlen: int = 256
-    batch: int = 4                    # windows per optimizer step
-    micro_batch: int | None = None    # windows per forward/backward; default: the whole batch
-    eval_every: int = 10              # evaluate on held-out windows every k steps (0: start and end only)
+    batch: int = setting(4, "windows per step")
+    micro_batch: int | None = setting(None, "windows per forward/backward (default: --batch)")
+    eval_every: int = setting(10, "evaluate on held-out windows every k steps (0: start and end only)")
     eval_data: str = "builtin-eval"
     eval_windows: int = 8
-    eval_seqlen: int | None = None    # default: seqlen
-    select_by: Literal["kl", "ppl"] = "kl"   # which held-out metric picks the best state
-    checkpoint_every: int = 50        # steps between resumable checkpoints (0: never)
+    eval_seqlen: int | None = setting(None, "held-out window length (default: --seqlen)")
+    select_by: Literal["kl", "ppl"] = setting("kl", "which held-out metric picks the best state")
+    checkpoint_every: int = setting(50, "steps between resumable checkpoints (0: never)")
     seed: int = 0
     train_zeros: bool = True
-    train_norms: bool = True          # norms and the quantized layers' biases
+    train_norms: bool = setting(True, "train the norms and the quantized layers' biases")
     train_embeddings: bool = False
     train_head: bool = False
-    teacher_topk: int | None = 128    # teacher targets kept per token; null: the full distribution
-    grad_checkpointing: bool | None = None   # per block; default: on for CUDA, off on the CPU
+    teacher_topk: int | None = setting(128, "teacher targets kept per token (0 = the full distribution)",
+                                       none_as=0)
+    grad_checkpointing: bool | None = setting(None, "recompute each block in the backward pass "
+                                              "(default: on for CUDA, off on the CPU)")
 
     @property
     def effective_tau(self) -> float:

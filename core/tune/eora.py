@@ -4,6 +4,7 @@ For a layer with dense weight W, quantized W_hat, error ΔW = W - W_hat [d_out, 
 calibration inputs X [d_in, N]:
 
     C = X Xᵀ / N                      running mean, float32       [d_in, d_in]
+                                      (= H / 2: core/quant/gptq.HessianAccumulator.C)
     eigh(C) = Q Λ Qᵀ                  float64
     Q' = Q Λ^½                        (the input eigenspace, scaled by importance)
     U S Vᵀ = svd(ΔW Q')               keep rank r
@@ -18,22 +19,6 @@ plain truncated SVD of ΔW only minimises the weight error.
 from __future__ import annotations
 
 import torch
-
-
-class CovarianceAccumulator:
-    """C = X Xᵀ / N as a running mean in float32, fed rows x [..., d_in]."""
-
-    def __init__(self, d_in: int, device: torch.device | str = "cpu") -> None:
-        self.C = torch.zeros(d_in, d_in, dtype=torch.float32, device=device)
-        self.n = 0
-
-    @torch.no_grad()
-    def add(self, x: torch.Tensor) -> None:
-        x = x.reshape(-1, x.shape[-1]).float()           # [n, d_in]
-        n = x.shape[0]
-        total = self.n + n
-        self.C.mul_(self.n / total).addmm_(x.t(), x, alpha=1.0 / total)
-        self.n = total
 
 
 def eora_adapters(delta_w: torch.Tensor, C: torch.Tensor, rank: int,

@@ -15,3 +15,19 @@ def test_optional_bool_is_a_three_way_choice_that_defaults_to_the_engine(qtbot):
     for value in (False, True, None):
         form.set_value("clip", value)
         assert form.values()["clip"] is value
+
+
+def test_method_menu_and_greyed_fields_come_from_the_quantizer_registry(qtbot):
+    """The quantize page lists every registered method; a field only some methods read (GPTQ's
+    damp) is disabled while another is chosen."""
+    from bitsmith.app.strategies import USED_BY
+    from bitsmith.core.quant.registry import quantizer_names
+
+    form = SpecForm(QuantizeSpec)
+    qtbot.addWidget(form)
+    combo = form.widgets["method"]
+    assert [combo.itemData(i) for i in range(combo.count())] == quantizer_names()
+    assert form.values()["method"] == "gptq"
+    form.set_used_by("method", USED_BY["quantize"])
+    form.set_value("method", "rtn-mse")
+    assert not form.widgets["damp"].isEnabled() and form.widgets["true_sequential"].isEnabled()

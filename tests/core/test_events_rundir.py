@@ -67,3 +67,31 @@ def test_state_of_a_dead_worker_reads_interrupted(tmp_path):
     assert run.read_state()["state"] == "new"
     atomic.write_json(run.state_file, {"state": "running", "pid": 2**22 + 12345})
     assert run.read_state()["state"] == "interrupted"
+
+
+def test_event_fields_are_declared(monkeypatch):
+    """An undeclared field is a bug: the test suite (strict) raises; a user's run warns and goes on."""
+    got = []
+    em = Emitter([got.append])
+    with pytest.raises(ValueError, match="undeclared 'spike'"):
+        em.layer("model.layers.0.mlp.down_proj", spike=3.0)
+    with pytest.raises(ValueError, match="lacks 'state'"):
+        em.emit("stage", stage="quantize")
+    monkeypatch.setenv("BITSMITH_STRICT_EVENTS", "0")
+    em.layer("model.layers.0.mlp.down_proj", spike=3.0)
+    assert got and got[-1]["spike"] == 3.0
+
+
+def test_the_window_reads_declared_event_fields_only():
+    import re
+    from pathlib import Path
+
+    import bitsmith.app
+    from bitsmith.core.events import EVENTS
+
+    declared = {"v", "t", "type"} | {f for t in EVENTS.values() for f in t.fields + t.optional}
+    read = set()
+    for file in Path(bitsmith.app.__file__).parent.glob("*.py"):
+        read |= set(re.findall(r"""\bevent(?:\.get\(|\[)\s*["']([a-z_]+)["']""", file.read_text(encoding="utf-8")))
+    assert {"rel_error", "spike_score", "message"} <= read
+    assert read <= declared, f"the window reads undeclared event fields: {sorted(read - declared)}"

@@ -14,28 +14,9 @@ import pytest
 
 ROOMS = ("bitsmith.app", "bitsmith.core", "bitsmith.kernels")
 
-# Circles known to be removed by the branch being merged into main (the one-shape work on
-# model, quant/checkpoint, search/* and jobkinds/*): each entry must disappear after that merge,
-# and test_allowed_circles_are_still_there then says to delete it here.
-ALLOWED_CIRCLES = {
-    # model.load_model lazily imports quant.checkpoint.load_quantized_model, which lazily
-    # imports model.check_safetensors / LoadedModel back.
-    frozenset({"bitsmith.core.model", "bitsmith.core.quant.checkpoint"}),
-    # jobkinds.search runs search.driver, which imports jobkinds.common / jobkinds.quantize
-    # (and jobkinds.search's SearchSpec for its types) back.
-    frozenset({"bitsmith.core.jobkinds.search", "bitsmith.core.search.driver"}),
-    # the pre-flight estimate probes with the quantize job's options (jobkinds.quantize), whose
-    # job runs the pre-flight check (jobkinds.common -> estimate): goes when the quantize spec
-    # and its options move to core/quant (one shape for every job kind).
-    frozenset({"bitsmith.core.estimate", "bitsmith.core.jobkinds.common", "bitsmith.core.jobkinds.quantize"}),
-    # search.database builds its blocks with search.block_variants and lazily search.propagated;
-    # both name database's settings type (type-only imports).
-    frozenset({"bitsmith.core.search.block_variants", "bitsmith.core.search.database",
-               "bitsmith.core.search.propagated"}),
-    # search.cluster starts the database tasks of search.cluster_database, which takes the
-    # cluster's connection type back.
-    frozenset({"bitsmith.core.search.cluster", "bitsmith.core.search.cluster_database"}),
-}
+# Circles allowed for a while (each entry must disappear when the work that removes it is
+# merged, and test_allowed_circles_are_still_there then says to delete it here): none now.
+ALLOWED_CIRCLES: set[frozenset[str]] = set()
 
 
 @dataclass(frozen=True)

@@ -26,3 +26,16 @@ def test_no_perplexity():
     # a tune report names its checkpoint folder under "quantized": a string, not a block
     assert find_ppl({"quantized": "/runs/r/quantized", "before": {"ppl": 9.0}}) is None
     assert find_ppl(None) is None and find_ppl({}) is None
+
+
+def test_the_common_core_of_every_report():
+    from bitsmith.core.report import report_core
+
+    budget = {"avg_code_bits": 3.0, "effective_bits": 3.5, "total_bytes": 10}
+    search = {"model": {"source": "default"}, "budget": budget, "ppl": 62.1,
+              "eval": {"data": "builtin-eval", "windows": 4, "seqlen": 512}}
+    core = report_core(search)
+    assert core.model == "default" and core.budget == budget and core.ppl == {"ppl": 62.1}
+    tune = {"source": "r/quantized", "plan": {"budget": budget}, "best": {"ppl": 18.0, "step": 4}}
+    assert report_core(tune).budget == budget and report_core(tune).ppl == {"ppl": 18.0}
+    assert report_core(None) == report_core({}) and report_core({}).model is None

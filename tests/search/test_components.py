@@ -5,13 +5,12 @@ from __future__ import annotations
 import torch
 
 from bitsmith.core.inventory import layer_inventory
-from bitsmith.core.quant.gptq import gptq_quantize
+from bitsmith.core.quant.gptq import gptq_multi, gptq_quantize
 from bitsmith.core.search.assemble import Assembler
 from bitsmith.core.search.blocks import BlockRunner
 from bitsmith.core.search.database import find_database, open_database, DatabaseSettings
 from bitsmith.core.search.fitness import CandidateScorer, dense_targets
 from bitsmith.core.search.genome import SearchSpace
-from bitsmith.core.search.multigptq import gptq_multi
 from bitsmith.core.search.spike import choose_kept, spike_allocation, spike_scores
 from bitsmith.core.synthetic import tiny_model
 

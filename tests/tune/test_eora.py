@@ -6,7 +6,8 @@ import torch
 
 from bitsmith.core.quant.grid import quantize_rtn
 from bitsmith.core.tune.distill import kl_full, kl_loss, teacher_targets
-from bitsmith.core.tune.eora import CovarianceAccumulator, eora_adapters, svd_adapters
+from bitsmith.core.quant.gptq import HessianAccumulator as CovarianceAccumulator   # one accumulator: C = H / 2
+from bitsmith.core.tune.eora import eora_adapters, svd_adapters
 
 
 def _correlated_inputs(d_in: int, n: int, gen: torch.Generator) -> torch.Tensor:

@@ -1,0 +1,1 @@
+"""Allocators: one module each, registered with core/search/registry.register_allocator."""

@@ -1,8 +1,9 @@
 """Export a quantized run: choose the checkpoint, a format and where to write it. Before
 anything runs, the dialog says what the format stores, how large the export will be
 (core.export.estimate, from the checkpoint's manifest and header alone) and what the format
-cannot represent exactly (core.export.checks). The export itself is an `export` job; when it
-ends, the window says where the files went."""
+cannot represent exactly (core.export.checks). The formats, and which options each reads,
+come from the export-format registry (core.export.registry). The export itself is an
+`export` job; when it ends, the window says where the files went."""
 
 from __future__ import annotations
 
@@ -12,10 +13,9 @@ from pathlib import Path
 from PySide6.QtWidgets import (QDialog, QDialogButtonBox, QFileDialog, QFormLayout, QHBoxLayout, QLabel, QLineEdit,
                                QPlainTextEdit, QPushButton, QVBoxLayout, QWidget)
 
-from .widgets import ComboBox, window_hint
+from bitsmith.core.files import QUANT_MANIFEST
 
-MANIFEST = "bitsmith-quant.json"
-FORMAT_FOLDER = {"gptq": "gptq", "compressed-tensors": "compressed-tensors", "gguf": "gguf", "native": "native"}
+from .widgets import ComboBox, window_hint
 
 
 def _mib(n: float) -> str:
@@ -40,7 +40,7 @@ def size_text(estimate: dict) -> str:
 class ExportDialog(QDialog):
     def __init__(self, window, checkpoints: list[tuple[str, str]]) -> None:
         super().__init__(window)
-        from bitsmith.core.export.checks import FORMATS
+        from bitsmith.core.export.registry import export_formats, export_option
 
         self.window_ = window
         self.setWindowTitle("Export a quantized model")
@@ -48,12 +48,13 @@ class ExportDialog(QDialog):
         for label, path in checkpoints:
             self.source.addItem(label, path)
         self.format = ComboBox()
-        self.format.addItems(list(FORMATS))
+        self.format.addItems(list(export_formats()))
         self.lowbit = ComboBox()
-        self.lowbit.addItem("lossless (2/3-bit stored exactly in Q4 blocks)", "lossless")
-        self.lowbit.addItem("kquant (llama.cpp K-quants, approximate)", "kquant")
+        lowbit = export_option("lowbit")
+        for mode in lowbit.choices:
+            self.lowbit.addItem(lowbit.labels.get(mode, mode), mode)
         self.checkpoint_format = ComboBox()
-        self.checkpoint_format.addItems(["auto", "v2"])
+        self.checkpoint_format.addItems(list(export_option("checkpoint_format").choices))
         self.folder = QLineEdit(placeholderText="the export run's own folder (RUN/export/FORMAT)")
         self.folder.setText(str(window.settings.value("export_folder", "") or ""))
         browse = QPushButton("Choose…", clicked=self._choose_folder)
@@ -95,19 +96,21 @@ class ExportDialog(QDialog):
         if not path:
             return None
         try:
-            return json.loads((Path(path) / MANIFEST).read_text(encoding="utf-8"))
+            return json.loads((Path(path) / QUANT_MANIFEST).read_text(encoding="utf-8"))
         except (OSError, ValueError):
             return None
 
     def update_warnings(self, *_) -> None:
         from bitsmith.core.export.checks import export_warnings, layer_settings
-        from bitsmith.core.export.estimate import FORMAT_STORES, estimate_export
-        from bitsmith.core.export.readers import reader_verdicts, reader_warnings
+        from bitsmith.core.export.estimate import estimate_export
+        from bitsmith.core.export.readers import reader_warnings
+        from bitsmith.core.export.registry import export_formats, reader_verdicts
 
         fmt = self.format.currentText()
-        self.lowbit.setEnabled(fmt == "gguf")
-        self.checkpoint_format.setEnabled(fmt == "gptq")
-        self.stores.setText(FORMAT_STORES.get(fmt, ""))
+        format_ = export_formats()[fmt]
+        self.lowbit.setEnabled(format_.reads("lowbit"))
+        self.checkpoint_format.setEnabled(format_.reads("checkpoint_format"))
+        self.stores.setText(format_.stores)
         self._update_target()
         manifest = self.manifest()
         if manifest is None:
@@ -143,7 +146,7 @@ class ExportDialog(QDialog):
         source = self.source.currentData()
         if not parent or not source:
             return None
-        base = f"{Path(source).parent.name}-{FORMAT_FOLDER.get(self.format.currentText(), 'export')}"
+        base = f"{Path(source).parent.name}-{self.format.currentText()}"
         path, n = Path(parent).expanduser() / base, 2
         while path.exists():
             path, n = Path(parent).expanduser() / f"{base}-{n}", n + 1

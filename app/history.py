@@ -13,6 +13,8 @@ from PySide6.QtCore import Qt, Signal
 from PySide6.QtWidgets import (QAbstractItemView, QHBoxLayout, QLabel, QPushButton, QTreeWidget,
                                QTreeWidgetItem, QVBoxLayout, QWidget)
 
+from bitsmith.core.files import QUANT_MANIFEST
+from bitsmith.core.report import find_ppl
 from bitsmith.core.rundir import RunDir
 
 
@@ -65,8 +67,8 @@ class RunRecord:
     @property
     def own_ppl(self) -> float | None:
         """The perplexity this run measured itself (an eval, a search's final eval, a tune)."""
-        value = _dig(self.report, "ppl", "eval.ppl", "after.ppl", "quantized.ppl", "best.ppl")
-        return float(value) if isinstance(value, (int, float)) else None
+        found = find_ppl(self.report)
+        return found["ppl"] if found else None
 
     @property
     def measured_by(self) -> "RunRecord | None":
@@ -102,7 +104,7 @@ class RunRecord:
 
     @property
     def has_quantized(self) -> bool:
-        return (self.run.quantized_dir / "bitsmith-quant.json").is_file()
+        return (self.run.quantized_dir / QUANT_MANIFEST).is_file()
 
 
 def read_run(path: Path) -> RunRecord | None:

@@ -71,10 +71,6 @@ class LayerTableModel(QAbstractTableModel):
         self.endResetModel()
         self.planChanged.emit()
 
-    def layer_dicts(self) -> list[dict]:
-        return [{"name": r.name, "block": r.block, "role": r.role, "d_out": r.d_out, "d_in": r.d_in}
-                for r in self.rows]
-
     def row_of(self, name: str) -> int | None:
         return self._index.get(name)
 

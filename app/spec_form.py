@@ -9,15 +9,17 @@ import types
 import typing
 from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
 
+from PySide6.QtCore import Signal
 from PySide6.QtWidgets import QCheckBox, QComboBox, QDoubleSpinBox, QFormLayout, QLineEdit, QSpinBox, QWidget
+
+from bitsmith.core.files import WIKITEXT_TEST
 
 from .widgets import ComboBox, DoubleSpinBox, SpinBox
 
 FILLED_BY_WINDOW = ("model", "plan")
 # Text-source fields get an editable list of the sources core/data.py understands.
 SOURCE_FIELDS = ("data", "calib", "eval_data", "calib_data", "eval")
-WIKITEXT = "file:../shared/data/wikitext-2-raw/wiki.test.raw"
-SOURCES = ["builtin", "builtin-eval", "selfgen", WIKITEXT, "hf:wikitext:wikitext-2-raw-v1:test"]
+SOURCES = ["builtin", "builtin-eval", "selfgen", f"file:{WIKITEXT_TEST}", "hf:wikitext:wikitext-2-raw-v1:test"]
 
 
 TRI_STATE = {"auto": None, "on": True, "off": False}    # an optional bool's choices
@@ -42,8 +44,21 @@ def _default(f: dataclasses.Field) -> Any:
     return None
 
 
+def _change_signals(widget: QWidget) -> list:
+    """The signals that say a field's value changed (a typed text as well as a picked item)."""
+    if isinstance(widget, QComboBox):
+        return [widget.currentIndexChanged] + ([widget.editTextChanged] if widget.isEditable() else [])
+    if isinstance(widget, QCheckBox):
+        return [widget.toggled]
+    if isinstance(widget, (QSpinBox, QDoubleSpinBox)):
+        return [widget.valueChanged]
+    return [widget.textChanged]
+
+
 class SpecForm(QWidget):
     """Widgets for the simple fields of `spec_cls`; `values()` gives only changed-or-set fields."""
+
+    changed = Signal()          # any field's value changed (the pre-flight estimate follows it)
 
     def __init__(self, spec_cls: type, skip: tuple[str, ...] = FILLED_BY_WINDOW, parent=None) -> None:
         super().__init__(parent)
@@ -64,6 +79,8 @@ class SpecForm(QWidget):
                 continue
             widget, getter = made
             self.widgets[f.name], self.getters[f.name] = widget, getter
+            for signal in _change_signals(widget):
+                signal.connect(self.changed)
             layout.addRow(f.name.replace("_", " "), widget)
 
     def _widget(self, tp: Any, default: Any, name: str = ""):

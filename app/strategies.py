@@ -1,6 +1,5 @@
 """Job launchers: one page per job kind the engine provides (evaluate, quantize, search
-with its methods, tune), each with its parameters and a Run button. A kind the engine does
-not have yet is shown disabled, saying which part is missing — never faked."""
+with its methods, tune), each with its parameters and a Run button."""
 
 from __future__ import annotations
 
@@ -13,16 +12,15 @@ from bitsmith.core.jobs import ModelSpec, job_kinds
 
 from .spec_form import SpecForm
 
-# kind -> (tab title, what it does in the window, the engine part that provides it)
+# kind -> (tab title, what it does in the window)
 ACTIONS = {
     "search": ("Strategy", "Find a bit plan: spike-aware, EvoPress or the sensitivity baseline. "
-               "The resulting plan lands in the layer table for you to adjust.", "issue 5 (core/jobkinds/search.py)"),
+               "The resulting plan lands in the layer table for you to adjust."),
     "quantize": ("Quantize", "Quantize the model with the plan in the layer table (RTN or GPTQ). "
-                 "Layer errors fill the table, heat map and plots as they arrive.", "issue 3 (core/jobkinds/quantize.py)"),
+                 "Layer errors fill the table, heat map and plots as they arrive."),
     "tune": ("Tune", "Fine-tune a quantized run (PV-Tuning / STE) against the dense model; loss and "
-             "perplexity/KL plot live.", "issue 6 (core/jobkinds/tune.py)"),
-    "eval": ("Evaluate", "Perplexity of the open model (dense or a quantized checkpoint) on a text source.",
-             "the foundation (core/jobkinds/eval.py)"),
+             "perplexity/KL plot live."),
+    "eval": ("Evaluate", "Perplexity of the open model (dense or a quantized checkpoint) on a text source."),
 }
 
 
@@ -52,33 +50,26 @@ class StrategiesPanel(QTabWidget):
         self.run_buttons: dict[str, QPushButton] = {}
         self.model_choice: dict[str, QComboBox] = {}
         kinds = job_kinds()
-        for kind, (title, text, part) in ACTIONS.items():
+        for kind, (title, text) in ACTIONS.items():
             page = QWidget()
             layout = QVBoxLayout(page)
             layout.addWidget(QLabel(text, wordWrap=True))
+            if kind in CHOOSE_MODEL:
+                combo = ComboBox(minimumContentsLength=30)
+                combo.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)
+                self.model_choice[kind] = combo
+                row = QFormLayout()
+                row.addRow("Model", combo)
+                layout.addLayout(row)
+            form = SpecForm(kinds[kind].spec_cls)
+            if "method" in form.widgets and kind in USED_BY:
+                form.set_used_by("method", {f: m for f, m in USED_BY[kind].items() if f in form.widgets})
+            self.forms[kind] = form
+            scroll = QScrollArea(widgetResizable=True)
+            scroll.setWidget(form)
+            layout.addWidget(scroll, 1)
             button = QPushButton(f"Run {kind}", objectName="primary")
-            if kind in kinds:
-                if kind in CHOOSE_MODEL:
-                    combo = ComboBox(minimumContentsLength=30)
-                    combo.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)
-                    self.model_choice[kind] = combo
-                    row = QFormLayout()
-                    row.addRow("Model", combo)
-                    layout.addLayout(row)
-                form = SpecForm(kinds[kind].spec_cls)
-                if "method" in form.widgets and kind in USED_BY:
-                    form.set_used_by("method", {f: m for f, m in USED_BY[kind].items() if f in form.widgets})
-                self.forms[kind] = form
-                scroll = QScrollArea(widgetResizable=True)
-                scroll.setWidget(form)
-                layout.addWidget(scroll, 1)
-                button.clicked.connect(lambda _=False, k=kind: self._run(k))
-            else:
-                button.setEnabled(False)
-                button.setToolTip(f"needs the {kind} job, which this build does not have yet: {part}")
-                layout.addWidget(QLabel(f"<i>Not available: the engine's {kind} job is missing ({part}).</i>",
-                                        wordWrap=True))
-                layout.addStretch(1)
+            button.clicked.connect(lambda _=False, k=kind: self._run(k))
             self.run_buttons[kind] = button
             layout.addWidget(button)
             self.addTab(page, title)
@@ -97,24 +88,25 @@ class StrategiesPanel(QTabWidget):
             i = combo.findData(current)
             combo.setCurrentIndex(max(i, 0))
 
-    def available(self, kind: str) -> bool:
-        return kind in self.forms
-
     def set_running(self, running: bool) -> None:
-        for kind, button in self.run_buttons.items():
-            button.setEnabled(not running and kind in self.forms)
+        for button in self.run_buttons.values():
+            button.setEnabled(not running)
 
     def _run(self, kind: str) -> None:
         try:
-            values = self.forms[kind].values()
+            values = self.fields_for(kind)
         except ValueError as err:
             self.problem.emit(str(err))
             return
+        self.runRequested.emit(kind, values)
+
+    def fields_for(self, kind: str) -> dict:
+        """The page's spec fields (its model choice included); ValueError says what is wrong."""
+        values = self.forms[kind].values()
         if kind in self.model_choice:
             path = self.model_choice[kind].currentData()
             if path == "":
-                self.problem.emit(f"{kind} needs a quantized checkpoint: run quantize first")
-                return
+                raise ValueError(f"{kind} needs a quantized checkpoint: run quantize first")
             if path is not None:
                 values["model"] = ModelSpec(path)
-        self.runRequested.emit(kind, values)
+        return values

@@ -398,7 +398,7 @@ def workload_of(kind: str, spec: Any, facts: ModelFacts | None = None) -> Worklo
                        seqlen=spec.seqlen, batch_size=spec.batch_size,
                        selfgen="selfgen" in spec.calib and spec.calib_windows > 0)
     if kind == "search":
-        from .search.driver import resolved_preset
+        from .search.presets import resolved_preset
 
         preset = resolved_preset(spec)
         stages = [preset.offspring] + list(preset.survivors[:-1])
@@ -444,7 +444,7 @@ def estimate_job(job: Any, probe: bool = True, run_dir: Path | None = None) -> E
     model = getattr(spec, "model", None)
     if job.kind not in ESTIMATED or model is None:
         raise BadInput(f"there is no estimate for {job.kind} jobs yet", f"estimate a {', '.join(ESTIMATED)} job")
-    from .jobkinds.common import cpu_threads
+    from .threads import cpu_threads
 
     base = current_rss()                      # before the probe: what the job's process starts from
     code_pages = _file_rss()

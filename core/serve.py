@@ -49,13 +49,13 @@ class ServeTarget:
 
 def gguf_level_cost(d_in: int, bits: int, group_size: int, sym: bool) -> Fraction:
     """Bits per weight of a layer in the GGUF type the exporter writes for it with
-    `--lowbit kquant` (a 16-bit level is F16); Q2_K, Q3_K, Q4_0/Q4_1, Q8_0 per
-    core/export/estimate.gguf_type, their sizes from GGUF_BPW."""
-    from .export.estimate import GGUF_BPW, gguf_type
+    `--lowbit kquant` (a 16-bit level is F16): the exporter's own policy
+    (core/export/gguf_policy.py), from the plan alone."""
+    from .export.gguf_policy import BITS_PER_WEIGHT, planned_block_type
 
     if bits >= 16:
         return Fraction(16)
-    return Fraction(GGUF_BPW[gguf_type(bits, d_in, group_size, sym, True, "kquant")])
+    return Fraction(BITS_PER_WEIGHT[planned_block_type(bits, d_in, group_size, sym, True, "kquant")])
 
 
 SERVE_TARGETS: dict[str, ServeTarget] = {}

@@ -24,9 +24,6 @@ torch.set_num_threads(min(2, os.cpu_count() or 1))
 
 from bitsmith.core.synthetic import FAMILIES, save_tiny_model, tiny_tokenizer  # noqa: E402
 
-REPO = Path(__file__).resolve().parent.parent
-WIKITEXT_TEST = REPO.parent / "shared" / "data" / "wikitext-2-raw" / "wiki.test.raw"
-
 
 @pytest.fixture(scope="session")
 def tiny_models(tmp_path_factory) -> dict[str, Path]:

@@ -13,16 +13,22 @@ per-format warnings, which layers the format cannot represent exactly, the measu
 what it rounds, which readers load the file (readers.py), and its size against the model it
 was quantized from.
 `export_warnings(plan_or_manifest, format)` gives the warnings up front, from the plan alone,
-including every reader that will refuse or misread the file (readers.reader_verdicts).
+including every reader that will refuse or misread the file (registry.reader_verdicts).
+
+Each format registers itself from its own file in formats/ (registry.py); this package's
+import stays torch-free (the window imports it): source.py, the writers and the card load
+when an export runs.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING
 
 from ..atomic import staged_dir
-from .checks import FORMATS, export_warnings, layer_settings
+from .checks import export_warnings
+from .registry import ExportFormat, check_options, export_formats, format_names, reader_verdicts
+from .settings import layer_settings
 
 if TYPE_CHECKING:
     from .source import ExportSource
@@ -37,58 +43,23 @@ def __getattr__(name: str):
         return getattr(source, name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
-LOWBIT_MODES = ("lossless", "kquant")
-EMBED_BITS = (8, 16)
+
 EXPORT_RECORD = "bitsmith-export.json"     # what `bitsmith verify` reads: format, source checkpoint, options
 
 
-def _writer(fmt: str) -> Callable:
-    if fmt == "gptq":
-        from .gptq import export_gptq
-        return export_gptq
-    if fmt == "compressed-tensors":
-        from .compressed import export_compressed
-        return export_compressed
-    if fmt == "gguf":
-        from .gguf_file import export_gguf
-        return export_gguf
-    from .native import export_native
-    return export_native
-
-
-def _data_warnings(fmt: str, report: dict) -> list[str]:
-    """Findings that need the tensors: rounded zero points, inexact GGUF layers."""
+def _data_warnings(fmt: ExportFormat, report: dict) -> list[str]:
+    """Findings that need the tensors: rounded zero points (any format), then the format's own."""
     out = list(report.get("notes", []))
     rounded = report.get("rounded_zero_layers") or {}
     if rounded:
         worst = max(r["added_rel_error"] for r in rounded.values())
-        out.append(f"{len(rounded)} layers have fractional zero points (after tuning); {fmt} stores integers, "
+        out.append(f"{len(rounded)} layers have fractional zero points (after tuning); {fmt.name} stores integers, "
                    f"so they were rounded (added relative weight error up to {worst:.2e})")
-    if fmt == "gguf" and report.get("not_exact"):
-        names = report["not_exact"]
-        worst = max(names, key=lambda n: report["layers"][n]["rel_error"])
-        out.append(f"{len(names)} layers are not stored exactly in GGUF; the largest added relative weight error "
-                   f"is {report['layers'][worst]['rel_error']:.3g} in {worst} "
-                   f"({report['layers'][worst].get('note', '')})")
-    return out
-
-
-def _check_options(options: dict) -> None:
-    from ..errors import BadInput
-    from .compressed import CT_LAYOUTS
-
-    if options.get("lowbit", "lossless") not in LOWBIT_MODES:
-        raise BadInput(f"unknown --lowbit mode {options['lowbit']!r}", "use lossless or kquant")
-    if options.get("ct_layout", "sym") not in CT_LAYOUTS:
-        raise BadInput(f"unknown --ct-layout {options['ct_layout']!r}", f"use one of: {', '.join(CT_LAYOUTS)}")
-    if int(options.get("embed_bits", 8)) not in EMBED_BITS:
-        raise BadInput(f"--embed-bits {options['embed_bits']} is not offered", "use 8 (Q8_0) or 16 (F16)")
+    return out + fmt.data_warnings(report)
 
 
 def _readers(source: ExportSource, fmt: str, options: dict, report: dict) -> list[dict]:
     from dataclasses import asdict
-
-    from .readers import reader_verdicts
 
     known = {"ct_layout": options.get("ct_layout", "sym")}
     if "groups" in report:
@@ -103,10 +74,12 @@ def export_checkpoint(source: ExportSource | str | Path, fmt: str, out: str | Pa
     from .card import bits_summary, model_card
     from .common import folder_bytes, source_model_size, write_json
 
-    if fmt not in FORMATS:
-        raise BadInput(f"unknown export format {fmt!r}", f"use one of: {', '.join(FORMATS)}")
+    formats = export_formats()
+    if fmt not in formats:
+        raise BadInput(f"unknown export format {fmt!r}", f"use one of: {', '.join(formats)}")
+    format_ = formats[fmt]
     options = dict(options or {})
-    _check_options(options)
+    check_options(options)
     from .source import ExportSource, open_source
 
     if not isinstance(source, ExportSource):
@@ -119,8 +92,8 @@ def export_checkpoint(source: ExportSource | str | Path, fmt: str, out: str | Pa
                                arch=source.model_type, act_order=source.act_order,
                                ct_layout=options.get("ct_layout", "sym"), embed_bits=int(options.get("embed_bits", 8)))
     with staged_dir(out) as tmp:
-        report = _writer(fmt)(source, tmp, options)
-        warnings += _data_warnings(fmt, report)
+        report = format_.write(source, tmp, options)
+        warnings += _data_warnings(format_, report)
         report["readers"] = _readers(source, fmt, options, report)
         report["source_model"] = source_model_size(source)
         record = {"format": fmt, "source_checkpoint": str(source.path) if source.path else None,
@@ -132,11 +105,11 @@ def export_checkpoint(source: ExportSource | str | Path, fmt: str, out: str | Pa
         (tmp / "README.md").write_text(model_card(source, fmt, str(out), report, warnings), encoding="utf-8")
         report["bytes"] = folder_bytes(tmp)
     report["files"] = sorted(set(report.get("files", [])) | {"README.md", EXPORT_RECORD})
-    if fmt != "native" and source.adapters:
+    if not format_.holds_checkpoint and source.adapters:
         report["not_representable"] = sorted(set(report.get("not_representable", [])) | set(source.adapters))
     return {"format": fmt, "out": str(out), "warnings": warnings, **bits_summary(source),
             "measured_ppl": source.measured_ppl(), **report}
 
 
-__all__ = ["EMBED_BITS", "EXPORT_RECORD", "FORMATS", "LOWBIT_MODES", "ExportSource", "export_checkpoint", "export_warnings",
-           "layer_settings", "open_source", "source_from_model"]
+__all__ = ["EXPORT_RECORD", "ExportSource", "export_checkpoint", "export_formats", "export_warnings", "format_names",
+           "layer_settings", "open_source", "reader_verdicts", "source_from_model"]

@@ -1,34 +1,15 @@
-"""The README.md model card every export carries: plan summary, bits, perplexity, how to load."""
+"""The README.md model card every export carries: plan summary, bits, perplexity, how to load.
+The format's own text (notes, imports, extra lines) comes from its file in formats/."""
 
 from __future__ import annotations
 
 from collections import Counter
+from typing import TYPE_CHECKING
 
-from .source import ExportSource
+from .registry import export_formats
 
-IMPORTS = {
-    "gptq": "from gptqmodel import GPTQModel; from transformers import AutoModelForCausalLM",
-    "compressed-tensors": "from transformers import AutoModelForCausalLM, CompressedTensorsConfig",
-    "gguf": "from transformers import AutoModelForCausalLM",
-    "native": "",
-}
-
-
-FORMAT_NOTES = {
-    "gptq": "Layout: qweight/qzeros int32 packed along the input/output dimension (3-bit as 32 values in "
-            "3 words), fp16 scales, g_idx in order (desc_act false: no act-order permutation is written). "
-            "Mixed bit-widths are in the `dynamic` block; `-:` patterns mark layers kept at 16-bit.",
-    "compressed-tensors": "Format pack-quantized (int-quantized for asymmetric 8-bit layers under the sym layout), "
-                          "one config group per (bits, group size, symmetry, format); layers kept at 16-bit are "
-                          "in `ignore`. Layout `sym` writes asymmetric b-bit layers as symmetric (b+1)-bit codes "
-                          "q - z (the same weights), which transformers loads; layout `asym` keeps the zero "
-                          "points at the plan's bits.",
-    "gguf": "Block types: Q4_0 where codes minus zero fit [-8, 7] (symmetric 4-bit, every 2/3-bit layer with "
-            "integer zero points), Q4_1 for other 4-bit (and fractional zero points), Q8_0 for 5-8 bits when "
-            "exact, F16 for kept layers; each group's scale is repeated over its 32-weight blocks. The token "
-            "embedding and the head are Q8_0 with --embed-bits 8 (the default), F16 with 16.",
-    "native": "A copy of the Bitsmith checkpoint with its plan, the run's report and provenance.json.",
-}
+if TYPE_CHECKING:
+    from .source import ExportSource
 
 
 def bits_summary(source: ExportSource) -> dict:
@@ -77,6 +58,7 @@ def readers_table(readers: list[dict], out: str, gguf_file: str) -> list[str]:
 
 
 def model_card(source: ExportSource, fmt: str, out: str, format_report: dict, warnings: list[str]) -> str:
+    format_ = export_formats()[fmt]
     bits = bits_summary(source)
     ppl = source.measured_ppl()
     base = source.manifest.get("base_model") or {}
@@ -89,13 +71,7 @@ def model_card(source: ExportSource, fmt: str, out: str, format_report: dict, wa
     lines += ["", f"Average bits per weight of the linear layers: **{bits['avg_code_bits']:.3f}** in codes, "
                   f"**{bits['effective_bits']:.3f}** with 16-bit scales and zeros "
                   f"({bits['linear_params']:,} weights)."]
-    if fmt == "gguf" and "quantized_bits_per_weight" in format_report:
-        lines.append(f"In this GGUF file the quantized layers take {format_report['quantized_bits_per_weight']:.3f} "
-                     f"bits per weight (the plan's {format_report['plan_bits_per_weight']:.3f}); "
-                     f"block types: {format_report['types']}.")
-    if fmt == "compressed-tensors" and "stored_code_bits" in format_report:
-        lines.append(f"Layout `{format_report['ct_layout']}`: the file stores {format_report['stored_code_bits']:.3f} "
-                     f"code bits per weight; config groups: {format_report['config_groups']}.")
+    lines += format_.card_lines(format_report)
     lines += _embedding_lines(format_report) + _size_lines(format_report)
     lines += ["", "## Quality", ""]
     if ppl:
@@ -105,12 +81,12 @@ def model_card(source: ExportSource, fmt: str, out: str, format_report: dict, wa
         lines.append("The run that made this checkpoint measured no perplexity.")
     lines.append(f"`bitsmith verify {out}` loads this folder with every reader installed and prints each "
                  "one's perplexity beside Bitsmith's.")
-    lines += ["", "## Format", "", FORMAT_NOTES[fmt]]
+    lines += ["", "## Format", "", format_.card_notes]
     if warnings:
         lines += ["", "## Notes and warnings", ""] + [f"- {w}" for w in warnings]
     gguf_file = format_report.get("gguf_file", "model.gguf")
     lines += ["", "## Who reads it", ""]
-    if IMPORTS[fmt]:
-        lines += [f"Python calls assume `{IMPORTS[fmt]}`.", ""]
+    if format_.card_imports:
+        lines += [f"Python calls assume `{format_.card_imports}`.", ""]
     lines += readers_table(format_report.get("readers", []), out, gguf_file) + [""]
     return "\n".join(lines)

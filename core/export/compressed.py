@@ -44,11 +44,10 @@ from pathlib import Path
 
 import torch
 
-from .readers import INT8, PACKED
 from .common import copy_tokenizer, dense_tensor, hf_config, integer_zeros, is_symmetric, save_safetensors, to_half, write_json
+from .ct_policy import INT8, ct_setting
+from .settings import LayerSetting
 from .source import ExportSource
-
-CT_LAYOUTS = ("sym", "asym")
 
 
 @dataclass
@@ -70,15 +69,15 @@ def signed_codes(qw, zeros: torch.Tensor) -> torch.Tensor:
 
 
 def ct_layer(qw, zeros: torch.Tensor, exact_zeros: bool, layout: str) -> CtLayer:
-    """How one layer is written under `layout` ("sym" | "asym"); `zeros` integer [N, G]."""
-    codes = qw.codes.to(torch.int64)
-    if exact_zeros and is_symmetric(qw):
-        return CtLayer(qw.bits, True, PACKED, codes, None)
-    if layout == "asym":
-        return CtLayer(qw.bits, False, PACKED, codes, zeros.to(torch.int64))
-    if qw.bits < 8:                 # c = q - z in [-(2^b - 1), 2^b - 1]: signed b + 1 bits
-        return CtLayer(qw.bits + 1, True, PACKED, signed_codes(qw, zeros) + 2 ** qw.bits, None)
-    return CtLayer(8, False, INT8, codes, zeros.to(torch.int64))
+    """How one layer is written under `layout` ("sym" | "asym"), as ct_policy.ct_setting says
+    from its setting (symmetric only when its zeros are exactly the grid's); `zeros` integer [N, G]."""
+    sym = exact_zeros and is_symmetric(qw)
+    bits, _, stored_sym, fmt = ct_setting(LayerSetting(qw.bits, qw.group_size, sym, None), layout)
+    if stored_sym and bits == qw.bits:          # a symmetric grid: the codes as they are
+        return CtLayer(bits, True, fmt, qw.codes.to(torch.int64), None)
+    if stored_sym:                  # c = q - z in [-(2^b - 1), 2^b - 1]: signed b + 1 bits
+        return CtLayer(bits, True, fmt, signed_codes(qw, zeros) + 2 ** qw.bits, None)
+    return CtLayer(bits, False, fmt, qw.codes.to(torch.int64), zeros.to(torch.int64))
 
 
 def ct_layer_tensors(qw, layer: CtLayer, bias: torch.Tensor | None = None) -> dict[str, torch.Tensor]:

@@ -13,19 +13,21 @@ repeats the group's scale. Our w = s (q - z) becomes
 - Q4_1 with d = s, m = -s z otherwise for 2/3/4 bits (fractional z included; the codes
   0..15 fit a nibble unchanged) — 5 bits per weight;
 - Q8_0 with d = s, qs = q - z when q - z fits int8 (5..8 bits) — 8.5 bits per weight.
-The only loss is storing d and m in fp16, which `encode_layer` measures.
+The only loss is storing d and m in fp16, which `encode_layer` measures. Which type a layer
+gets is gguf_policy.choose_block_type; the K-quant encoders are in kquants.py.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cache
 
 import numpy as np
 import torch
 
 from ..quant.tensor import QuantizedWeight
-
-BLOCK = 32
+from .gguf_policy import BLOCK, choose_block_type
+from .kquants import encode_q2_k, encode_q3_k
 
 
 def _per_block(values: torch.Tensor, group_size: int) -> np.ndarray:
@@ -91,30 +93,21 @@ def encode_layer(qw: QuantizedWeight, lowbit: str = "lossless") -> Encoded:
     g, bits = qw.group_size, qw.bits
     z = qw.zeros.float()
     integer_z = bool(torch.all((z - z.round()).abs() <= 1e-4))
-    if g % BLOCK:
-        return Encoded(qw.dequantize().numpy().astype(np.float16), "F16", "fp16-rounded",
-                       f"group size {g} is not a multiple of {BLOCK}: no block type holds it")
-    if bits in (2, 3) and lowbit == "kquant":
-        from .kquants import encode_kquant
-
-        return encode_kquant(qw)
-    if bits <= 4 and integer_z:
-        # Q4_0 holds w = d (q' - 8): exact with q' = q - z + 8 when q - z fits [-8, 7] —
-        # always for 2/3-bit and symmetric 4-bit, for asymmetric 4-bit only by chance.
-        shifted = _shifted_codes(qw)
-        if shifted is not None:
-            note = f"{bits}-bit codes shifted by 8 - z into Q4_0 nibbles" if bits < 4 else ""
-            return Encoded(encode_q4_0(shifted, qw.scales, g), "Q4_0", "exact", note)
-    if bits <= 4:
-        note = "2/3-bit codes stored unchanged in Q4_1 nibbles" if bits < 4 else ""
-        return Encoded(encode_q4_1(qw.codes, qw.scales, qw.zeros, g), "Q4_1", "exact", note)
-    if integer_z:
-        values = qw.codes.to(torch.int64) - z.round().to(torch.int64).repeat_interleave(g, dim=1)
-        if int(values.min()) >= -128 and int(values.max()) <= 127:
-            return Encoded(encode_q8_0(values, qw.scales, g), "Q8_0", "exact")
-    why = "fractional zero points" if not integer_z else "codes minus zero do not fit int8"
-    return Encoded(qw.dequantize().numpy().astype(np.float16), "F16", "fp16-rounded",
-                   f"{bits}-bit with {why}: stored as F16")
+    shifted = cache(lambda: _shifted_codes(qw))        # q - z + 8 [R, C] for Q4_0, or None
+    centred = cache(lambda: _centred_codes(qw))        # q - z [R, C] for Q8_0, or None
+    choice = choose_block_type(bits, qw.shape[1], g, lowbit, integer_z,
+                               lambda: shifted() is not None, lambda: centred() is not None)
+    if choice.qtype == "Q4_0":
+        data = encode_q4_0(shifted(), qw.scales, g)
+    elif choice.qtype == "Q4_1":
+        data = encode_q4_1(qw.codes, qw.scales, qw.zeros, g)
+    elif choice.qtype == "Q8_0":
+        data = encode_q8_0(centred(), qw.scales, g)
+    elif choice.qtype in ("Q2_K", "Q3_K"):
+        data, _ = (encode_q2_k if choice.qtype == "Q2_K" else encode_q3_k)(qw)
+    else:
+        data = qw.dequantize().numpy().astype(np.float16)
+    return Encoded(data, choice.qtype, choice.exact, choice.note)
 
 
 def _shifted_codes(qw: QuantizedWeight) -> torch.Tensor | None:
@@ -124,6 +117,14 @@ def _shifted_codes(qw: QuantizedWeight) -> torch.Tensor | None:
     if int(shifted.min()) < 0 or int(shifted.max()) > 15:
         return None
     return shifted.to(torch.uint8)
+
+
+def _centred_codes(qw: QuantizedWeight) -> torch.Tensor | None:
+    """q - z [R, C] as int64 when every value fits int8, else None."""
+    values = qw.codes.to(torch.int64) - qw.zeros.float().round().to(torch.int64).repeat_interleave(qw.group_size, dim=1)
+    if int(values.min()) < -128 or int(values.max()) > 127:
+        return None
+    return values
 
 
 def decode(enc: Encoded) -> np.ndarray:

@@ -24,9 +24,9 @@ import torch
 
 from ..errors import BadInput
 from ..quant.tensor import QuantizedWeight
-from .checks import GGUF_ARCHES, GGUF_BLOCK
 from .common import dense_tensor, fp16_rel_error
 from .gguf_blocks import Encoded, decode, encode_layer
+from .gguf_policy import BLOCK, GGUF_ARCHES
 from .source import ExportSource
 
 GGUF_FILE_TYPE = {"F16": 1, "Q4_0": 2, "Q4_1": 3, "Q8_0": 7, "Q2_K": 10, "Q3_K": 12}
@@ -152,10 +152,10 @@ def encode_embedding(t: torch.Tensor) -> tuple[np.ndarray, dict]:
     import gguf
 
     w = t.float().numpy()
-    if w.shape[-1] % GGUF_BLOCK:
+    if w.shape[-1] % BLOCK:
         half = w.astype(np.float16)
         return half, {"type": "F16", "rel_error": fp16_rel_error(t.float(), torch.from_numpy(half).float()),
-                      "note": f"width {w.shape[-1]} is not a multiple of {GGUF_BLOCK}: Q8_0 cannot hold it"}
+                      "note": f"width {w.shape[-1]} is not a multiple of {BLOCK}: Q8_0 cannot hold it"}
     data = gguf.quants.quantize(w, gguf.GGMLQuantizationType.Q8_0)               # [rows, d/32 * 34] bytes
     back = gguf.quants.dequantize(data, gguf.GGMLQuantizationType.Q8_0)
     return data, {"type": "Q8_0", "rel_error": fp16_rel_error(t.float(), torch.from_numpy(back).float())}
@@ -190,7 +190,7 @@ def export_gguf(source: ExportSource, folder: Path, options: dict | None = None)
                               **({"note": enc.note} if enc.note else {})}
 
     types = [e.qtype for e in encoded.values()]
-    main_type = max(set(types), key=types.count) if types else "F16"
+    main_type = max(sorted(set(types)), key=types.count) if types else "F16"   # ties: the first name, not the hash seed
     file_name = options.get("file_name") or f"model.{main_type}.gguf"
     writer = gguf.GGUFWriter(str(folder / file_name), arch="llama")
     _add_architecture(writer, config, options.get("name") or "bitsmith-export", GGUF_FILE_TYPE.get(main_type, 1))

@@ -19,6 +19,7 @@ sc_j ~ s / d and m_j ~ s z / dmin; only the 4-bit rounding of the scales and min
 the codes are re-rounded against the rounded scales. Q3_K is symmetric around code 4: a
 symmetric 3-bit grid (z = 4) maps the same way; an asymmetric one is re-quantized from its
 weights per sub-block (scale from the largest magnitude, as llama.cpp does).
+Which layers get a K-quant (and which stay lossless) is gguf_policy.choose_block_type.
 """
 
 from __future__ import annotations
@@ -27,10 +28,7 @@ import numpy as np
 import torch
 
 from ..quant.tensor import QuantizedWeight
-from .gguf_blocks import Encoded
-
-QK = 256
-SUB = 16
+from .gguf_policy import QK, SUB
 
 
 def _sub_block_values(values: torch.Tensor, group_size: int, cols: int) -> np.ndarray:
@@ -104,16 +102,3 @@ def encode_q3_k(qw: QuantizedWeight) -> tuple[np.ndarray, np.ndarray]:
     blocks = np.concatenate([hmask, _pack_low2(q), scales, d.astype("<f2").view(np.uint8)], axis=1)
     return blocks.reshape(rows, -1), decoded
 
-
-def encode_kquant(qw: QuantizedWeight) -> Encoded:
-    """Q2_K for 2-bit, Q3_K for 3-bit layers; the lossless 4-bit block when d_in % 256 != 0."""
-    from .gguf_blocks import encode_layer
-
-    if qw.shape[1] % QK or qw.group_size % SUB:
-        enc = encode_layer(qw, "lossless")
-        enc.note = (f"d_in {qw.shape[1]} is not a multiple of {QK}: K-quants cannot hold it, kept lossless "
-                    f"in {enc.qtype}")
-        return enc
-    data, _ = (encode_q2_k if qw.bits == 2 else encode_q3_k)(qw)
-    qtype = "Q2_K" if qw.bits == 2 else "Q3_K"
-    return Encoded(data, qtype, "re-encoded", f"{qw.bits}-bit grid re-encoded to {qtype}")

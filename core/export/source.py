@@ -15,12 +15,13 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import torch
 
 from ..errors import BadInput
+from ..files import QUANT_MANIFEST
 from ..quant.tensor import QuantizedWeight
+from ..report import find_ppl
 from .checks import asks_act_order  # pure: lives with the checks, which the window imports without torch
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.model",
@@ -60,21 +61,7 @@ class ExportSource:
 
     def measured_ppl(self) -> dict | None:
         """{'ppl': x, 'data': ..., ...} from the run's report when it measured one."""
-        return find_ppl(self.report) if self.report else None
-
-
-def find_ppl(report: dict) -> dict | None:
-    """The perplexity a report holds: its top-level `ppl`, else a nested one (e.g. `eval.ppl`)."""
-    if isinstance(report.get("ppl"), (int, float)):
-        keys = ("data", "seqlen", "windows")
-        return {"ppl": float(report["ppl"]), **{k: report[k] for k in keys if k in report}}
-    for key in ("quantized", "eval", "after", "final", "evaluation"):
-        sub = report.get(key)
-        if isinstance(sub, dict):
-            found = find_ppl(sub)
-            if found:
-                return found
-    return None
+        return find_ppl(self.report)
 
 
 def _read_json(path: Path) -> dict | None:
@@ -108,8 +95,6 @@ def _kept_layers(manifest: dict, plan: dict | None, quantized: set[str]) -> dict
 
 def open_source(path: str | Path) -> ExportSource:
     """Read a native quantized checkpoint folder (and its run's plan and report)."""
-    from ..model import QUANT_MANIFEST
-
     path = Path(path).expanduser().resolve()
     if path.is_dir() and not (path / QUANT_MANIFEST).is_file() and (path / "quantized" / QUANT_MANIFEST).is_file():
         path = path / "quantized"            # a run directory was given

@@ -1,7 +1,7 @@
 """`bitsmith verify EXPORT`: load an export with every reader installed and print each one's
 perplexity beside Bitsmith's own model (the checkpoint the export was written from).
 
-The readers and their exact calls come from `readers.reader_verdicts` (the table the export's
+The readers and their exact calls come from `registry.reader_verdicts` (the table the export's
 README prints). A reader runs when its Python modules import (transformers, compressed-tensors,
 GPTQModel, gguf) or, for llama.cpp, when `llama-perplexity` is on PATH; otherwise it is
 reported as "not installed" with the install command. By default only the calls the README
@@ -219,6 +219,15 @@ TORCH_RUNNERS: dict[str, Callable[[Inputs], torch.nn.Module]] = {
     R.CALL_CT_LIBRARY: _ct_library, R.CALL_NATIVE: _native, R.CALL_HF: _hf}
 
 
+def torch_runner(call: str) -> Callable[[Inputs], torch.nn.Module] | None:
+    """The loader for a reader call: one of the above, or one a format registered (ExportFormat.runners)."""
+    from .registry import export_formats
+
+    if call in TORCH_RUNNERS:
+        return TORCH_RUNNERS[call]
+    return next((f.runners[call] for f in export_formats().values() if call in f.runners), None)
+
+
 # --- llama.cpp -------------------------------------------------------------------------------
 
 def _gguf_bos(path: Path) -> int | None:
@@ -296,7 +305,7 @@ def _logit_diff(model: torch.nn.Module, inputs: Inputs) -> float:
 
 
 def _run_torch(verdict: R.ReaderVerdict, inputs: Inputs, result: ReaderResult) -> ReaderResult:
-    runner = TORCH_RUNNERS[verdict.call]
+    runner = torch_runner(verdict.call)
     try:
         model = runner(inputs)
     except Exception as err:         # a reader refusing the file is a result, not a crash
@@ -333,7 +342,7 @@ def run_reader(verdict: R.ReaderVerdict, inputs: Inputs, run_all: bool, llama_ex
     result = ReaderResult(verdict.reader, verdict.call.format(**paths), verdict.verdict, "not run")
     if verdict.verdict != R.LOADS and not run_all:
         result.detail = f"the README says: {verdict.verdict}" + (f" ({verdict.why})" if verdict.why else "") + \
-            ("; --all runs it" if verdict.call in TORCH_RUNNERS else "")
+            ("; --all runs it" if torch_runner(verdict.call) else "")
         return result
     t0 = time.time()
     if verdict.call == R.CALL_LLAMA:
@@ -341,7 +350,7 @@ def run_reader(verdict: R.ReaderVerdict, inputs: Inputs, run_all: bool, llama_ex
             result.status, result.detail = "not installed", INSTALL[LLAMA_PERPLEXITY]
             return result
         result = _run_llama(inputs, result, llama_exe)
-    elif verdict.call in TORCH_RUNNERS:
+    elif torch_runner(verdict.call):
         missing = _missing(verdict)
         if missing:
             result.status = "not installed"

@@ -11,9 +11,10 @@ from dataclasses import dataclass
 from typing import Literal
 
 from ..errors import BadInput
+from ..export.registry import format_names
 from ..jobs import RunContext, register_job
 
-Format = Literal["gptq", "compressed-tensors", "gguf", "native"]
+Format = Literal[format_names()]          # every registered export format (core/export/formats/)
 
 
 @dataclass

@@ -82,7 +82,7 @@ class QuantizeSpec:
 
 @register_job("quantize", QuantizeSpec, "quantize a model per a bit plan with GPTQ or RTN")
 def run_quantize(spec: QuantizeSpec, ctx: RunContext) -> dict:
-    from .common import cpu_threads
+    from ..threads import cpu_threads
 
     with cpu_threads(spec.threads, follow_load=False) as threads:
         ctx.emitter.log(f"torch CPU threads: {threads}")

@@ -18,10 +18,10 @@ import time
 from pathlib import Path
 
 from ..client import worker_command
+from ..files import WIKITEXT_TEST
 from ..jobs import make_job
 from ..rundir import RunDir
 
-WIKITEXT = Path(__file__).resolve().parents[3] / "shared" / "data" / "wikitext-2-raw" / "wiki.test.raw"
 
 
 def _run_worker(run_dir: Path, job_doc: dict) -> tuple[int, float, dict | None, str]:
@@ -114,7 +114,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seqlen", type=int, default=512)
     parser.add_argument("--group-size", type=int, default=64)
     parser.add_argument("--eval-windows", type=int, default=16)
-    parser.add_argument("--wikitext", default=str(WIKITEXT), help="WikiText-2 test file")
+    parser.add_argument("--wikitext", default=str(WIKITEXT_TEST), help="WikiText-2 test file")
     parser.add_argument("--no-dense", action="store_true", help="skip the dense reference evaluation")
     parser.add_argument("--out", help="folder for the runs (default: a temporary folder, kept)")
     args = parser.parse_args(argv)

@@ -30,6 +30,7 @@ from torch import nn
 
 from .. import atomic
 from ..errors import BadInput
+from ..files import QUANT_MANIFEST as MANIFEST, QUANT_WEIGHTS as WEIGHTS
 from ..inventory import _is_conv1d
 from .grid import dequantize_fp8, quantize_fp8
 from .modules import install_quantized
@@ -37,8 +38,6 @@ from .tensor import QuantizedWeight
 
 FORMAT = "bitsmith-quant"
 VERSION = 1
-MANIFEST = "bitsmith-quant.json"
-WEIGHTS = "bitsmith-weights.safetensors"
 QUANT_SUFFIXES = ("codes", "scales", "zeros", "eora_A", "eora_B", "weight_fp8", "weight_scale")
 
 

@@ -16,10 +16,6 @@ from ..inventory import _is_conv1d
 from .tensor import QuantizedWeight
 
 
-def is_quant_linear(module: nn.Module) -> bool:
-    return bool(getattr(module, "is_bitsmith_linear", False)) or type(module).__name__ == "QuantLinear"
-
-
 def _parent(model: nn.Module, name: str) -> tuple[nn.Module, str]:
     parent_name, _, child = name.rpartition(".")
     return (model.get_submodule(parent_name) if parent_name else model), child

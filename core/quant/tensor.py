@@ -55,11 +55,3 @@ class QuantizedWeight:
         assert d_in % self.group_size == 0, (d_in, self.group_size)
         assert self.scales.shape == self.zeros.shape == (d_out, d_in // self.group_size)
         assert int(self.codes.max()) <= 2 ** self.bits - 1
-
-    def code_bits(self) -> int:
-        """Storage of the codes alone."""
-        return self.codes.numel() * self.bits
-
-    def overhead_bits(self) -> int:
-        """Scales and zero points, at 16 bits each (as every export stores them)."""
-        return 2 * 16 * self.scales.numel()

@@ -18,7 +18,8 @@ import sys
 import time
 from pathlib import Path
 
-WIKITEXT = Path(__file__).resolve().parents[3] / "shared" / "data" / "wikitext-2-raw" / "wiki.test.raw"
+from ..files import WIKITEXT_TEST
+
 REFERENCE_SECONDS = 941 + 3019      # the EvoPress reference code here: database + search
 
 
@@ -62,7 +63,8 @@ def _uniform_ppl(model_source: str, db_run: Path, bits: int, common: dict) -> di
     from ..jobs import CancelToken, ModelSpec, RunContext, make_job
     from ..model import load_model
     from ..rundir import RunDir
-    from .driver import Setup, _eval_windows, ensure_database, plan_perplexity, resolved_preset
+    from .driver import Setup, _eval_windows, ensure_database, plan_perplexity
+    from .presets import resolved_preset
     from .genome import SearchSpace
 
     job = make_job("search", **{**common, "method": "sensitivity", "target_bits": float(bits),
@@ -85,7 +87,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--methods", default="uniform,sensitivity,spike,evopress")
     parser.add_argument("--preset", default="cpu", choices=["cpu", "reference"])
     parser.add_argument("--group-size", type=int, default=64)
-    parser.add_argument("--eval-data", default=f"file:{WIKITEXT}")
+    parser.add_argument("--eval-data", default=f"file:{WIKITEXT_TEST}")
     parser.add_argument("--eval-windows", type=int, default=16)
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--generations", type=int, help="override the preset's generations")

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any, Callable
 import torch
 
 from ..config import to_dict
-from ..jobkinds.common import cpu_threads
+from ..threads import cpu_threads
 from ..errors import BadInput
 from ..events import Progress
 from ..inventory import LayerInfo, inventory_summary, layer_inventory
@@ -25,7 +25,7 @@ from ..plan import OVERHEAD_BITS_PER_GROUP, resolve_group_size
 from .database import (DatabaseSettings, VariantDatabase, build_database, find_database, model_fingerprint,
                        open_database)
 from .genome import Genome, SearchSpace, Tying, check_target
-from .presets import PRESETS, Preset
+from .presets import Preset, resolved_preset
 from ..serve import check_plan_serves, serve_target, tie_units
 
 if TYPE_CHECKING:
@@ -67,20 +67,6 @@ class Setup:
     @property
     def model(self) -> torch.nn.Module:
         return self.loaded.model
-
-
-def resolved_preset(spec: "SearchSpec") -> Preset:
-    """The preset, with every non-null spec field put in its place."""
-    base = asdict(PRESETS[spec.preset])
-    for name in base:
-        value = getattr(spec, name, None)
-        if value is not None:
-            base[name] = value
-    preset = Preset(**base)
-    if len(preset.survivors) != len(preset.tokens):
-        raise BadInput(f"{len(preset.survivors)} survivor counts but {len(preset.tokens)} token counts",
-                       "give one token count per selection stage")
-    return preset
 
 
 def runtime_cost(spec: "SearchSpec") -> Callable[[LayerInfo, int], Any] | None:
@@ -571,4 +557,4 @@ def then_quantize(setup: Setup) -> dict:
     return {k: v for k, v in report.items() if k != "layers"}
 
 
-__all__ = ["run_search_job", "resolved_preset", "ensure_database", "plan_perplexity", "Setup"]
+__all__ = ["run_search_job", "ensure_database", "plan_perplexity", "Setup"]

@@ -128,9 +128,6 @@ class SearchSpace:
     def bits_map(self, genome: Genome) -> dict[str, int]:
         return dict(zip(self.names, self.bits(genome)))
 
-    def genome_of(self, bits_map: dict[str, int]) -> Genome:
-        return tuple(self.levels.index(bits_map[name]) for name in self.names)
-
     def groups(self) -> list[list[int]]:
         """Layer indices grouped by size (q/o, k/v, gate/up/down in a Llama), each in order."""
         by_size: dict[int, list[int]] = {}

@@ -10,7 +10,10 @@ take 1.6 GB).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from ..errors import BadInput
 
 
 @dataclass(frozen=True)
@@ -43,4 +46,20 @@ PRESETS: dict[str, Preset] = {
                   eval_every=0, eval_windows=4, mutation="exchange"),
 }
 
-__all__ = ["Preset", "PRESETS"]
+
+
+def resolved_preset(spec: Any) -> Preset:
+    """The preset, with every non-null spec field put in its place."""
+    base = asdict(PRESETS[spec.preset])
+    for name in base:
+        value = getattr(spec, name, None)
+        if value is not None:
+            base[name] = value
+    preset = Preset(**base)
+    if len(preset.survivors) != len(preset.tokens):
+        raise BadInput(f"{len(preset.survivors)} survivor counts but {len(preset.tokens)} token counts",
+                       "give one token count per selection stage")
+    return preset
+
+
+__all__ = ["Preset", "PRESETS", "resolved_preset"]

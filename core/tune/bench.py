@@ -34,12 +34,12 @@ import time
 from pathlib import Path
 
 from ..client import worker_command
+from ..files import WIKITEXT_TEST
 from ..jobs import make_job
 from ..rundir import RunDir
 from .config import TuneSpec
 from .distill import TEACHER_FILE, TEACHER_META
 
-WIKITEXT = Path(__file__).resolve().parents[3] / "shared" / "data" / "wikitext-2-raw" / "wiki.test.raw"
 
 
 def _worker(run_dir: Path, job_doc: dict, resume: bool = False) -> tuple[int, float, dict | None, str]:
@@ -241,7 +241,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    "windows exceeds this many standard errors")
     p.add_argument("--tune-eval-windows", type=int, default=4, help="held-out builtin-eval windows for best-state")
     p.add_argument("--eval-windows", type=int, default=16, help="WikiText-2 test windows of 512 tokens")
-    p.add_argument("--wikitext", default=str(WIKITEXT))
+    p.add_argument("--wikitext", default=str(WIKITEXT_TEST))
     p.add_argument("--dense-ppl", type=float,
                    help="skip measuring the dense model; use this perplexity (same --eval-windows!)")
     p.add_argument("--out", default="bench-tune", help="folder for the runs and bench.json (re-runs resume)")

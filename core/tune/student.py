@@ -32,7 +32,8 @@ class Student:
 
 
 def open_student(spec: ModelSpec, train_zeros: bool = True) -> Student:
-    from ..model import QUANT_MANIFEST, load_model
+    from ..files import QUANT_MANIFEST
+    from ..model import load_model
     from ..quant.checkpoint import read_quantized
     from ..quant.modules import layer_bias
 

@@ -5,13 +5,11 @@ export to a chosen folder, and a plan that survives a restart."""
 
 from __future__ import annotations
 
-import subprocess
 import time
 
 import pytest
 from PySide6.QtCore import QSettings
 
-from bitsmith.core.client import python_command
 from bitsmith.core.jobs import ModelSpec
 
 QUICK_EVAL = {"data": "builtin-eval", "windows": 1, "seqlen": 32}
@@ -194,43 +192,3 @@ def test_failed_open_says_so_in_the_summary(opened, run_to_end, tmp_path):
     assert run_to_end(w, lambda: w.open_model(str(tmp_path / "missing"))) == "failed"
     text = w.summary.text()
     assert "Could not open" in text and "missing" in text and "Still open" in text and "Opening" not in text
-
-
-def test_the_window_process_never_imports_torch(tiny_llama, tmp_path):
-    """The window, its history, a compare dialog and the export dialog (warnings and size
-    estimate) in a fresh process: torch stays out of it (the worker does all heavy work)."""
-    from bitsmith.core.events import Emitter
-    from bitsmith.core.jobs import make_job
-    from bitsmith.core.rundir import RunDir
-    from bitsmith.core.runner import execute
-
-    runs_root = tmp_path / "runs"
-    for bits in (3, 4):
-        job = make_job("quantize", model={"source": str(tiny_llama)}, method="rtn", calib_windows=0,
-                       plan={"bits": bits, "group_size": 32})
-        assert execute(RunDir.create(runs_root / f"2099010{bits}-000000-quantize-tiny", job.to_dict()), Emitter()) == 0
-    script = f"""
-import os, sys
-os.environ["QT_QPA_PLATFORM"] = "offscreen"
-os.environ["BITSMITH_RUNS"] = {str(runs_root)!r}
-from PySide6.QtCore import QSettings
-from bitsmith.app.main import make_app
-app = make_app()
-from bitsmith.app.main_window import MainWindow
-w = MainWindow(QSettings({str(tmp_path / 's.ini')!r}, QSettings.Format.IniFormat))
-w.show()
-w.model_source = sys.argv[1] if len(sys.argv) > 1 else None
-w.refresh_history()
-records = [r for r in w.history.records if r.has_quantized][:2]
-if len(records) == 2:
-    w._dialog(records)
-w.checkpoints = [(r.name, str(r.run.quantized_dir)) for r in records]
-w.open_export()
-w.last_dialog.format.setCurrentText("gguf")
-app.processEvents()
-print(len(records), "torch" in sys.modules, "transformers" in sys.modules)
-"""
-    out = subprocess.run(python_command("-c", script), capture_output=True, text=True, timeout=120)
-    assert out.returncode == 0, out.stderr[-2000:]
-    records, torch_loaded, transformers_loaded = out.stdout.split()
-    assert records == "2" and torch_loaded == "False" and transformers_loaded == "False"

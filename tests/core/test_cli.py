@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from bitsmith.core.client import module_command
+from bitsmith.core.files import WIKITEXT_TEST
 
-WIKITEXT_TEST = Path(__file__).resolve().parents[3] / "shared" / "data" / "wikitext-2-raw" / "wiki.test.raw"
 
 
 def bitsmith(*args, cwd=None, timeout=300):

@@ -8,7 +8,8 @@ from collections import Counter
 import pytest
 
 from bitsmith.core.export import export_checkpoint
-from bitsmith.core.export.estimate import FORMAT_STORES, estimate_export
+from bitsmith.core.export.estimate import estimate_export
+from bitsmith.core.export.registry import export_formats
 
 
 def _written(folder) -> int:
@@ -24,7 +25,7 @@ def test_estimate_is_close_to_what_the_export_writes(mixed_checkpoint, tmp_path,
     actual = _written(tmp_path / fmt)
     print(f"\n{fmt}/{lowbit}: estimated {estimate['bytes']} B, written {actual} B")
     assert estimate["bytes"] == pytest.approx(actual, rel=0.1)
-    assert estimate["stores"] == FORMAT_STORES[fmt]
+    assert estimate["stores"] == export_formats()[fmt].stores
     if fmt == "gguf":                        # the block type of every layer, as the exporter chose
         assert estimate["types"] == dict(Counter(layer["type"] for layer in report["layers"].values()))
 

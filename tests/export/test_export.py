@@ -10,6 +10,7 @@ from safetensors import safe_open
 
 from bitsmith.core.errors import BadInput
 from bitsmith.core.export import export_checkpoint, export_warnings
+from bitsmith.core.files import QUANT_MANIFEST
 
 
 def _plan(rules, group_size=64):
@@ -48,7 +49,7 @@ def test_warnings_come_from_the_plan_alone():
 
 
 def test_warnings_from_a_checkpoint_manifest(mixed_checkpoint):
-    manifest = json.loads((mixed_checkpoint / "bitsmith-quant.json").read_text())
+    manifest = json.loads((mixed_checkpoint / QUANT_MANIFEST).read_text())
     gguf = export_warnings(manifest, "gguf")
     assert any("fp8" in w for w in gguf) and any("2/3 bits" in w for w in gguf)
     assert not any("act-order" in w for w in export_warnings(manifest, "gptq"))

@@ -10,6 +10,7 @@ import torch
 from bitsmith.core.cli import main
 from bitsmith.core.errors import BadInput
 from bitsmith.core.events import Emitter
+from bitsmith.core.files import QUANT_MANIFEST
 from bitsmith.core.jobs import CancelToken, ModelSpec, make_job
 from bitsmith.core.plan import Plan, load_plan_file
 
@@ -114,7 +115,7 @@ def test_spike_search_chains_into_quantization(run_search, tiny_llama, tmp_path)
     assert code == 0, [e for e in events if e["type"] == "error"]
     scores = [e for e in events if e["type"] == "layer" and "spike_score" in e]
     assert len(scores) == 14 and all(e["spike_score"] >= 1.0 for e in scores)
-    manifest = json.loads((run.quantized_dir / "bitsmith-quant.json").read_text())
+    manifest = json.loads((run.quantized_dir / QUANT_MANIFEST).read_text())
     assert manifest
     plan = json.loads(run.plan_file.read_text())
     assert plan["budget"]["avg_code_bits"] <= 3.0

@@ -16,10 +16,11 @@ from PySide6.QtWidgets import (QHBoxLayout, QHeaderView, QLabel, QLineEdit, QMai
 
 from bitsmith.core.errors import BadInput
 from bitsmith.core.events import read_events
-from bitsmith.core.jobs import ModelSpec, job_kinds
+from bitsmith.core.jobs import ModelSpec, job_kinds, make_job
 from bitsmith.core.rundir import RunDir
 
 from . import paths
+from .estimate_box import EstimateBox
 from .first_run import FirstRunHint
 from .heatmap import HeatMap
 from .history import HistoryPanel, checkpoint_label, model_of, pareto_points, sweep_points
@@ -102,6 +103,8 @@ class MainWindow(QMainWindow):
         self.layers = LayerTableModel(self)
         self.layers.planChanged.connect(self.update_budget)
         self.layers.planChanged.connect(self._plan_changed)
+        self.estimate = EstimateBox(self.job_doc)
+        self.layers.planChanged.connect(self.estimate.request)
         self._save_timer = QTimer(self, singleShot=True, interval=400, timeout=self.save_plan_state)
         self.tabs = QTabWidget()
         self.tabs.addTab(self._plan_page(), "Plan")
@@ -205,11 +208,13 @@ class MainWindow(QMainWindow):
         self.plots = LivePlots()
         self.plots.planRequested.connect(self.use_plan_file)
         self.live_sweep: list[dict] = []      # this run's sweep points, as their events arrive
+        self.estimate.watch(self.strategies)
         left = QWidget()
         col = QVBoxLayout(left)
         col.setContentsMargins(0, 0, 0, 0)
         col.addWidget(self.run_target)
         col.addWidget(self.strategies, 1)
+        col.addWidget(self.estimate)
         split = QSplitter()
         split.addWidget(left)
         split.addWidget(self.plots)
@@ -248,6 +253,7 @@ class MainWindow(QMainWindow):
 
     def _on_finished(self, outcome: str, code: int) -> None:
         self.strategies.set_running(False)
+        self.estimate.hold(False)
         self.picker.open_button.setEnabled(True)
         if self.current_kind == "inspect" and outcome != "done":
             self._open_failed(outcome)
@@ -285,18 +291,10 @@ class MainWindow(QMainWindow):
         if self.model_source is None and kind != "inspect":
             self.runs.set_message("Open a model first.", "warn")
             return None
-        spec_fields = {f for f in job_kinds()[kind].spec_cls.__dataclass_fields__}
-        fields = dict(fields)
-        if "model" in spec_fields and "model" not in fields:
-            fields["model"] = ModelSpec(self.model_source)
-        if "plan" in spec_fields and "plan" not in fields:
-            fields["plan"] = self.plan_for_job(job_kinds()[kind].spec_cls)
-        if "serve" in spec_fields and fields.get("serve", "any") == "any":
-            fields["serve"] = self.serve.currentData()     # the plan panel's target, unless the form names one
         try:
             # opening a model (inspect) stays here: it is what the window itself shows
             submit_to = self.run_target.submit_address() if kind != "inspect" else None
-            run = create_run(kind, **fields)
+            run = create_run(kind, **self.job_fields(kind, fields))
         except (BadInput, TypeError, ValueError) as err:
             message = getattr(err, "message", str(err))
             hint = window_hint(getattr(err, "hint", ""))
@@ -317,6 +315,24 @@ class MainWindow(QMainWindow):
         self.settings.setValue("plan/serve", self.serve.currentData())
         self.update_budget()
 
+    def job_fields(self, kind: str, fields: dict) -> dict:
+        """The page's fields, with the open model and the table's plan where the job takes them."""
+        spec_fields = {f for f in job_kinds()[kind].spec_cls.__dataclass_fields__}
+        fields = dict(fields)
+        if "model" in spec_fields and "model" not in fields:
+            fields["model"] = ModelSpec(self.model_source)
+        if "plan" in spec_fields and "plan" not in fields:
+            fields["plan"] = self.plan_for_job(job_kinds()[kind].spec_cls)
+        if "serve" in spec_fields and fields.get("serve", "any") == "any":
+            fields["serve"] = self.serve.currentData()     # the plan panel's target, unless the form names one
+        return fields
+
+    def job_doc(self, kind: str) -> dict:
+        """The job the Run page's button would start now (what the pre-flight estimate takes)."""
+        if self.model_source is None:
+            raise ValueError("open a model first")
+        return make_job(kind, **self.job_fields(kind, self.strategies.fields_for(kind))).to_dict()
+
     def plan_for_job(self, spec_cls):
         """The table's plan in the form the job's `plan` field takes (a PlanSpec of rules)."""
         from bitsmith.core.config import from_dict
@@ -328,6 +344,7 @@ class MainWindow(QMainWindow):
         self.current_kind, self.last_error = kind, ""
         self.runs.job_started(kind, run, resumed=resume, where=self.run_target.describe() if submit_to else "")
         self.strategies.set_running(True)
+        self.estimate.hold(True)
         self.picker.open_button.setEnabled(False)
         if kind == "eval":
             self.plots.clear_curves()        # the layer errors of the run it measures stay
@@ -386,6 +403,7 @@ class MainWindow(QMainWindow):
         self.setWindowTitle(f"Bitsmith — {self.model_source}")
         self.update_budget()
         self.refresh_history()
+        self.estimate.request()
 
     # --- the plan survives a restart -------------------------------------------------------------
 
@@ -532,6 +550,7 @@ class MainWindow(QMainWindow):
         self.last_dialog = dialog
 
     def closeEvent(self, event) -> None:
+        self.estimate.process.stop()
         for client in [self.client, *self.try_it.clients]:
             if client.running:
                 client.cancel()

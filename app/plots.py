@@ -68,20 +68,23 @@ def _page(plot: QWidget, note: QLabel, empty: str) -> tuple[QWidget, QStackedWid
     return page, stack
 
 
-def fit_range(plot, xs, ys) -> None:
+def fit_range(plot, xs, ys, fixed_x: bool = False) -> None:
     """Autorange, except along an axis where every value is the same (one point, or a flat
     line): pyqtgraph would then spread a zero span over the axis (ticks reading
-    "20.18361967787298" five times, or a step axis from -400 to 400); give it a sensible span."""
+    "20.18361967787298" five times, or a step axis from -400 to 400); give it a sensible span.
+    `fixed_x`: x spans exactly `xs`, which may hold more than this plot's own points (plots
+    stacked one above another all show every step)."""
     for axis, values in (("x", xs), ("y", ys)):
         values = np.asarray(values, dtype=float)
         values = values[np.isfinite(values)]
         if values.size == 0:
             continue
         low, high = float(values.min()), float(values.max())
-        if high - low > 1e-9 * max(1.0, abs(high)):
+        flat = high - low <= 1e-9 * max(1.0, abs(high))
+        if not flat and not (axis == "x" and fixed_x):
             plot.enableAutoRange(**{axis: True})
             continue
-        pad = 1.0 if axis == "x" else max(abs(low) * 0.1, 1e-3)
+        pad = (1.0 if axis == "x" else max(abs(low) * 0.1, 1e-3)) if flat else 0.03 * (high - low)
         (plot.setXRange if axis == "x" else plot.setYRange)(low - pad, high + pad, padding=0)
 
 
@@ -243,9 +246,8 @@ class LivePlots(QTabWidget):
         self._draw_bars(self.error_bars, {n: e for n, (e, _) in self.errors.items()},
                         brushes=[bits_colour(self.errors[n][1]) for n in self._sorted(self.errors)])
         self._draw_bars(self.spike_bars, self.spikes)
-        if self.spikes:
-            top = sorted(self.spikes.items(), key=lambda kv: -kv[1])[:3]
-            self.spike_note.setText("highest: " + ", ".join(f"{n} {v:.1f}" for n, v in top))
+        top = sorted(self.spikes.items(), key=lambda kv: -kv[1])[:3]
+        self.spike_note.setText("highest: " + ", ".join(f"{n} {v:.1f}" for n, v in top) if top else "")
         self._show("errors", bool(self.errors))
         self._show("spikes", bool(self.spikes))
         self._show("fitness", any(name == "fitness" for name, _ in self.series))
@@ -270,10 +272,12 @@ class LivePlots(QTabWidget):
             if len(steps) > 200:
                 curve.setSymbol(None)
             curve.setData(np.asarray(steps), np.asarray(values))
+        steps = [x for (n, _), (st, _) in self.series.items() if n in self._metric_plots for x in st]
         for name, plot in self._metric_plots.items():
-            xs = [x for (n, _), (st, _) in self.series.items() if n == name for x in st]
             ys = [y for (n, _), (_, vs) in self.series.items() if n == name for y in vs]
-            fit_range(plot, xs, ys)
+            # every plot spans every step (not linked: pyqtgraph maps a link through each view's
+            # width on screen, which a plot not yet laid out gets wrong, hiding a step-0 point)
+            fit_range(plot, steps, ys, fixed_x=True)
 
     def _metric_plot(self, name: str) -> pg.PlotItem:
         plot = self._metric_plots.get(name)
@@ -281,11 +285,10 @@ class LivePlots(QTabWidget):
             plot = self.curve_plot.addPlot(row=len(self._metric_plots), col=0)
             cache_axes(plot)
             plot.setLabel("left", name)
+            plot.getAxis("left").setWidth(64)     # one width: the plots' steps line up one above another
             plot.setLabel("bottom", "step")
             plot.showGrid(x=True, y=True, alpha=0.2)
             plot.addLegend(offset=(-10, 10))
-            if self._metric_plots:
-                plot.setXLink(next(iter(self._metric_plots.values())))
             self._metric_plots[name] = plot
         return plot
 

@@ -11,6 +11,7 @@ import types
 import typing
 from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
 
+from PySide6.QtCore import Signal
 from PySide6.QtWidgets import QCheckBox, QComboBox, QDoubleSpinBox, QFormLayout, QLineEdit, QSpinBox, QWidget
 
 from bitsmith.core.config import field_default
@@ -39,8 +40,21 @@ def _unwrap_optional(tp: Any) -> tuple[Any, bool]:
     return tp, False
 
 
+def _change_signals(widget: QWidget) -> list:
+    """The signals that say a field's value changed (a typed text as well as a picked item)."""
+    if isinstance(widget, QComboBox):
+        return [widget.currentIndexChanged] + ([widget.editTextChanged] if widget.isEditable() else [])
+    if isinstance(widget, QCheckBox):
+        return [widget.toggled]
+    if isinstance(widget, (QSpinBox, QDoubleSpinBox)):
+        return [widget.valueChanged]
+    return [widget.textChanged]
+
+
 class SpecForm(QWidget):
     """Widgets for the simple fields of `spec_cls`; `values()` gives only changed-or-set fields."""
+
+    changed = Signal()          # any field's value changed (the pre-flight estimate follows it)
 
     def __init__(self, spec_cls: type, skip: tuple[str, ...] = FILLED_BY_WINDOW, parent=None) -> None:
         super().__init__(parent)
@@ -65,6 +79,8 @@ class SpecForm(QWidget):
             if help_of(f) and not widget.toolTip():     # the CLI's help text, from the same field
                 widget.setToolTip(help_of(f))
             self.widgets[f.name], self.getters[f.name] = widget, getter
+            for signal in _change_signals(widget):
+                signal.connect(self.changed)
             layout.addRow(f.name.replace("_", " "), widget)
 
     @staticmethod

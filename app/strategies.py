@@ -93,15 +93,19 @@ class StrategiesPanel(QTabWidget):
 
     def _run(self, kind: str) -> None:
         try:
-            values = self.forms[kind].values()
+            values = self.fields_for(kind)
         except ValueError as err:
             self.problem.emit(str(err))
             return
+        self.runRequested.emit(kind, values)
+
+    def fields_for(self, kind: str) -> dict:
+        """The page's spec fields (its model choice included); ValueError says what is wrong."""
+        values = self.forms[kind].values()
         if kind in self.model_choice:
             path = self.model_choice[kind].currentData()
             if path == "":
-                self.problem.emit(f"{kind} needs a quantized checkpoint: run quantize first")
-                return
+                raise ValueError(f"{kind} needs a quantized checkpoint: run quantize first")
             if path is not None:
                 values["model"] = ModelSpec(path)
-        self.runRequested.emit(kind, values)
+        return values

@@ -26,6 +26,10 @@ def module_command(module: str, *args: str) -> list[str]:
     return python_command("-m", module, *args)
 
 
+def _frozen_worker() -> str:
+    return str(Path(sys.executable).with_name("bitsmith-worker" + (".exe" if sys.platform == "win32" else "")))
+
+
 def worker_command(run_dir: str | Path, resume: bool = False, submit_to: str | None = None) -> list[str]:
     """The command line that runs the worker; a frozen app ships a separate worker program.
     `submit_to`: a Ray cluster's Jobs API address: the job runs there, and this command
@@ -34,11 +38,20 @@ def worker_command(run_dir: str | Path, resume: bool = False, submit_to: str | N
         return module_command("bitsmith.core.submit", str(Path(run_dir).resolve()), "--address", submit_to) \
             + (["--resume"] if resume else [])
     if getattr(sys, "frozen", False):
-        exe = Path(sys.executable).with_name("bitsmith-worker" + (".exe" if sys.platform == "win32" else ""))
-        cmd = [str(exe), str(run_dir)]
+        cmd = [_frozen_worker(), str(run_dir)]
     else:
         cmd = module_command("bitsmith.core.worker", str(run_dir))
     return cmd + (["--resume"] if resume else [])
+
+
+def estimate_command(job_file: str | Path, out: str | Path) -> list[str]:
+    """`bitsmith run JOB --dry-run --json --out OUT`: the job's pre-flight estimate as JSON on
+    stdout (OUT: where the run would go, for its free disk). A frozen app has no `python -m`:
+    its worker program runs the command line after `--cli`."""
+    args = ["run", str(job_file), "--dry-run", "--json", "--out", str(out)]
+    if getattr(sys, "frozen", False):
+        return [_frozen_worker(), "--cli", *args]
+    return module_command("bitsmith.core.cli", *args)
 
 
 class WorkerProcess:

@@ -5,10 +5,11 @@
 
 Opens the window on the model (an `inspect` job), applies the rule editor's starting
 rules, and — unless --no-jobs — runs real jobs through the worker so the views have
-something to show: a dense evaluation, a quantization with those rules and one at uniform
-3-bit (RTN by default: GPTQ on the default model takes many minutes on a CPU), an
-evaluation of each checkpoint, Try it on the first. Then it saves one PNG per view.
-Runs go to --runs (default: a fresh temporary folder, so your own history is left alone).
+something to show: a dense evaluation, the pre-flight estimate of the quantization, a
+quantization with those rules and one at uniform 3-bit (RTN by default: GPTQ on the default
+model takes many minutes on a CPU), an evaluation of each checkpoint, Try it on the first.
+Then it saves one PNG per view. Runs go to --runs (default: a fresh temporary folder, so your
+own history is left alone). The window is driven by window_walk.py's `Driver`.
 """
 
 from __future__ import annotations
@@ -21,6 +22,8 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(Path(__file__).resolve().parent))     # packaging/ (never the repository root)
+from window_walk import Driver  # noqa: E402
 
 
 def parse_args() -> argparse.Namespace:
@@ -41,7 +44,7 @@ def main() -> int:
     args = parse_args()
     os.environ["BITSMITH_RUNS"] = args.runs or tempfile.mkdtemp(prefix="bitsmith-screenshots-")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    from PySide6.QtCore import QEventLoop, QSettings
+    from PySide6.QtCore import QSettings
 
     from bitsmith.app.main import make_app
     from bitsmith.app.main_window import MainWindow
@@ -52,39 +55,17 @@ def main() -> int:
     window = MainWindow(settings)
     window.resize(1600, 1000)
     window.show()
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+    d = Driver(window, app, Path(args.out), timeout_ms=60 * 60_000)
     saved: list[str] = []
 
-    def settle(ms: int = 400) -> None:
-        end = time.monotonic() + ms / 1000
-        while time.monotonic() < end:
-            app.processEvents()
-            time.sleep(0.02)
-
     def run_job(start) -> str:
-        loop, result = QEventLoop(), []
-
-        def finished(outcome: str, code: int) -> None:
-            result.append(outcome)
-            loop.quit()
-
-        window.client.finished.connect(finished)
-        try:
-            if start() is None and not window.client.running:
-                return "not started: " + window.runs.message.text()
-            loop.exec()
-        finally:
-            window.client.finished.disconnect(finished)
-        print(f"  {window.current_kind}: {result[0]} {window.runs.message.text()[:200]}", flush=True)
-        return result[0]
+        outcome = d.run_job(start)
+        print(f"  {window.current_kind}: {outcome} {window.runs.message.text()[:200]}", flush=True)
+        return outcome
 
     def shot(name: str, widget=None) -> None:
-        settle()
-        path = out / f"{name}.png"
-        (widget or window).grab().save(str(path))
-        saved.append(str(path))
-        print(f"saved {path}", flush=True)
+        saved.append(d.shot(name, widget))
+        print(f"saved {saved[-1]}", flush=True)
 
     def evaluate_checkpoint(run) -> None:
         choice = window.strategies.model_choice["eval"]
@@ -102,7 +83,7 @@ def main() -> int:
         t.generate()
         deadline = time.monotonic() + 600
         while t.running and time.monotonic() < deadline:
-            settle(200)
+            d.settle(200)
         shot("try-it")
 
     print(f"opening {args.model} …", flush=True)
@@ -125,6 +106,8 @@ def main() -> int:
                             ("act_order", args.method == "gptq")):
             forms["quantize"].set_value(name, value)
         window.strategies.setCurrentIndex(list(window.strategies.run_buttons).index("quantize"))
+        d.wait_estimate()
+        shot("estimate")
         run_job(lambda: window.start_job("quantize", forms["quantize"].values()))
         window.plots.setCurrentIndex(0)
         shot("run-layer-errors")
@@ -158,6 +141,7 @@ def main() -> int:
         try_it(str(first.quantized_dir))
     window.tabs.setCurrentIndex(1)
     window.strategies.setCurrentIndex(0)
+    d.wait_estimate()
     shot("strategies")
     print("screenshots: " + ", ".join(saved))
     window.close()

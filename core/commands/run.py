@@ -1,6 +1,8 @@
 """`bitsmith run JOB.json [--out RUN_DIR] [--events] [--submit ADDRESS]` and `bitsmith run RUN_DIR
 --resume`: a job through a separate worker process (or a Ray cluster's Jobs API, core/submit.py),
-with a progress bar or raw event lines."""
+with a progress bar or raw event lines.
+`bitsmith run JOB.json --dry-run [--json]`: the job's pre-flight estimate, nothing run (the
+window estimates the job it would start this way, from the exact job document)."""
 
 from __future__ import annotations
 
@@ -10,6 +12,7 @@ import sys
 import time
 from pathlib import Path
 
+from ..cli import dry_run
 from ..client import WorkerProcess
 from ..errors import BadInput
 from ..jobs import load_job_file
@@ -27,6 +30,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--submit", metavar="ADDRESS",
                         help="run it on a Ray cluster through its Jobs API (e.g. http://HEAD:8265); the run "
                         "directory must be on storage every node mounts at the same path")
+    parser.add_argument("--dry-run", action="store_true",
+                        help="print the job's estimated peak RAM, GPU memory, disk and time, and whether it "
+                        "fits (--out: where the run would go, for its free disk); run nothing")
     parser.set_defaults(func=run)
 
 
@@ -44,6 +50,10 @@ def _prepare(args: argparse.Namespace) -> RunDir:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.dry_run:
+        if args.resume:
+            raise BadInput("--dry-run estimates a job file, not a run to resume", "pass JOB.json without --resume")
+        return dry_run(load_job_file(args.target), args)
     run_dir = _prepare(args)
     print(f"run directory: {run_dir.path}", file=sys.stderr)
     render = TerminalRenderer()

@@ -55,3 +55,35 @@ def test_pareto_front_over_history(tmp_path):
     points = pareto_points(records, "default", current="e3")
     assert sorted((p["bits"], p["ppl"]) for p in points) == [(3.1, 110.0), (4.2, 44.0), (16.0, 36.1)]
     assert [p["current"] for p in points if p["bits"] == 3.1] == [True]
+
+
+def test_a_new_run_clears_the_spike_note_with_the_bars(app):
+    """The note under the spike bars names the highest layers of the run drawn, and goes
+    with its bars when a new run starts (not "highest: …" under an empty page)."""
+    plots = LivePlots(live=False)
+    plots.set_layers(["a", "b"])
+    for name, score in (("a", 2.0), ("b", 120.0)):
+        plots.feed({"type": "layer", "name": name, "spike_score": score})
+    plots.redraw()
+    assert plots.spike_note.text() == "highest: b 120.0, a 2.0"
+    plots.clear_run()
+    plots.redraw()
+    assert plots.spike_note.text() == "" and plots.stacks["spikes"].currentIndex() == 0
+
+
+def test_linked_curves_show_every_step(app):
+    """A tuning run cancelled after step 1: KL and perplexity measured at step 0, the loss at
+    step 1. The plots are stacked one above another: each spans both steps, every point in view."""
+    plots = LivePlots(live=False)
+    plots.resize(800, 600)
+    plots.setCurrentIndex(1)
+    plots.show()
+    for name, split, step, value in (("kl", "eval", 0, 0.28), ("ppl", "eval", 0, 29.8), ("loss", "train", 1, 0.43)):
+        plots.feed({"type": "metric", "name": name, "split": split, "step": step, "value": value})
+    plots.redraw()
+    app.processEvents()
+    for name, plot in plots._metric_plots.items():
+        (x0, x1), (y0, y1) = plot.viewRange()
+        assert x0 < 0 and x1 > 1, (name, x0, x1)
+        value = {"kl": 0.28, "ppl": 29.8, "loss": 0.43}[name]
+        assert y0 < value < y1, (name, y0, y1)

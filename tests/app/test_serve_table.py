@@ -38,7 +38,7 @@ def test_vllm_edits_whole_fused_groups_and_jobs_get_the_target(opened, monkeypat
         assert "1 fused group(s) split" in w.budget.text() and "vllm loads one scheme per group" in w.budget.text()
         # a quantize started from the window carries the target, so the worker checks the plan
         started = []
-        monkeypatch.setattr(w, "_start", lambda run, kind, resume=False: started.append(run))
+        monkeypatch.setattr(w, "_start", lambda run, kind, **kw: started.append(run))
         run = w.start_job("quantize", {"method": "rtn", "calib_windows": 0})
         assert run is not None and json.loads(run.job_file.read_text())["serve"] == "vllm"
         # any: one layer at a time again

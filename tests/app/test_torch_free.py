@@ -79,6 +79,10 @@ for fmt in formats:
 dialog._choose_folder()
 fields = dialog.job_fields()
 app.processEvents()
+# the Run page's pre-flight estimate (a dry-run process computes it), shown
+w.tabs.setCurrentIndex(1)
+w.strategies.setCurrentIndex(list(w.strategies.run_buttons).index("quantize"))
+estimated = wait(w.estimate.updated, lambda: None) is not None and w.estimate.shown is not None
 
 for mod in pkgutil.walk_packages(importlib.import_module("bitsmith.app").__path__, "bitsmith.app."):
     if mod.name != "bitsmith.app.__main__":
@@ -87,7 +91,7 @@ dialogs = sorted({cls.__name__ for m in list(sys.modules.values()) if getattr(m,
                   for _, cls in inspect.getmembers(m, inspect.isclass)
                   if issubclass(cls, QDialog) and cls.__module__.startswith("bitsmith.app")})
 print("RESULT " + json.dumps({"kinds": sorted({r.kind for r in records}), "formats": formats, "out": fields.get("out"),
-                              "dialogs": dialogs, "opened": sorted(opened_dialogs),
+                              "dialogs": dialogs, "opened": sorted(opened_dialogs), "estimated": estimated,
                               "torch": "torch" in sys.modules, "transformers": "transformers" in sys.modules}))
 """
 
@@ -124,4 +128,4 @@ def test_the_window_and_every_dialog_leave_torch_out(tiny_llama, tmp_path):
     assert result["out"].startswith(str(tmp_path / "exports"))
     assert result["dialogs"] == OPENED, "a new dialog: open it in SCRIPT and add it to OPENED"
     assert result["opened"] == OPENED
-    assert result["torch"] is False and result["transformers"] is False
+    assert result["torch"] is False and result["transformers"] is False and result["estimated"] is True

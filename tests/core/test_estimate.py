@@ -102,6 +102,25 @@ def test_dry_run_prints_the_estimate_and_runs_nothing(tiny_bf16, tmp_path):
     assert est["probe"]["layer_s"]["64x128"] > 0 and est["peak_ram"] > est["model"]["bytes_on_disk"]
 
 
+def test_a_job_file_dry_runs_as_the_window_asks(tiny_bf16, tmp_path):
+    """`bitsmith run JOB.json --dry-run --json` (client.estimate_command, the window's path):
+    the estimate of exactly that document, nothing run; exit 2 with the JSON when it cannot fit."""
+    from bitsmith.core.client import estimate_command
+
+    bf16, _ = tiny_bf16["llama"]
+    job_file, out = tmp_path / "job.json", tmp_path / "never"
+    for max_gb, code in ((None, 0), (0.01, 2)):
+        job = _quantize(bf16, model={"source": str(bf16), "device": "cpu", "max_memory_gb": max_gb})
+        job_file.write_text(json.dumps(job.to_dict()))
+        proc = subprocess.run(estimate_command(job_file, out), capture_output=True, text=True, timeout=300)
+        assert proc.returncode == code, proc.stderr
+        est = json.loads(proc.stdout)
+        assert est["fits"] == (code == 0) and not out.exists()
+        assert est["workload"]["calib_windows"] == 2 and est["workload"]["group_size"] == 32
+        assert est["disk"] == estimate_job(job, probe=False).disk and est["seconds"] > 0
+    assert "needs" in est["refusal"]
+
+
 def test_synthetic_sizes_have_the_parameters_they_are_named_for(tmp_path):
     """The benchmark's models (config only here: an empty model, no weights)."""
     from bitsmith.core.facts import empty_model

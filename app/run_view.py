@@ -12,6 +12,8 @@ from PySide6.QtWidgets import (QDialog, QHBoxLayout, QLabel, QPlainTextEdit, QTa
                                QTabWidget, QVBoxLayout, QWidget)
 
 from bitsmith.core.events import read_events
+from bitsmith.core.quant.registry import quantizers
+from bitsmith.core.search.registry import allocators
 
 from .history import RunRecord, _dig, started_text
 from .plots import CURVE_COLOURS, SKIP_METRICS, LivePlots, cache_axes, fit_range
@@ -33,9 +35,9 @@ def error_kind(events: list[dict]) -> str | None:
     return None if not kinds else ("weight" if kinds == {"weight"} else "output")
 
 
-METHOD_NAMES = {"gptq": "GPTQ", "rtn": "RTN", "evopress": "EvoPress", "spike": "spike-aware",
-                "sensitivity": "sensitivity", "pv": "PV-Tuning", "ste": "STE", "continuous": "continuous",
-                "eora": "EoRA"}
+# how each method is named: the quantizers' and allocators' own labels (their registries), the tuners'
+METHOD_NAMES = {**{q.name: q.label for q in quantizers().values()}, **{a.name: a.label for a in allocators().values()},
+                "pv": "PV-Tuning", "ste": "STE", "continuous": "continuous", "eora": "EoRA"}
 
 
 def _fmt(value, digits: int = 3) -> str:

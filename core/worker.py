@@ -2,8 +2,9 @@
 
 stdout carries only event lines (one JSON object each); logs go to stderr and
 `RUN_DIR/worker.log`. Commands arrive on stdin as JSON lines: `{"cmd": "cancel"}`.
-SIGTERM and SIGINT also cancel cooperatively. Exit codes: 0 done, 2 bad input,
-3 cancelled, 1 failure.
+SIGTERM and SIGINT also cancel cooperatively, and so does losing the reader of stdout
+(the window closed or the command killed: a broken pipe), so the run ends cancelled and
+resumable rather than failed. Exit codes: 0 done, 2 bad input, 3 cancelled, 1 failure.
 """
 
 from __future__ import annotations
@@ -15,8 +16,9 @@ import signal
 import sys
 import threading
 from pathlib import Path
+from typing import TextIO
 
-from .events import Emitter, stream_sink
+from .events import Emitter, Sink, stream_sink
 from .jobs import CancelToken
 from .rundir import RunDir
 from .runner import EXIT_BAD_INPUT, execute
@@ -32,6 +34,33 @@ def _listen_for_commands(cancel: CancelToken) -> None:
             continue
         if cmd == "cancel":
             cancel.cancel()
+
+
+def _events_to_parent(stream: TextIO, cancel: CancelToken) -> Sink:
+    """Event lines on stdout. Once their reader is gone (a broken pipe: the window or the
+    `bitsmith run` that started this worker died), stop writing there and cancel: the job
+    stops at its next check and leaves a cancelled, resumable run, its events still in
+    events.jsonl, instead of failing as if Bitsmith had a bug."""
+    write = stream_sink(stream)
+    reader_gone = False
+
+    def sink(event: dict) -> None:
+        nonlocal reader_gone
+        if reader_gone:
+            return
+        try:
+            write(event)
+        except (BrokenPipeError, ConnectionResetError, ValueError):     # ValueError: closed by another thread
+            reader_gone = True
+            logging.getLogger("bitsmith").warning("nobody reads this worker's events any more; stopping "
+                                                  "(resume with `bitsmith run RUN_DIR --resume`)")
+            cancel.cancel()
+            try:
+                stream.close()      # drop the unflushed line, so exit does not raise again
+            except OSError:
+                pass
+
+    return sink
 
 
 def _setup_logging(run: RunDir) -> None:
@@ -78,14 +107,14 @@ def main(argv: list[str] | None = None) -> int:
     events_out = os.fdopen(os.dup(1), "w", encoding="utf-8")
     os.dup2(2, 1)
     sys.stdout = sys.stderr
-    emitter = Emitter([stream_sink(events_out)])
+    cancel = CancelToken()
+    emitter = Emitter([_events_to_parent(events_out, cancel)])
     if len(paths) != 1 or not Path(paths[0]).is_dir():
         emitter.error("bad_input", *_no_run_dir(paths))
         return EXIT_BAD_INPUT
     run = RunDir(paths[0])
     _setup_logging(run)
     _lower_priority()
-    cancel = CancelToken()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: cancel.cancel())
     threading.Thread(target=_listen_for_commands, args=(cancel,), daemon=True).start()

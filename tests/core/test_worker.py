@@ -73,6 +73,22 @@ def test_cancel_on_stdin_exits_3(tmp_run, tiny_llama):
     assert RunDir(tmp_run).read_state()["state"] == "cancelled"
 
 
+def test_a_worker_whose_reader_dies_stops_cancelled_and_resumable(tmp_run, tiny_llama):
+    """The window or `bitsmith run` killed: the worker's next event meets a broken pipe."""
+    proc = _start(tmp_run, _long_eval(tiny_llama))
+    _read_until_progress(proc)
+    proc.stdout.close()
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 3, err[-2000:]
+    run = RunDir(tmp_run)
+    assert run.read_state()["state"] == "cancelled"
+    last = read_events(run.events_file)[-1]
+    assert last["type"] == "error" and last["kind"] == "cancelled", last
+    assert "Traceback" not in err and "nobody reads this worker's events" in err
+    worker = WorkerProcess(tmp_run, resume=True)
+    assert list(worker.events())[-1]["type"] == "result" and worker.returncode == 0
+
+
 def test_sigkill_leaves_a_valid_resumable_run(tmp_run, tiny_llama):
     proc = _start(tmp_run, _long_eval(tiny_llama))
     _read_until_progress(proc)

@@ -109,6 +109,41 @@ def test_vllm_plans_give_each_group_one_setting(method, run_search, EVO, db_run,
     assert run.read_report()["units"] == 8
 
 
+def test_a_vllm_plan_exports_one_scheme_per_fused_group(run_search, EVO, db_run, tiny_llama, tmp_path):
+    """End to end: an EvoPress plan for vLLM, quantized and exported to compressed-tensors. The
+    compressed-tensors library's own loader (`apply_quantization_config`, what vLLM and
+    transformers run on the config) gives q/k/v and gate/up of every block one scheme."""
+    pytest.importorskip("compressed_tensors")
+    import torch
+    from compressed_tensors.quantization import QuantizationConfig, apply_quantization_config
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from bitsmith.core.export import export_checkpoint
+
+    code, run, events = run_search(tmp_path / "search", model=ModelSpec(str(tiny_llama)), method="evopress",
+                                   target_bits=3.5, database=str(db_run), serve="vllm", **EVO)
+    assert code == 0, [e for e in events if e["type"] == "error"]
+    job = make_job("quantize", model={"source": str(tiny_llama)}, method="rtn", calib_windows=0,
+                   plan=str(run.plan_file), serve="vllm")
+    quantized = RunDir.create(tmp_path / "q", job.to_dict())
+    assert execute(quantized, Emitter()) == 0
+    export_checkpoint(quantized.path / "quantized", "compressed-tensors", tmp_path / "ct")
+    doc = json.loads((tmp_path / "ct" / "config.json").read_text())["quantization_config"]
+    model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(tiny_llama))
+    apply_quantization_config(model, QuantizationConfig.model_validate(doc))
+
+    def scheme(module: torch.nn.Module) -> tuple | None:        # None: left in 16-bit
+        found = getattr(module, "quantization_scheme", None)
+        return None if found is None or found.weights is None else \
+            (found.weights.num_bits, found.weights.group_size, found.weights.symmetric)
+
+    schemes = {name: scheme(m) for name, m in model.named_modules() if isinstance(m, torch.nn.Linear)}
+    names = [layer.name for layer in layer_inventory(model)]
+    assert len({schemes[n] for n in names}) > 1, "the plan should mix settings, or this checks nothing"
+    for group in fused_groups(names):
+        assert len({schemes[n] for n in group}) == 1, {n: schemes[n] for n in group}
+
+
 def test_effective_budget_counts_scales_and_zeros(run_search, db_run, tiny_llama, tmp_path):
     """3.5 effective bits at g64 (0.5 bits per weight of scale and zero) = 3.0 code bits."""
     code, run, events = run_search(tmp_path / "eff", model=ModelSpec(str(tiny_llama)), method="sensitivity",

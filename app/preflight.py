@@ -16,6 +16,7 @@ from pathlib import Path
 from PySide6.QtCore import QObject, QProcess, QTemporaryDir, Signal
 
 from bitsmith.core.client import estimate_command
+from bitsmith.core.runner import EXIT_BAD_INPUT     # the CLI's exit code for a job it refuses as given
 
 GB = 2**30
 
@@ -65,9 +66,6 @@ def duration_text(seconds: float) -> str:
     if seconds < 120:
         return f"{seconds:.0f} s"
     return f"{seconds / 60:.1f} min" if seconds < 7200 else f"{seconds / 3600:.1f} h"
-
-
-EXIT_BAD_INPUT = 2          # core/runner.py: the CLI's exit code for a job it refuses as given
 
 
 def failure(stdout: str, stderr: str, code: int) -> NoEstimate:
